@@ -1,0 +1,18 @@
+"""What every backend offers the pipeline: normalised slices in, lesion logits out."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Backend(Protocol):
+    """A loaded model on one runtime. ``name`` is what reports and ``mhunet verify`` print."""
+
+    name: str
+    precision: str
+
+    def predict(self, slices: np.ndarray) -> np.ndarray:
+        """Map float32 slices (S, 1, 256, 256) to float32 lesion logits of the same shape."""
+        ...

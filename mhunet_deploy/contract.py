@@ -1,0 +1,79 @@
+"""The SelectiveScan op contract: the one definition every other part imports.
+
+The ONNX exporter, the ONNX reference-evaluator op, the Polygraphy plugin reference, the C++ TensorRT
+plugin (through the generated header ``plugins/selective_scan/selective_scan_contract.h``) and the
+tests all read these constants, so a drift between them fails a test instead of a deployment.
+No torch here: the runtime side imports it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OP_TYPE = "SelectiveScan"
+DOMAIN = "mhunet"
+#: TensorRT reads the plugin namespace from the ONNX node domain (TensorRT >= 10 ONNX parser).
+PLUGIN_NAME = OP_TYPE
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = DOMAIN
+#: Version of the ``mhunet`` opset that ONNX graphs declare.
+DOMAIN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output of the op: name, symbolic shape, and whether it is always fp32."""
+
+    name: str
+    shape: tuple[str, ...]
+    fp32_only: bool
+
+
+#: Input order is part of the contract (ONNX node inputs, plugin input indices).
+INPUTS: tuple[Port, ...] = (
+    Port("u", ("B", "D", "L"), False),
+    Port("delta", ("B", "D", "L"), False),
+    Port("A", ("D", "N"), True),
+    Port("B", ("B", "G", "N", "L"), False),
+    Port("C", ("B", "G", "N", "L"), False),
+    Port("D", ("D",), True),
+    Port("delta_bias", ("D",), True),
+)
+OUTPUTS: tuple[Port, ...] = (Port("y", ("B", "D", "L"), False),)
+
+#: Attributes and their defaults; all are ints (ONNX INT, TensorRT PluginField kINT32).
+ATTRIBUTES: dict[str, int] = {"delta_softplus": 1}
+
+#: softplus(x) = x above this threshold, as in torch.nn.functional.softplus and mamba-ssm.
+SOFTPLUS_THRESHOLD = 20.0
+
+#: Element types the data inputs (u, delta, B, C) and y may take; all of them share one type.
+DATA_DTYPES = ("float32", "float16")
+
+INPUT_INDEX = {p.name: i for i, p in enumerate(INPUTS)}
+
+
+def c_header() -> str:
+    """Render the C++ header that the plugin compiles against, so C++ cannot drift from Python."""
+    lines = [
+        "// Generated from mhunet_deploy/contract.py by `python -m mhunet_deploy.contract`. Do not edit.",
+        "#pragma once",
+        "namespace mhunet { namespace contract {",
+        f'constexpr char const* kPluginName = "{PLUGIN_NAME}";',
+        f'constexpr char const* kPluginVersion = "{PLUGIN_VERSION}";',
+        f'constexpr char const* kPluginNamespace = "{PLUGIN_NAMESPACE}";',
+        f"constexpr int kNbInputs = {len(INPUTS)};",
+        f"constexpr int kNbOutputs = {len(OUTPUTS)};",
+    ]
+    for p in INPUTS:
+        lines.append(f"constexpr int kInput_{p.name} = {INPUT_INDEX[p.name]};")
+    for name, default in ATTRIBUTES.items():
+        lines.append(f'constexpr char const* kAttr_{name} = "{name}";')
+        lines.append(f"constexpr int kDefault_{name} = {default};")
+    lines.append(f"constexpr float kSoftplusThreshold = {SOFTPLUS_THRESHOLD}f;")
+    lines.append("}}  // namespace mhunet::contract")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(c_header(), end="")

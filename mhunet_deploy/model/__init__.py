@@ -1,0 +1,1 @@
+"""The PyTorch side: Mamba-HUNet and its selective scan (imports torch)."""
