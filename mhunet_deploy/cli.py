@@ -1,0 +1,296 @@
+"""The `mhunet` command line (Typer). Every user error ends in one line on stderr and a documented
+non-zero exit code (see README "Exit codes"); only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import InputError, MhunetError
+
+app = typer.Typer(
+    help="Mamba-HUNet MS-lesion segmentation on FLAIR MRI: train, export, verify, infer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr")
+EXIT_PARTIAL = 6
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+        transient=True,
+    )
+
+
+def _expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders contribute their NIfTI files in name order."""
+    files: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.name.endswith(NIFTI_SUFFIXES))
+            if not found:
+                raise InputError(f"{p}: folder holds no .nii/.nii.gz files")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"mhunet-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def infer(
+    inputs: Annotated[list[Path], typer.Argument(help="FLAIR NIfTI files or folders of them.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for masks and reports.")] = Path(
+        "mhunet-output"
+    ),
+    backend: Annotated[str, typer.Option(help="auto, torch, onnxruntime or tensorrt.")] = "auto",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (torch backend).")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = "fp32",
+    threshold: Annotated[float | None, typer.Option(help="Lesion probability threshold.")] = None,
+    min_lesion_mm3: Annotated[float | None, typer.Option(help="Drop lesions smaller than this.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per backend call.")] = 8,
+    probabilities: Annotated[bool, typer.Option(help="Also write the probability map.")] = False,
+    qc: Annotated[bool, typer.Option(help="Also write a QC montage PNG.")] = False,
+    volume_index: Annotated[int | None, typer.Option(help="Volume of a 4D series to use.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Segment MS lesions: NIfTI in; mask, lesion report (JSON+CSV), optional probabilities and QC out."""
+    from .backends import load_backend
+    from .checkpoint import default_checkpoint, read_meta
+    from .pipeline import InferOptions, infer_volume
+    from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD
+
+    files = _expand_inputs(inputs)
+    ckpt = checkpoint or default_checkpoint()
+    meta = read_meta(ckpt)
+    post = meta.get("postprocess", {})
+    options = InferOptions(
+        threshold=threshold if threshold is not None else post.get("threshold", DEFAULT_THRESHOLD),
+        min_lesion_mm3=min_lesion_mm3
+        if min_lesion_mm3 is not None
+        else post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
+        batch_size=batch_size,
+        probabilities=probabilities,
+        qc=qc,
+        volume_index=volume_index,
+        model_info={"name": meta["config"]["name"], "sha256": meta["sha256"], "checkpoint": str(ckpt)},
+    )
+    engine = load_backend(backend, ckpt, device=device, precision=precision)
+    if not quiet:
+        err.print(f"backend: [bold]{engine.name}[/] ({engine.precision}), model {meta['config']['name']}")
+    results, failures = [], []
+    with _progress(quiet or as_json) as bar:
+        for f in files:
+            task = bar.add_task(f.name, total=None)
+            try:
+                report = infer_volume(
+                    f,
+                    output,
+                    engine,
+                    options,
+                    on_start=lambda n, t=task: bar.update(t, total=n),
+                    on_batch=lambda k, t=task: bar.advance(t, k),
+                )
+            except MhunetError as e:
+                if len(files) == 1:
+                    raise
+                failures.append({"input": str(f), "error": str(e), "exit_code": e.exit_code})
+                err.print(f"[red]error:[/] {f.name}: {e}", highlight=False, soft_wrap=True)
+                continue
+            finally:
+                bar.remove_task(task)
+            results.append(report)
+    if as_json:
+        print(json.dumps({"results": results, "failures": failures}, default=str))
+    elif not quiet:
+        table = Table("input", "lesions", "volume mL", "seconds", "mask")
+        for r in results:
+            table.add_row(
+                Path(r["input"]["path"]).name,
+                str(r["lesion_count"]),
+                f"{r['total_volume_ml']:.2f}",
+                f"{r['timings']['total_s']:.1f}",
+                r["outputs"]["mask"],
+            )
+        out.print(table)
+    if failures:
+        err.print(f"[red]{len(failures)} of {len(files)} inputs failed[/]")
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Option(help="Named config: light or paper.")] = "light",
+    checkpoint: Annotated[Path | None, typer.Option(help="Describe this checkpoint instead.")] = None,
+) -> None:
+    """Print parameter count, FLOPs at 1x1x256x256 (counted on the graph) and the config."""
+    from .model.mamba_hunet import CONFIGS, build_model, count_flops, count_parameters
+
+    if checkpoint:
+        from .checkpoint import load_checkpoint
+
+        net, meta = load_checkpoint(checkpoint)
+    elif model in CONFIGS:
+        net, meta = build_model(model), {}
+    else:
+        raise InputError(f"unknown model {model!r}; choose one of {', '.join(CONFIGS)}")
+    flops = count_flops(net)
+    table = Table(title=f"Mamba-HUNet '{net.config.name}'", show_header=False)
+    table.add_row("parameters", f"{count_parameters(net):,}")
+    table.add_row("GFLOPs (dense: conv/linear)", f"{flops['dense'] / 1e9:.3f}")
+    table.add_row("GFLOPs (selective scan)", f"{flops['scan'] / 1e9:.3f}")
+    table.add_row("GFLOPs (total)", f"{flops['total'] / 1e9:.3f}")
+    for k, v in net.config.to_dict().items():
+        table.add_row(k, str(v))
+    if meta:
+        table.add_row("sha256", meta["sha256"])
+    out.print(table)
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Predicted mask or probability map (NIfTI).")],
+    truth: Annotated[Path, typer.Argument(help="Reference lesion mask (NIfTI).")],
+    threshold: Annotated[float, typer.Option(help="Binarise pred above this.")] = 0.5,
+    lesion_iou: Annotated[float, typer.Option(help="IoU at which a lesion counts as detected.")] = 0.25,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """DSC, IoU, sensitivity, specificity, HD95 (mm), lesion-wise F1 and volumes of PRED vs TRUTH."""
+    from .metrics import evaluate as run_eval
+
+    result = run_eval(pred, truth, threshold=threshold, iou_threshold=lesion_iou)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    table = Table("metric", "value")
+    for k, v in result.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(table)
+
+
+@app.command()
+def train(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for checkpoints.")] = Path("runs/light"),
+    model: Annotated[str, typer.Option(help="light or paper.")] = "light",
+    data: Annotated[
+        Path | None, typer.Option(help="nnU-Net style folder (imagesTr/, labelsTr/); default synthetic.")
+    ] = None,
+    synth_source: Annotated[
+        Path, typer.Option(help="Folder with mni152/ and open_ms/ for synthetic data.")
+    ] = Path("../shared/data"),
+    volumes: Annotated[int, typer.Option(min=2, help="Synthetic training volumes to generate.")] = 120,
+    synth_scale: Annotated[float, typer.Option(help="Synthetic volume size factor (tests: < 1).")] = 1.0,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    steps_per_epoch: Annotated[int, typer.Option(min=1)] = 200,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(min=1, help="Processes for data generation.")] = 2,
+    embed_dim: Annotated[int | None, typer.Option(help="Override the config's C (smoke tests).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from --out/last.safetensors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train Mamba-HUNet; writes OUT/best.safetensors (+ .json) and OUT/last.* for --resume."""
+    from dataclasses import replace
+
+    from .data import build_sets
+    from .model.mamba_hunet import CONFIGS
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    if model not in CONFIGS:
+        raise InputError(f"unknown model {model!r}; choose one of {', '.join(CONFIGS)}")
+    mcfg = CONFIGS[model] if embed_dim is None else replace(CONFIGS[model], embed_dim=embed_dim)
+    cfg = TrainConfig(
+        model=model,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+    )
+    with _progress(quiet) as bar:
+        task = bar.add_task("data", total=None)
+        train_set, val_set, recipe = build_sets(
+            data=data,
+            synth_source=synth_source,
+            volumes=volumes,
+            scale=synth_scale,
+            seed=seed,
+            workers=workers,
+            on_volume=lambda n: bar.update(task, total=n, advance=1),
+        )
+        bar.remove_task(task)
+        task = bar.add_task("train", total=epochs * steps_per_epoch)
+        best = run_train(
+            cfg,
+            train_set,
+            val_set,
+            out_dir,
+            recipe,
+            model_config=mcfg,
+            resume=resume,
+            progress=lambda s, n, m: bar.update(task, completed=s, description=f"train loss {m['loss']:.3f}"),
+        )
+    if not quiet:
+        meta = json.loads(best.with_suffix(".json").read_text())
+        err.print(f"best checkpoint: {best} (val Dice {meta['best_val_dice']:.3f})")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except MhunetError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
