@@ -1,0 +1,231 @@
+"""Segmentation metrics for binary 3D lesion masks, in physical units (DESIGN.md section 10).
+
+Definitions (``pred`` = prediction, ``truth`` = reference; TP/FP/FN/TN are voxel counts):
+
+- DSC = 2 TP / (2 TP + FP + FN); IoU = TP / (TP + FP + FN); both are 1 when both masks are empty.
+- sensitivity = TP / (TP + FN); specificity = TN / (TN + FP). An empty denominator (no positive, or
+  no negative voxel in ``truth``) means there was nothing to miss, so the value is 1.
+- HD95 (mm): surface voxels are ``mask & ~binary_erosion(mask, 3x3x3 ones)`` (voxels on the volume
+  border count as surface). For every surface voxel of one mask, the distance in mm to the nearest
+  surface voxel of the other comes from ``distance_transform_edt(sampling=zooms)``; HD95 is the larger
+  of the two directed 95th percentiles (numpy's default linear interpolation), as in MONAI, not the
+  percentile of the pooled distances (MedPy). Both empty -> 0.0; exactly one empty -> ``math.inf``.
+- Lesions are connected components with 26-connectivity. A predicted component and a truth lesion
+  match when they overlap with IoU = |p & t| / |p | t| >= ``iou_threshold`` (default 0.25; equality
+  matches). Matching is not one-to-one: lesion recall = fraction of truth lesions matched by at least
+  one predicted component; lesion precision = fraction of predicted components that match at least one
+  truth lesion; lesion F1 = 2 P R / (P + R), 0 when P + R = 0. With no predicted component P = 1 and
+  with no truth lesion R = 1 (nothing to be wrong about), so both empty -> F1 = 1 and exactly one
+  empty -> F1 = 0. A lesion split into pieces is detected if any piece reaches the threshold; pieces
+  that reach it are true positives, pieces that do not are false positives.
+- Volumes in mL (voxel count x product of zooms / 1000); volume error = pred - truth (signed, mL).
+
+All values are Python floats/ints; the only non-finite value ever produced is HD95 = inf (how reports
+write it to JSON is documented in :mod:`mhunet_deploy.report`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from mhunet_deploy.errors import InputError
+
+DEFAULT_IOU_THRESHOLD = 0.25
+#: Affines may differ by float32 round-off after a save/load cycle, never by a real shift (mm).
+AFFINE_ATOL_MM = 1e-3
+_SURFACE_STRUCTURE = np.ones((3, 3, 3), dtype=bool)
+_CONNECTIVITY_26 = ndimage.generate_binary_structure(3, 3)
+
+
+def _counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
+    """TP, FP, FN, TN voxel counts."""
+    tp = int(np.count_nonzero(pred & truth))
+    fp = int(np.count_nonzero(pred)) - tp
+    fn = int(np.count_nonzero(truth)) - tp
+    return tp, fp, fn, truth.size - tp - fp - fn
+
+
+def _ratio(num: int, den: int) -> float:
+    """num / den, with 1.0 for an empty denominator (the empty rules of the module docstring)."""
+    return num / den if den else 1.0
+
+
+def _voxel_scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    """DSC, IoU, sensitivity and specificity from the voxel counts (one formula for each)."""
+    return {
+        "dsc": _ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": _ratio(tp, tp + fp + fn),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+    }
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice similarity coefficient; 1.0 when both masks are empty."""
+    return _voxel_scores(*_counts(pred, truth))["dsc"]
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union (Jaccard); 1.0 when both masks are empty."""
+    return _voxel_scores(*_counts(pred, truth))["iou"]
+
+
+def sensitivity(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Voxel true-positive rate; 1.0 when ``truth`` has no positive voxel."""
+    return _voxel_scores(*_counts(pred, truth))["sensitivity"]
+
+
+def specificity(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Voxel true-negative rate; 1.0 when ``truth`` has no negative voxel."""
+    return _voxel_scores(*_counts(pred, truth))["specificity"]
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a background voxel (or the volume border) among their 26 neighbours."""
+    return mask & ~ndimage.binary_erosion(mask, structure=_SURFACE_STRUCTURE)
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, zooms: Sequence[float]) -> float:
+    """95th-percentile Hausdorff distance in mm; 0.0 if both masks are empty, inf if one is."""
+    has_pred, has_truth = bool(pred.any()), bool(truth.any())
+    if not (has_pred or has_truth):
+        return 0.0
+    if not (has_pred and has_truth):
+        return math.inf
+    # Every surface voxel lies inside the union's bounding box, so cropping to it keeps the distances
+    # exact (erosion treats outside-the-crop as background, which it is) and saves most of the EDT.
+    (box,) = ndimage.find_objects((pred | truth).astype(np.uint8))
+    surf_p, surf_t = _surface(pred[box]), _surface(truth[box])
+    sampling = tuple(float(z) for z in zooms)
+    to_truth = ndimage.distance_transform_edt(~surf_t, sampling=sampling)[surf_p]
+    to_pred = ndimage.distance_transform_edt(~surf_p, sampling=sampling)[surf_t]
+    return float(max(np.percentile(to_truth, 95), np.percentile(to_pred, 95)))
+
+
+def lesion_detection(
+    pred: np.ndarray, truth: np.ndarray, iou_threshold: float = DEFAULT_IOU_THRESHOLD
+) -> dict[str, float | int]:
+    """Lesion-wise precision, recall and F1 under the IoU matching rule of the module docstring."""
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    t_lab, n_truth = ndimage.label(truth, structure=_CONNECTIVITY_26)
+    p_lab, n_pred = ndimage.label(pred, structure=_CONNECTIVITY_26)
+    t_size = np.bincount(t_lab.ravel(), minlength=n_truth + 1)
+    p_size = np.bincount(p_lab.ravel(), minlength=n_pred + 1)
+    both = (t_lab > 0) & (p_lab > 0)
+    pair_codes, inter = np.unique(
+        t_lab[both].astype(np.int64) * (n_pred + 1) + p_lab[both], return_counts=True
+    )
+    t_id, p_id = np.divmod(pair_codes, n_pred + 1)
+    pair_iou = inter / (t_size[t_id] + p_size[p_id] - inter)
+    hit = pair_iou >= iou_threshold
+    detected = int(np.unique(t_id[hit]).size)
+    matched_pred = int(np.unique(p_id[hit]).size)
+    precision = _ratio(matched_pred, n_pred)
+    recall = _ratio(detected, n_truth)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "truth_lesions": int(n_truth),
+        "pred_lesions": int(n_pred),
+        "detected_lesions": detected,
+        "matched_pred_lesions": matched_pred,
+        "lesion_precision": precision,
+        "lesion_recall": recall,
+        "lesion_f1": f1,
+        "iou_threshold": float(iou_threshold),
+    }
+
+
+def volume_ml(mask: np.ndarray, zooms: Sequence[float]) -> float:
+    """Mask volume in mL (1 mL = 1000 mm^3)."""
+    return int(np.count_nonzero(mask)) * float(np.prod(np.asarray(zooms, dtype=np.float64))) / 1000.0
+
+
+def compute_metrics(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    zooms: Sequence[float],
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+) -> dict[str, Any]:
+    """Every metric of this module for two boolean masks on the same voxel grid."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if pred.shape != truth.shape or pred.ndim != 3:
+        raise ValueError(f"need two 3D masks of one shape, got {pred.shape} and {truth.shape}")
+    if len(zooms) != 3:
+        raise ValueError(f"need 3 zooms, got {tuple(zooms)}")
+    tp, fp, fn, tn = _counts(pred, truth)
+    pred_ml, truth_ml = volume_ml(pred, zooms), volume_ml(truth, zooms)
+    return {
+        **_voxel_scores(tp, fp, fn, tn),
+        "hd95_mm": hd95(pred, truth, zooms),
+        **lesion_detection(pred, truth, iou_threshold),
+        "pred_volume_ml": pred_ml,
+        "truth_volume_ml": truth_ml,
+        "volume_error_ml": pred_ml - truth_ml,
+        "tp_voxels": tp,
+        "fp_voxels": fp,
+        "fn_voxels": fn,
+        "tn_voxels": tn,
+    }
+
+
+def _load(path: str | Path, role: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Data (3D; a trailing singleton 4th axis is dropped), affine and zooms, or an InputError."""
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except FileNotFoundError:
+        raise InputError(f"{role} file not found: {path}") from None
+    except Exception as exc:  # nibabel raises many types for unreadable or truncated files
+        raise InputError(f"cannot read {role} {path} as NIfTI: {exc}") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{role} {path} must be a 3D volume, got shape {data.shape}")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, img.affine, zooms
+
+
+def evaluate(
+    pred_path: str | Path,
+    truth_path: str | Path,
+    threshold: float = 0.5,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+) -> dict[str, Any]:
+    """Load a prediction and a reference NIfTI on one grid and return :func:`compute_metrics` and inputs.
+
+    A floating-point prediction is read as a probability map (``> threshold``); an integer or boolean
+    one as a mask or label map (``> 0``). The reference is always ``> 0``. Zooms come from the
+    reference header. Raises :class:`InputError` when the files differ in shape or affine.
+    """
+    pred_data, pred_affine, _ = _load(pred_path, "prediction")
+    truth_data, truth_affine, zooms = _load(truth_path, "reference")
+    if pred_data.shape != truth_data.shape:
+        raise InputError(
+            f"prediction shape {pred_data.shape} differs from reference shape {truth_data.shape}: "
+            "resample the prediction onto the reference grid first"
+        )
+    if not np.allclose(pred_affine, truth_affine, rtol=0.0, atol=AFFINE_ATOL_MM):
+        worst = float(np.abs(pred_affine - truth_affine).max())
+        raise InputError(
+            f"prediction and reference affines differ (max abs difference {worst:.4g} > "
+            f"{AFFINE_ATOL_MM}): they are not on the same voxel grid"
+        )
+    is_prob = np.issubdtype(pred_data.dtype, np.floating)
+    pred = pred_data > threshold if is_prob else pred_data > 0
+    metrics = compute_metrics(pred, truth_data > 0, zooms, iou_threshold)
+    return {
+        "pred_path": str(pred_path),
+        "truth_path": str(truth_path),
+        "shape": list(truth_data.shape),
+        "zooms": list(zooms),
+        "pred_binarised": f"> {threshold}" if is_prob else "> 0",
+        **metrics,
+    }
