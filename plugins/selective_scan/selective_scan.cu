@@ -1,0 +1,452 @@
+// Selective-scan forward kernel (see selective_scan.h for the semantics, NOTES.md for the design).
+//
+// Work decomposition
+//   block  = WARPS warps = WARPS * CPW channels of ONE group of ONE batch element;
+//   warp   = CPW channels, the whole length L, in chunks of CHUNK = 32 * NITEMS time steps;
+//   lane   = NITEMS consecutive time steps of the chunk (registers).
+// Per chunk: the block stages B and C of its group (N x CHUNK, converted to fp32) in shared memory once
+// and every warp reuses them for its channels (B/C are read from DRAM/L2 once per block, not once per
+// channel). For each state n a lane composes its NITEMS steps into one affine map h -> a*h + b, the
+// warp combines the 32 maps with a shuffle scan (Kogge-Stone), applies the carry from the previous
+// chunk, and re-runs its steps from the correct incoming state to accumulate y += C * h.
+// The carry (state at the end of the chunk) per (channel, n) lives in shared memory.
+#include "selective_scan.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace mhunet
+{
+namespace scan
+{
+
+constexpr int kMaxN = MHUNET_SCAN_MAX_DSTATE;
+constexpr int kWarps = 4;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kSoftplusThreshold = 20.0f;
+
+struct Params
+{
+    const void* u;
+    const void* delta;
+    const float* A;
+    const void* B;
+    const void* C;
+    const float* D;
+    const float* delta_bias;
+    void* y;
+    int batch, dim, len, dstate, groups;
+    int dim_per_group, tiles_per_group;
+    int delta_softplus;
+};
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+template <int BYTES> struct RawVec;
+template <> struct RawVec<16> { using type = uint4; };
+template <> struct RawVec<8> { using type = uint2; };
+template <> struct RawVec<4> { using type = unsigned int; };
+template <> struct RawVec<2> { using type = unsigned short; };
+
+template <typename V> __device__ __forceinline__ V load_stream(const V* p) { return __ldcs(p); }
+template <typename V> __device__ __forceinline__ V load_keep(const V* p) { return __ldg(p); }
+
+// Loads NI consecutive elements starting at p (of which nvalid are in range) as fp32; out-of-range
+// elements read as 0. Vector loads (up to 16 bytes) when the address is aligned and all NI are valid.
+template <typename T, int NI, bool STREAM>
+__device__ __forceinline__ void load_items(const T* p, int nvalid, float (&out)[NI])
+{
+    constexpr int VB = (NI * (int) sizeof(T)) < 16 ? NI * (int) sizeof(T) : 16;
+    constexpr int VE = VB / (int) sizeof(T);
+    using V = typename RawVec<VB>::type;
+    if (nvalid >= NI && (reinterpret_cast<uintptr_t>(p) % VB) == 0)
+    {
+#pragma unroll
+        for (int v = 0; v < NI / VE; ++v)
+        {
+            V raw = STREAM ? load_stream(reinterpret_cast<const V*>(p) + v) : load_keep(reinterpret_cast<const V*>(p) + v);
+            T tmp[VE];
+            memcpy(tmp, &raw, VB);
+#pragma unroll
+            for (int e = 0; e < VE; ++e)
+                out[v * VE + e] = to_float(tmp[e]);
+        }
+    }
+    else
+    {
+#pragma unroll
+        for (int i = 0; i < NI; ++i)
+            out[i] = i < nvalid ? to_float(p[i]) : 0.f;
+    }
+}
+
+template <typename T, int NI>
+__device__ __forceinline__ void store_items(T* p, int nvalid, const float (&in)[NI])
+{
+    constexpr int VB = (NI * (int) sizeof(T)) < 16 ? NI * (int) sizeof(T) : 16;
+    constexpr int VE = VB / (int) sizeof(T);
+    using V = typename RawVec<VB>::type;
+    if (nvalid >= NI && (reinterpret_cast<uintptr_t>(p) % VB) == 0)
+    {
+#pragma unroll
+        for (int v = 0; v < NI / VE; ++v)
+        {
+            T tmp[VE];
+#pragma unroll
+            for (int e = 0; e < VE; ++e)
+                tmp[e] = from_float<T>(in[v * VE + e]);
+            V raw;
+            memcpy(&raw, tmp, VB);
+            __stcs(reinterpret_cast<V*>(p) + v, raw);
+        }
+    }
+    else
+    {
+#pragma unroll
+        for (int i = 0; i < NI; ++i)
+            if (i < nvalid)
+                p[i] = from_float<T>(in[i]);
+    }
+}
+
+// Shared-memory column of time step l inside a chunk: 4 floats of padding every 32 steps, so that the
+// 16-byte reads of the NITEMS-wide lane slices hit distinct banks (see NOTES.md).
+__device__ __forceinline__ int pad_col(int l) { return l + 4 * (l >> 5); }
+
+template <int NITEMS> __host__ __device__ constexpr int chunk_pad() { return 32 * NITEMS + 4 * NITEMS; }
+
+template <int NITEMS>
+__device__ __forceinline__ void lds_items(const float* row, int lane, float (&out)[NITEMS])
+{
+    const float* p = row + pad_col(lane * NITEMS);
+    if constexpr (NITEMS >= 4)
+    {
+#pragma unroll
+        for (int v = 0; v < NITEMS / 4; ++v)
+        {
+            float4 q = reinterpret_cast<const float4*>(p)[v];
+            out[4 * v + 0] = q.x;
+            out[4 * v + 1] = q.y;
+            out[4 * v + 2] = q.z;
+            out[4 * v + 3] = q.w;
+        }
+    }
+    else
+    {
+        float2 q = *reinterpret_cast<const float2*>(p);
+        out[0] = q.x;
+        out[1] = q.y;
+    }
+}
+
+template <int NITEMS, int CPW>
+constexpr size_t smem_bytes(int dstate)
+{
+    return sizeof(float) * (2 * (size_t) dstate * chunk_pad<NITEMS>() + 2 * (size_t) kWarps * CPW * kMaxN);
+}
+
+template <typename T, int NITEMS, int CPW>
+__global__ void __launch_bounds__(kWarps * 32) selective_scan_fwd_kernel(const Params p)
+{
+    constexpr int CHUNK = 32 * NITEMS;
+    constexpr int CPAD = chunk_pad<NITEMS>();
+    constexpr int VE = 16 / (int) sizeof(T); // elements per 16-byte vector for the B/C staging
+    extern __shared__ __align__(16) float smem[];
+    const int N = p.dstate;
+    float* Bs = smem;                                  // [N][CPAD]
+    float* Cs = Bs + N * CPAD;                         // [N][CPAD]
+    float* A2s = Cs + N * CPAD;                        // [kWarps][CPW][kMaxN]   A * log2(e)
+    float* carry_s = A2s + kWarps * CPW * kMaxN;       // [kWarps][CPW][kMaxN]   state at chunk end
+
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int L = p.len;
+
+    int blk = blockIdx.x;
+    const int tile = blk % p.tiles_per_group;
+    blk /= p.tiles_per_group;
+    const int g = blk % p.groups;
+    const int b = blk / p.groups;
+
+    const int local0 = tile * (kWarps * CPW) + warp * CPW; // channel index inside the group
+    const int d0 = g * p.dim_per_group + local0;
+    bool valid[CPW];
+    float Dc[CPW], bias[CPW];
+#pragma unroll
+    for (int c = 0; c < CPW; ++c)
+    {
+        valid[c] = local0 + c < p.dim_per_group;
+        const int d = valid[c] ? d0 + c : 0;
+        Dc[c] = p.D ? __ldg(p.D + d) : 0.f;
+        bias[c] = p.delta_bias ? __ldg(p.delta_bias + d) : 0.f;
+    }
+    float* A2w = A2s + warp * CPW * kMaxN;
+    float* carry_w = carry_s + warp * CPW * kMaxN;
+    for (int i = lane; i < CPW * kMaxN; i += 32)
+    {
+        const int c = i / kMaxN, n = i % kMaxN;
+        const int d = (local0 + c < p.dim_per_group) ? d0 + c : 0;
+        A2w[i] = n < N ? __ldg(p.A + (size_t) d * N + n) * kLog2e : 0.f;
+        carry_w[i] = 0.f;
+    }
+    __syncwarp();
+
+    const T* u = static_cast<const T*>(p.u);
+    const T* dl = static_cast<const T*>(p.delta);
+    T* y = static_cast<T*>(p.y);
+    const size_t bc_base = ((size_t) b * p.groups + g) * (size_t) N * L;
+    const T* Bg = static_cast<const T*>(p.B) + bc_base;
+    const T* Cg = static_cast<const T*>(p.C) + bc_base;
+
+    for (int l0 = 0; l0 < L; l0 += CHUNK)
+    {
+        __syncthreads(); // the previous chunk's reads of Bs/Cs are done
+        // ---- stage B and C of this group for the chunk: N rows x CHUNK steps, fp32 in smem
+        {
+            const int nvec_row = CHUNK / VE;
+            const int total = 2 * N * nvec_row;
+            for (int i = threadIdx.x; i < total; i += kWarps * 32)
+            {
+                const int which = i / (N * nvec_row);
+                const int rem = i - which * (N * nvec_row);
+                const int n = rem / nvec_row;
+                const int col = (rem - n * nvec_row) * VE;
+                const T* src = (which ? Cg : Bg) + (size_t) n * L + l0 + col;
+                float v[VE];
+                load_items<T, VE, false>(src, L - (l0 + col), v);
+                float* dst = (which ? Cs : Bs) + n * CPAD + pad_col(col);
+#pragma unroll
+                for (int e = 0; e < VE; e += 4)
+                    *reinterpret_cast<float4*>(dst + e) = make_float4(v[e], v[e + 1], v[e + 2], v[e + 3]);
+            }
+        }
+        // ---- this lane's slice of u and delta for each of the warp's channels
+        const int ls = l0 + lane * NITEMS;
+        const int nvalid = L - ls;
+        float dlt[CPW][NITEMS], du[CPW][NITEMS], acc[CPW][NITEMS];
+#pragma unroll
+        for (int c = 0; c < CPW; ++c)
+        {
+            float uu[NITEMS];
+            const size_t row = ((size_t) b * p.dim + (valid[c] ? d0 + c : 0)) * L;
+            const int nv = valid[c] ? nvalid : 0;
+            load_items<T, NITEMS, true>(u + row + ls, nv, uu);
+            load_items<T, NITEMS, true>(dl + row + ls, nv, dlt[c]);
+#pragma unroll
+            for (int i = 0; i < NITEMS; ++i)
+            {
+                float x = dlt[c][i] + bias[c];
+                if (p.delta_softplus)
+                    x = x <= kSoftplusThreshold ? log1pf(expf(x)) : x;
+                x = i < nv ? x : 0.f; // padding steps are the identity map (a = 1, b = 0)
+                dlt[c][i] = x;
+                du[c][i] = x * uu[i];
+                acc[c][i] = Dc[c] * uu[i];
+            }
+        }
+        __syncthreads(); // Bs/Cs ready
+
+#pragma unroll 1
+        for (int n = 0; n < N; ++n)
+        {
+            float Bn[NITEMS], Cn[NITEMS];
+            lds_items<NITEMS>(Bs + n * CPAD, lane, Bn);
+            lds_items<NITEMS>(Cs + n * CPAD, lane, Cn);
+#pragma unroll
+            for (int c = 0; c < CPW; ++c)
+            {
+                const float A2 = A2w[c * kMaxN + n];
+                const float carry = carry_w[c * kMaxN + n];
+                float a[NITEMS], bb[NITEMS];
+#pragma unroll
+                for (int i = 0; i < NITEMS; ++i)
+                {
+                    a[i] = fast_exp2(dlt[c][i] * A2);
+                    bb[i] = du[c][i] * Bn[i];
+                }
+                // compose this lane's steps: h -> pa * h + pb
+                float pa = a[0], pb = bb[0];
+#pragma unroll
+                for (int i = 1; i < NITEMS; ++i)
+                {
+                    pb = fmaf(a[i], pb, bb[i]);
+                    pa *= a[i];
+                }
+                // inclusive warp scan of the affine maps (earlier lanes applied first)
+#pragma unroll
+                for (int off = 1; off < 32; off <<= 1)
+                {
+                    const float qa = __shfl_up_sync(0xffffffffu, pa, off);
+                    const float qb = __shfl_up_sync(0xffffffffu, pb, off);
+                    if (lane >= off)
+                    {
+                        pb = fmaf(pa, qb, pb);
+                        pa *= qa;
+                    }
+                }
+                const float h_end = fmaf(pa, carry, pb); // state after this lane's last step
+                float h = __shfl_up_sync(0xffffffffu, h_end, 1);
+                if (lane == 0)
+                    h = carry;
+                const float next_carry = __shfl_sync(0xffffffffu, h_end, 31);
+                __syncwarp();
+                if (lane == 0)
+                    carry_w[c * kMaxN + n] = next_carry;
+#pragma unroll
+                for (int i = 0; i < NITEMS; ++i)
+                {
+                    h = fmaf(a[i], h, bb[i]);
+                    acc[c][i] = fmaf(Cn[i], h, acc[c][i]);
+                }
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < CPW; ++c)
+        {
+            if (valid[c])
+            {
+                const size_t row = ((size_t) b * p.dim + d0 + c) * L;
+                store_items<T, NITEMS>(y + row + ls, nvalid, acc[c]);
+            }
+        }
+    }
+}
+
+template <typename T, int NITEMS, int CPW>
+int launch(const Params& p0, cudaStream_t stream)
+{
+    Params p = p0;
+    p.tiles_per_group = (p.dim_per_group + kWarps * CPW - 1) / (kWarps * CPW);
+    const long long nblocks = (long long) p.batch * p.groups * p.tiles_per_group;
+    if (nblocks > 0x7fffffffLL)
+        return MHUNET_SCAN_ERR_BAD_SHAPE;
+    const size_t smem = smem_bytes<NITEMS, CPW>(p.dstate);
+    auto kernel = selective_scan_fwd_kernel<T, NITEMS, CPW>;
+    if (smem > 48 * 1024)
+    {
+        // Raise the dynamic shared-memory limit (a per-device attribute, so set on every launch: it is a
+        // cheap host-side call, legal during stream capture).
+        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) != cudaSuccess)
+            return MHUNET_SCAN_ERR_CUDA;
+    }
+    kernel<<<(unsigned) nblocks, kWarps * 32, smem, stream>>>(p);
+    return cudaGetLastError() == cudaSuccess ? MHUNET_SCAN_OK : MHUNET_SCAN_ERR_CUDA;
+}
+
+template <typename T>
+int dispatch(const Params& p, int items, int cpw, cudaStream_t stream)
+{
+#define MHUNET_SCAN_CASE(NI, CP)                                                                                    \
+    if (items == NI && cpw == CP)                                                                                      \
+        return launch<T, NI, CP>(p, stream);
+    MHUNET_SCAN_CASE(2, 1)
+    MHUNET_SCAN_CASE(2, 2)
+    MHUNET_SCAN_CASE(4, 1)
+    MHUNET_SCAN_CASE(4, 2)
+    MHUNET_SCAN_CASE(8, 1)
+    MHUNET_SCAN_CASE(8, 2)
+    MHUNET_SCAN_CASE(16, 1)
+    MHUNET_SCAN_CASE(16, 2)
+#undef MHUNET_SCAN_CASE
+    return MHUNET_SCAN_ERR_BAD_CONFIG;
+}
+
+} // namespace scan
+} // namespace mhunet
+
+extern "C" void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int* items, int* cpw)
+{
+    (void) batch;
+    (void) dim;
+    (void) groups;
+    // Smallest lane slice whose warp chunk (32 * items) covers L, up to 16 steps per lane: short
+    // sequences do not pad, long ones amortise the per-chunk shuffle scan over 16 steps.
+    int it = 2;
+    while (it < 16 && 32 * it < len)
+        it *= 2;
+    *items = it;
+    // Two channels per warp halve the shared-memory reads of B and C per channel; at 16 steps per
+    // lane the extra registers would cost occupancy.
+    *cpw = it >= 16 ? 1 : 2;
+}
+
+extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,
+    const void* C, const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate,
+    int groups, int delta_softplus, int dtype, int items, int cpw, cudaStream_t stream)
+{
+    using namespace mhunet::scan;
+    if (batch < 0 || dim <= 0 || len < 0)
+        return MHUNET_SCAN_ERR_BAD_SHAPE;
+    if (dstate < 1 || dstate > kMaxN)
+        return MHUNET_SCAN_ERR_BAD_DSTATE;
+    if (groups < 1 || dim % groups != 0)
+        return MHUNET_SCAN_ERR_BAD_GROUPS;
+    if (dtype != MHUNET_SCAN_FP32 && dtype != MHUNET_SCAN_FP16)
+        return MHUNET_SCAN_ERR_BAD_DTYPE;
+    if (batch == 0 || len == 0)
+        return MHUNET_SCAN_OK;
+    if (!u || !delta || !A || !B || !C || !y)
+        return MHUNET_SCAN_ERR_NULL_POINTER;
+    int def_items = 0, def_cpw = 0;
+    mhunet_selective_scan_default_config(batch, dim, len, groups, &def_items, &def_cpw);
+    if (items == 0)
+        items = def_items;
+    if (cpw == 0)
+        cpw = def_cpw;
+    Params p{};
+    p.u = u;
+    p.delta = delta;
+    p.A = A;
+    p.B = B;
+    p.C = C;
+    p.D = D;
+    p.delta_bias = delta_bias;
+    p.y = y;
+    p.batch = batch;
+    p.dim = dim;
+    p.len = len;
+    p.dstate = dstate;
+    p.groups = groups;
+    p.dim_per_group = dim / groups;
+    p.delta_softplus = delta_softplus ? 1 : 0;
+    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, items, cpw, stream)
+                                     : dispatch<__half>(p, items, cpw, stream);
+}
+
+extern "C" int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, const void* B,
+    const void* C, const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate,
+    int groups, int delta_softplus, int dtype, cudaStream_t stream)
+{
+    return mhunet_selective_scan_fwd_config(u, delta, A, B, C, D, delta_bias, y, batch, dim, len, dstate, groups,
+        delta_softplus, dtype, 0, 0, stream);
+}
+
+extern "C" const char* mhunet_selective_scan_error_string(int code)
+{
+    switch (code)
+    {
+    case MHUNET_SCAN_OK: return "ok";
+    case MHUNET_SCAN_ERR_NULL_POINTER: return "a required pointer (u, delta, A, B, C or y) is null";
+    case MHUNET_SCAN_ERR_BAD_SHAPE: return "bad shape: need batch >= 0, dim > 0, len >= 0 and a grid that fits";
+    case MHUNET_SCAN_ERR_BAD_DSTATE: return "unsupported dstate: need 1 <= N <= 16";
+    case MHUNET_SCAN_ERR_BAD_GROUPS: return "bad groups: need groups >= 1 dividing dim";
+    case MHUNET_SCAN_ERR_BAD_DTYPE: return "unsupported dtype: 0 (fp32) or 1 (fp16)";
+    case MHUNET_SCAN_ERR_BAD_CONFIG: return "unsupported kernel config: items in {2,4,8,16}, cpw in {1,2}";
+    case MHUNET_SCAN_ERR_CUDA: return "CUDA error at launch (see cudaGetLastError)";
+    default: return "unknown selective-scan status";
+    }
+}

@@ -1,0 +1,61 @@
+// Selective-scan forward (Mamba S6) CUDA kernel: C ABI.
+//
+// Semantics (DESIGN.md section 5, mamba-ssm's selective_scan_ref):
+//   u (B, D, L), delta (B, D, L), A (D, N) fp32, Bm (B, G, N, L), Cm (B, G, N, L),
+//   Dv (D) fp32, delta_bias (D) fp32 (may be null: no bias), y (B, D, L) in u's dtype.
+//   channel d reads group d / (D / G) of Bm and Cm.
+//   delta = softplus(delta + delta_bias) if delta_softplus (softplus(x) = x for x > 20)
+//   h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t ;  y_t = <C_t, h_t> + D * u_t
+//   state and all accumulation in fp32. 1 <= N <= 16.
+// All tensors are contiguous (row-major, last dim fastest). u, delta, Bm, Cm and y share one dtype.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum MhunetScanStatus
+{
+    MHUNET_SCAN_OK = 0,
+    MHUNET_SCAN_ERR_NULL_POINTER = 1,
+    MHUNET_SCAN_ERR_BAD_SHAPE = 2,
+    MHUNET_SCAN_ERR_BAD_DSTATE = 3,
+    MHUNET_SCAN_ERR_BAD_GROUPS = 4,
+    MHUNET_SCAN_ERR_BAD_DTYPE = 5,
+    MHUNET_SCAN_ERR_BAD_CONFIG = 6,
+    MHUNET_SCAN_ERR_CUDA = 7,
+};
+
+enum MhunetScanDtype
+{
+    MHUNET_SCAN_FP32 = 0,
+    MHUNET_SCAN_FP16 = 1,
+};
+
+//! Largest supported state size N (d_state).
+#define MHUNET_SCAN_MAX_DSTATE 16
+
+//! Forward selective scan on `stream`. Returns MHUNET_SCAN_OK or an error code (see
+//! mhunet_selective_scan_error_string). Asynchronous: launch errors are reported, execution errors are not.
+int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, const void* B, const void* C,
+    const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate, int groups,
+    int delta_softplus, int dtype, cudaStream_t stream);
+
+//! Same, with an explicit kernel configuration (for tuning): items = consecutive time steps per thread
+//! (2, 4, 8 or 16; chunk of L per warp = 32 * items), cpw = channels per warp (1 or 2).
+//! items = 0 or cpw = 0 picks the default for that parameter.
+int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,
+    const void* C, const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate,
+    int groups, int delta_softplus, int dtype, int items, int cpw, cudaStream_t stream);
+
+//! The configuration mhunet_selective_scan_fwd uses for a shape (writes items and cpw).
+void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int* items, int* cpw);
+
+//! Static, human-readable text for a status code.
+const char* mhunet_selective_scan_error_string(int code);
+
+#ifdef __cplusplus
+}
+#endif
