@@ -1,0 +1,80 @@
+"""Our CUDA selective-scan kernel as a PyTorch op (forward only), JIT-built from ``plugins/selective_scan``.
+
+The same ``selective_scan.cu`` that the TensorRT plugin links is compiled here with
+``torch.utils.cpp_extension.load`` (about 30 s the first time, cached afterwards in torch's extension
+directory). Torch side only: runtime modules must not import this module.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+_SRC_DIR = Path(__file__).resolve().parent.parent / "plugins" / "selective_scan"
+
+
+def source_dir() -> Path:
+    """Where the kernel sources live (``plugins/selective_scan`` of the repository)."""
+    return _SRC_DIR
+
+
+@lru_cache(maxsize=1)
+def _module():
+    if not torch.cuda.is_available():
+        raise RuntimeError("selective_scan_cuda needs a CUDA GPU; none is visible to torch")
+    from torch.utils.cpp_extension import load
+
+    srcs = [_SRC_DIR / "torch_binding.cpp", _SRC_DIR / "selective_scan.cu"]
+    missing = [str(s) for s in srcs if not s.exists()]
+    if missing:
+        raise FileNotFoundError(f"selective_scan_cuda: kernel sources not found: {missing}")
+    arch = os.environ.get("MHUNET_SCAN_ARCH")
+    if arch is None:
+        major, minor = torch.cuda.get_device_capability()
+        arch = f"{major}{minor}"
+    return load(
+        name=f"mhunet_selective_scan_sm{arch}",
+        sources=[str(s) for s in srcs],
+        extra_include_paths=[str(_SRC_DIR)],
+        extra_cflags=["-O3", "-std=c++17"],
+        extra_cuda_cflags=["-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}"],
+        verbose=os.environ.get("MHUNET_SCAN_VERBOSE", "0") == "1",
+    )
+
+
+def load_extension():
+    """Build (or load the cached build of) the extension; returns the loaded module."""
+    return _module()
+
+
+def selective_scan_cuda(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, items=0, cpw=0):
+    """Selective scan forward on the GPU: same arguments and semantics as ``selective_scan_loop``.
+
+    u, delta: (B, D, L); A: (D, N) fp32; B, C: (B, G, N, L); D, delta_bias: (D,) fp32 or None.
+    u, delta, B, C share one dtype (float32 or float16); y has u's dtype. N <= 16.
+    ``items``/``cpw`` override the kernel configuration (0 = default); for tuning only.
+    """
+    tensors = (u, delta, A, B, C, D, delta_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            "selective_scan_cuda is forward-only (no backward kernel); call it under torch.no_grad() or "
+            "use the reference scan for training"
+        )
+    if A.shape[-1] > 16:
+        raise ValueError(f"selective_scan_cuda supports d_state N <= 16, got N={A.shape[-1]}")
+    if u.dtype not in (torch.float32, torch.float16):
+        raise TypeError(f"selective_scan_cuda supports float32 and float16 inputs, got {u.dtype}")
+    dt = u.dtype
+    args = [
+        u.contiguous(),
+        delta.to(dt).contiguous(),
+        A.float().contiguous(),
+        B.to(dt).contiguous(),
+        C.to(dt).contiguous(),
+        None if D is None else D.float().contiguous(),
+        None if delta_bias is None else delta_bias.float().contiguous(),
+    ]
+    return _module().fwd(*args, bool(delta_softplus), int(items), int(cpw))
