@@ -1,0 +1,138 @@
+"""Lesion report: layout, strict JSON with non-finite floats, CSV (header even with no lesion)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mhunet_deploy import __version__
+from mhunet_deploy.report import (
+    CSV_COLUMNS,
+    DISCLAIMER,
+    LesionReport,
+    build_report,
+    read_json,
+    write_csv,
+    write_json,
+)
+
+MODEL = {"name": "light", "sha256": "ab" * 32}
+
+
+def rows() -> list[dict]:
+    """Two lesions in the shape of postprocess.lesion_table output, with numpy scalar types."""
+    return [
+        {
+            "id": 1,
+            "voxels": np.int64(10),
+            "volume_ml": np.float64(0.03),
+            "centroid_mm": (np.float32(-10.5), 2.0, 30.25),
+            "bbox": [[1, 3], [2, 4], [5, 6]],
+        },
+        {
+            "id": 2,
+            "voxels": 4,
+            "volume_ml": 0.012,
+            "centroid_mm": np.array([1.0, -2.0, 3.0]),
+            "bbox": [[7, 8], [7, 8], [1, 2]],
+        },
+    ]
+
+
+def report(lesions: list[dict] | None = None, **kw) -> LesionReport:
+    return LesionReport(
+        input_path="/data/scan.nii.gz",
+        shape=(64, 64, 20),
+        zooms=(1.0, 1.0, 3.0),
+        lesions=rows() if lesions is None else lesions,
+        backend="onnxruntime",
+        precision="fp32",
+        model=MODEL,
+        **kw,
+    )
+
+
+def test_report_dict_layout_and_totals() -> None:
+    d = report(engine_key="k123", timings={"model_s": 1.5}, warnings=["w"]).to_dict()
+    assert d["lesion_count"] == 2
+    assert d["total_volume_ml"] == pytest.approx(0.042)
+    assert d["disclaimer"] == DISCLAIMER
+    assert d["tool_version"] == __version__
+    assert d["input"] == {"path": "/data/scan.nii.gz", "shape": [64, 64, 20], "zooms": [1.0, 1.0, 3.0]}
+    assert d["model"] == MODEL
+    assert (d["backend"], d["precision"], d["engine_key"]) == ("onnxruntime", "fp32", "k123")
+    assert d["timings"] == {"model_s": 1.5}
+    assert d["warnings"] == ["w"]
+    assert d["lesions"][0]["centroid_mm"] == [-10.5, 2.0, 30.25]
+    # Plain types only: strict JSON accepts it as is.
+    assert json.loads(json.dumps(d, allow_nan=False)) == d
+
+
+def test_engine_key_is_optional_and_model_info_is_required() -> None:
+    assert report().to_dict()["engine_key"] is None
+    with pytest.raises(ValueError, match="sha256"):
+        LesionReport("a", (1, 1, 1), (1, 1, 1), [], "ort", "fp32", {"name": "light"})
+
+
+def test_build_report_matches_the_class() -> None:
+    d = build_report(
+        input_path="/data/scan.nii.gz",
+        shape=(64, 64, 20),
+        zooms=(1.0, 1.0, 3.0),
+        lesions=rows(),
+        backend="onnxruntime",
+        precision="fp32",
+        model=MODEL,
+        outputs={"mask": "/out/scan_mask.nii.gz"},
+    )
+    assert d["outputs"] == {"mask": "/out/scan_mask.nii.gz"}
+    assert d["lesion_count"] == 2
+
+
+def test_json_round_trip_with_inf(tmp_path) -> None:
+    metrics = {"dsc": 0.0, "hd95_mm": math.inf, "other": [-math.inf, math.nan], "n": np.int32(3)}
+    path = tmp_path / "metrics.json"
+    write_json(metrics, path)
+    text = path.read_text()
+    # Strict JSON (no Infinity/NaN tokens): a strict parser reads it, and inf is the string "inf".
+    raw = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
+    assert raw["hd95_mm"] == "inf"
+    back = read_json(path)
+    assert back["hd95_mm"] == math.inf
+    assert back["other"][0] == -math.inf
+    assert math.isnan(back["other"][1])
+    assert back["n"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
+
+
+def test_report_json_round_trip(tmp_path) -> None:
+    r = report()
+    write_json(r, tmp_path / "r.json")
+    assert read_json(tmp_path / "r.json") == r.to_dict()
+
+
+def read_csv(path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_csv_header_with_zero_lesions(tmp_path) -> None:
+    write_csv(report(lesions=[]), tmp_path / "lesions.csv")
+    header, body = read_csv(tmp_path / "lesions.csv")
+    assert header == list(CSV_COLUMNS)
+    assert body == []
+
+
+def test_csv_one_row_per_lesion(tmp_path) -> None:
+    write_csv(report().to_dict(), tmp_path / "lesions.csv")
+    _, body = read_csv(tmp_path / "lesions.csv")
+    assert [r["id"] for r in body] == ["1", "2"]
+    first = body[0]
+    assert (int(first["voxels"]), float(first["volume_ml"])) == (10, 0.03)
+    assert [float(first[f"centroid_{a}_mm"]) for a in "xyz"] == [-10.5, 2.0, 30.25]
+    assert json.loads(first["bbox"]) == [[1, 3], [2, 4], [5, 6]]
