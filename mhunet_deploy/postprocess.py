@@ -1,7 +1,8 @@
 """Probability map -> numbered lesions and the per-lesion table of the report.
 
 Lesions are 26-connected components (voxels touching by a face, edge or corner belong together);
-sizes are judged in mm3 so the rule means the same at every voxel size. Labels run 1..K from the largest lesion down, so label 1 is always the largest.
+sizes are judged in mm3 so the rule means the same at every voxel size. Labels run 1..K from the
+largest lesion down, so label 1 is always the largest.
 """
 
 from __future__ import annotations

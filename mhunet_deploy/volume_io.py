@@ -16,7 +16,6 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -48,7 +47,7 @@ class Volume:
 
     image: nib.Nifti1Pair
     data: np.ndarray
-    path: Path
+    path: Path | None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -91,7 +90,7 @@ def _check_nifti_magic(path: Path) -> None:
     raise InputError(f"{path} is not a NIfTI file (no NIfTI header magic); convert the scan to .nii.gz first")
 
 
-def _check_header(img: nib.Nifti1Pair, path: Path, volume_index: int | None) -> tuple[int, ...]:
+def _check_header(img: nib.Nifti1Pair, path: Path | str, volume_index: int | None) -> tuple[int, ...]:
     """Validate shape, dtype, size, zooms and affine from the header; return the voxel index prefix."""
     shape = img.shape
     if len(shape) < 3 or min(shape[:3]) < 2:
@@ -154,30 +153,39 @@ def load_volume(path: str | os.PathLike, volume_index: int | None = None) -> Vol
         ) from exc
     if not isinstance(img, nib.Nifti1Pair):
         raise InputError(f"{path} is not a NIfTI image; convert the scan to .nii.gz first")
-    index = _check_header(img, path, volume_index)
+    return volume_from_image(img, volume_index, path)
 
+
+def volume_from_image(
+    img: nib.Nifti1Pair, volume_index: int | None = None, path: Path | None = None
+) -> Volume:
+    """Validate a NIfTI image (from disk or built in memory, e.g. synthetic data) into a Volume."""
+    filename = img.get_filename()
+    path = path or (Path(filename) if filename else None)
+    name = path or "in-memory image"
+    index = _check_header(img, name, volume_index)
     try:
         data = np.asarray(img.dataobj[index] if index else img.dataobj, dtype=np.float32)
     except _READ_ERRORS as exc:
         raise InputError(
-            f"{path}: cannot read the voxels ({_one_line(exc)}); "
+            f"{name}: cannot read the voxels ({_one_line(exc)}); "
             "the file is truncated or corrupt, copy it again"
         ) from exc
     finite = np.isfinite(data)
     if not finite.all():
         raise InputError(
-            f"{path} has {data.size - int(finite.sum())} NaN or infinite voxels; fix or re-export the scan"
+            f"{name} has {data.size - int(finite.sum())} NaN or infinite voxels; fix or re-export the scan"
         )
     if data.min() == data.max():
-        raise InputError(f"{path} is constant (every voxel is {data.flat[0]:g}); it holds no image")
+        raise InputError(f"{name} is constant (every voxel is {data.flat[0]:g}); it holds no image")
 
     if index:  # a 3D image for the chosen volume, with the same header and source files
         img = type(img)(data, img.affine, img.header, extra=img.extra, file_map=img.file_map)
     warnings = []
     if img.header["qform_code"] == 0 and img.header["sform_code"] == 0:
         warnings.append(
-            f"{path.name} has neither qform nor sform (both codes 0): world positions use the voxel sizes "
-            "only, so orientation and mm centroids may be wrong"
+            f"{path.name if path else name} has neither qform nor sform (both codes 0): world positions "
+            "use the voxel sizes only, so orientation and mm centroids may be wrong"
         )
     return Volume(image=img, data=data, path=path, warnings=warnings)
 
@@ -191,11 +199,13 @@ def _os_error_message(path: Path, exc: OSError) -> str:
     return f"cannot write {path} ({reason}); check the output folder and free disk space"
 
 
-def atomic_write(path: str | os.PathLike, write_fn: Callable[[BinaryIO], None]) -> Path:
-    """Write `path` via `write_fn(binary file)` so readers see the old file or the whole new one.
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], object]) -> Path:
+    """Write `path` so that readers see the old file or the whole new one, never a partial one.
 
-    The bytes go to a hidden temporary file in the same folder (same filesystem), are fsynced and
-    renamed over `path`; on any failure the temporary file is removed and OSError becomes OutputError.
+    `write_fn(tmp)` writes the complete file at `tmp`: a hidden path in the same folder (same
+    filesystem) ending in `path`'s name, so writers that pick the format by suffix still work. The
+    file is then fsynced and renamed over `path`; on any failure `tmp` is removed, and OSError
+    becomes OutputError.
     """
     path = Path(path).absolute()
     folder = path.parent
@@ -205,26 +215,28 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[BinaryIO], None]) 
         raise OutputError(f"{folder} is not a folder; choose another output path")
     if path.is_dir():
         raise OutputError(f"{path} is a folder; give a file name for the output")
-    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = folder / f".{secrets.token_hex(6)}.{path.name}"
     try:
         # O_EXCL: never clobber a file we did not create; mode 0o666 lets the umask apply as usual.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        write_fn(tmp)
+        _fsync(tmp, os.O_RDWR)
         os.replace(tmp, path)
         if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise OutputError(_os_error_message(path, exc)) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _source_files(image: nib.Nifti1Pair) -> list[Path]:
@@ -270,12 +282,6 @@ def save_like(
     # affine=None keeps the header's qform/sform fields verbatim instead of re-deriving them.
     image = klass(np.asarray(data).astype(dtype, copy=False), None, header)
     payload = image.to_bytes()
-
-    def write(f: BinaryIO) -> None:
-        if path.name.lower().endswith(".gz"):
-            with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=f, mtime=0) as gz:
-                gz.write(payload)
-        else:
-            f.write(payload)
-
-    return atomic_write(path, write)
+    if path.name.lower().endswith(".gz"):
+        payload = gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(payload))
