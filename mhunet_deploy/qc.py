@@ -220,4 +220,4 @@ def qc_montage(
         f"{DISCLAIMER}."
     )
     draw.text((MARGIN, PAGE_SIZE[1] - FOOTER_HEIGHT + 10), footer, font=_font(15), fill=MUTED_RGB)
-    atomic_write(path, lambda f: page.save(f, format="PNG", dpi=(DPI, DPI)))
+    atomic_write(path, lambda tmp: page.save(tmp, format="PNG", dpi=(DPI, DPI)))

@@ -30,6 +30,7 @@ from .volume_io import atomic_write
 DISCLAIMER = "Research use only - not for clinical use"
 #: Bumped when a key changes meaning or disappears, so downstream parsers can refuse what they don't know.
 REPORT_VERSION = 1
+#: The bbox is the inclusive voxel index range of :func:`mhunet_deploy.postprocess.lesion_table`.
 CSV_COLUMNS = (
     "id",
     "voxels",
@@ -37,7 +38,12 @@ CSV_COLUMNS = (
     "centroid_x_mm",
     "centroid_y_mm",
     "centroid_z_mm",
-    "bbox",
+    "bbox_min_i",
+    "bbox_min_j",
+    "bbox_min_k",
+    "bbox_max_i",
+    "bbox_max_j",
+    "bbox_max_k",
 )
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
@@ -168,7 +174,7 @@ def _as_dict(report: LesionReport | Mapping[str, Any]) -> Mapping[str, Any]:
 def write_json(report: LesionReport | Mapping[str, Any], path: str | Path) -> None:
     """Write a report (or any dict, e.g. metrics) as strict JSON, atomically."""
     data = (dumps(_as_dict(report)) + "\n").encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def read_json(path: str | Path) -> Any:
@@ -177,21 +183,16 @@ def read_json(path: str | Path) -> Any:
 
 
 def csv_rows(report: LesionReport | Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per lesion: the centroid split into x, y, z (mm); the bbox kept as compact JSON."""
+    """One flat row per lesion: centroid split into world x, y, z (mm), bbox into voxel min/max i, j, k."""
     rows = []
     for lesion in _as_dict(report)["lesions"]:
-        x, y, z = lesion["centroid_mm"]
-        rows.append(
-            {
-                "id": lesion["id"],
-                "voxels": lesion["voxels"],
-                "volume_ml": lesion["volume_ml"],
-                "centroid_x_mm": x,
-                "centroid_y_mm": y,
-                "centroid_z_mm": z,
-                "bbox": json.dumps(jsonable(lesion["bbox"]), separators=(",", ":")),
-            }
+        row = {key: lesion[key] for key in ("id", "voxels", "volume_ml")}
+        row.update(
+            zip(("centroid_x_mm", "centroid_y_mm", "centroid_z_mm"), lesion["centroid_mm"], strict=True)
         )
+        for end in ("min", "max"):
+            row.update(zip((f"bbox_{end}_{a}" for a in "ijk"), lesion["bbox"][end], strict=True))
+        rows.append(row)
     return rows
 
 
@@ -202,4 +203,4 @@ def write_csv(report: LesionReport | Mapping[str, Any], path: str | Path) -> Non
     writer.writeheader()
     writer.writerows(csv_rows(report))
     data = text.getvalue().encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mhunet_deploy import __version__
+from mhunet_deploy.postprocess import lesion_table
 from mhunet_deploy.report import (
     CSV_COLUMNS,
     DISCLAIMER,
@@ -23,24 +24,19 @@ from mhunet_deploy.report import (
 MODEL = {"name": "light", "sha256": "ab" * 32}
 
 
+AFFINE = np.array([[1.0, 0, 0, -10.0], [0, 1.0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])
+
+
 def rows() -> list[dict]:
-    """Two lesions in the shape of postprocess.lesion_table output, with numpy scalar types."""
-    return [
-        {
-            "id": 1,
-            "voxels": np.int64(10),
-            "volume_ml": np.float64(0.03),
-            "centroid_mm": (np.float32(-10.5), 2.0, 30.25),
-            "bbox": [[1, 3], [2, 4], [5, 6]],
-        },
-        {
-            "id": 2,
-            "voxels": 4,
-            "volume_ml": 0.012,
-            "centroid_mm": np.array([1.0, -2.0, 3.0]),
-            "bbox": [[7, 8], [7, 8], [1, 2]],
-        },
-    ]
+    """Rows from the real postprocess.lesion_table for two lesions on a (1, 1, 3) mm grid.
+
+    Lesion 1: voxels i 1..2, j 2..3, k 5 (4 voxels, 12 mm^3 = 0.012 mL, centre voxel (1.5, 2.5, 5)
+    -> world (-8.5, 2.5, 15)). Lesion 2: voxel (7, 7, 1) (0.003 mL, world (-3, 7, 3)).
+    """
+    labels = np.zeros((10, 10, 8), dtype=np.int32)
+    labels[1:3, 2:4, 5] = 1
+    labels[7, 7, 1] = 2
+    return lesion_table(labels, AFFINE, (1.0, 1.0, 3.0))
 
 
 def report(lesions: list[dict] | None = None, **kw) -> LesionReport:
@@ -59,7 +55,7 @@ def report(lesions: list[dict] | None = None, **kw) -> LesionReport:
 def test_report_dict_layout_and_totals() -> None:
     d = report(engine_key="k123", timings={"model_s": 1.5}, warnings=["w"]).to_dict()
     assert d["lesion_count"] == 2
-    assert d["total_volume_ml"] == pytest.approx(0.042)
+    assert d["total_volume_ml"] == pytest.approx(0.015)
     assert d["disclaimer"] == DISCLAIMER
     assert d["tool_version"] == __version__
     assert d["input"] == {"path": "/data/scan.nii.gz", "shape": [64, 64, 20], "zooms": [1.0, 1.0, 3.0]}
@@ -67,9 +63,25 @@ def test_report_dict_layout_and_totals() -> None:
     assert (d["backend"], d["precision"], d["engine_key"]) == ("onnxruntime", "fp32", "k123")
     assert d["timings"] == {"model_s": 1.5}
     assert d["warnings"] == ["w"]
-    assert d["lesions"][0]["centroid_mm"] == [-10.5, 2.0, 30.25]
+    assert d["lesions"][0]["centroid_mm"] == pytest.approx([-8.5, 2.5, 15.0])
     # Plain types only: strict JSON accepts it as is.
     assert json.loads(json.dumps(d, allow_nan=False)) == d
+
+
+def test_numpy_values_become_plain_json() -> None:
+    row = {
+        "id": np.int64(1),
+        "voxels": np.int64(4),
+        "volume_ml": np.float32(0.5),
+        "centroid_mm": np.array([1.0, 2.0, 3.0]),
+        "bbox": {"min": (np.int64(0), 0, 0), "max": [1, 1, 1]},
+    }
+    d = report(lesions=[row]).to_dict()
+    assert json.loads(json.dumps(d, allow_nan=False))["lesions"][0]["bbox"] == {
+        "min": [0, 0, 0],
+        "max": [1, 1, 1],
+    }
+    assert d["total_volume_ml"] == 0.5
 
 
 def test_engine_key_is_optional_and_model_info_is_required() -> None:
@@ -133,6 +145,7 @@ def test_csv_one_row_per_lesion(tmp_path) -> None:
     _, body = read_csv(tmp_path / "lesions.csv")
     assert [r["id"] for r in body] == ["1", "2"]
     first = body[0]
-    assert (int(first["voxels"]), float(first["volume_ml"])) == (10, 0.03)
-    assert [float(first[f"centroid_{a}_mm"]) for a in "xyz"] == [-10.5, 2.0, 30.25]
-    assert json.loads(first["bbox"]) == [[1, 3], [2, 4], [5, 6]]
+    assert (int(first["voxels"]), float(first["volume_ml"])) == (4, pytest.approx(0.012))
+    assert [float(first[f"centroid_{a}_mm"]) for a in "xyz"] == pytest.approx([-8.5, 2.5, 15.0])
+    assert [int(first[f"bbox_min_{a}"]) for a in "ijk"] == [1, 2, 5]
+    assert [int(first[f"bbox_max_{a}"]) for a in "ijk"] == [2, 3, 5]
