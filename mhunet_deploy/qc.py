@@ -28,7 +28,7 @@ DPI = 150
 GRID = (4, 4)  # columns, rows
 MARGIN = 24
 GAP = 8
-HEADER_HEIGHT = 214
+HEADER_HEIGHT = 232
 FOOTER_HEIGHT = 40
 OUTLINE_RGB = (255, 40, 40)
 OUTLINE_PX = 2
@@ -45,6 +45,16 @@ FOREGROUND_FRACTION = 0.1
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
+    """``text`` shortened in the middle with "..." until it fits ``width`` pixels (long input paths)."""
+    fitted, keep = text, len(text)
+    while keep > 8 and draw.textlength(fitted, font=font) > width:
+        keep -= 2
+        head = keep // 3
+        fitted = f"{text[:head]}...{text[head - keep :]}"
+    return fitted
 
 
 def _to_canonical(
@@ -150,7 +160,8 @@ def _header(draw: ImageDraw.ImageDraw, report: Mapping[str, Any], source: str) -
     x, y = MARGIN, MARGIN
     draw.text((x, y), "MS lesion segmentation - QC montage", font=_font(34), fill=TEXT_RGB)
     y += 50
-    draw.text((x, y), source, font=_font(18), fill=MUTED_RGB)
+    legend_x = PAGE_SIZE[0] - MARGIN - 300
+    draw.text((x, y), _fit(draw, source, _font(18), legend_x - x - 20), font=_font(18), fill=MUTED_RGB)
     y += 32
     facts = (
         f"Lesions: {report.get('lesion_count', 'n/a')}      "
@@ -168,12 +179,12 @@ def _header(draw: ImageDraw.ImageDraw, report: Mapping[str, Any], source: str) -
     draw.text((x, y), provenance, font=_font(18), fill=MUTED_RGB)
     y += 32
     draw.text((x, y), DISCLAIMER, font=_font(22), fill=WARN_RGB)
-    legend_x = PAGE_SIZE[0] - MARGIN - 300
     draw.rectangle((legend_x, MARGIN + 62, legend_x + 28, MARGIN + 76), outline=OUTLINE_RGB, width=OUTLINE_PX)
     draw.text((legend_x + 40, MARGIN + 58), "lesion mask outline", font=_font(18), fill=TEXT_RGB)
     draw.text((legend_x, MARGIN + 94), "Radiological view:", font=_font(18), fill=TEXT_RGB)
     draw.text((legend_x, MARGIN + 118), "R = patient right (image left)", font=_font(18), fill=MUTED_RGB)
-    draw.line((MARGIN, HEADER_HEIGHT - 10, PAGE_SIZE[0] - MARGIN, HEADER_HEIGHT - 10), fill=(60, 60, 66))
+    rule_y = HEADER_HEIGHT - 18
+    draw.line((MARGIN, rule_y, PAGE_SIZE[0] - MARGIN, rule_y), fill=(60, 60, 66))
 
 
 def qc_montage(
