@@ -75,7 +75,7 @@ def _to_canonical(
 
 
 def foreground(image: np.ndarray) -> np.ndarray:
-    """Head/brain voxels: a low threshold between the minimum and a robust maximum."""
+    """Head/brain voxels: a low threshold between the background level and a robust maximum."""
     lo, hi = (float(v) for v in np.percentile(image, [1.0, 99.5]))
     return image > lo + FOREGROUND_FRACTION * (hi - lo)
 
@@ -134,7 +134,9 @@ def render_axial(
     return Image.fromarray(tile)
 
 
-def _crop_to_head(image: np.ndarray, mask: np.ndarray, zooms: tuple, margin_mm: float = 12.0) -> tuple:
+def _crop_to_head(
+    image: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...], margin_mm: float = 12.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Crop x and y to the foreground (and mask) bounding box plus a margin, so the brain fills tiles."""
     boxes = ndimage.find_objects((foreground(image) | mask).any(axis=2).astype(np.uint8))
     if not boxes:
@@ -206,7 +208,7 @@ def qc_montage(
     data, labels = _crop_to_head(data, labels, zooms)
     page = Image.new("RGB", PAGE_SIZE, BACKGROUND_RGB)
     draw = ImageDraw.Draw(page)
-    source = str(report.get("input", {}).get("path", getattr(image, "get_filename", lambda: "")() or ""))
+    source = str((report.get("input") or {}).get("path") or image.get_filename() or "in-memory image")
     _header(draw, report, source)
     cell_w = (PAGE_SIZE[0] - 2 * MARGIN - (cols - 1) * GAP) // cols
     cell_h = (PAGE_SIZE[1] - HEADER_HEIGHT - FOOTER_HEIGHT - MARGIN - (rows - 1) * GAP) // rows
