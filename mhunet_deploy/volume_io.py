@@ -274,13 +274,14 @@ def save_like(
             raise ValueError(f"data range [{data.min()}, {data.max()}] does not fit {dtype}")
 
     klass = nib.Nifti2Image if isinstance(reference, nib.Nifti2Pair) else nib.Nifti1Image
-    header = klass.header_class.from_header(reference.header)
-    header.set_data_shape(shape)
-    header.set_data_dtype(dtype)
-    header.set_slope_inter(1.0, 0.0)
-    header["cal_min"] = header["cal_max"] = 0
     # affine=None keeps the header's qform/sform fields verbatim instead of re-deriving them.
-    image = klass(np.asarray(data).astype(dtype, copy=False), None, header)
+    image = klass(np.asarray(data).astype(dtype, copy=False), None, reference.header)
+    header = image.header
+    header.set_data_dtype(dtype)
+    header["pixdim"] = reference.header["pixdim"]  # set_data_shape reset those of dropped axes
+    # Raw fields: the image resets scaling to NaN ("unset"); the spec and viewers prefer 1 and 0.
+    header["scl_slope"], header["scl_inter"] = 1.0, 0.0
+    header["cal_min"] = header["cal_max"] = 0
     payload = image.to_bytes()
     if path.name.lower().endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
