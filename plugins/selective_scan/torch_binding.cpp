@@ -17,7 +17,7 @@ void check(const at::Tensor& t, const char* name, int64_t dims)
 
 at::Tensor fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& delta_bias,
-    bool delta_softplus, int64_t items, int64_t cpw)
+    bool delta_softplus, int64_t items, int64_t cpw, const c10::optional<at::Tensor>& out)
 {
     check(u, "u", 3);
     check(delta, "delta", 3);
@@ -51,7 +51,16 @@ at::Tensor fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A
         bp = delta_bias->data_ptr<float>();
     }
     const c10::cuda::CUDAGuard guard(u.device());
-    auto y = at::empty_like(u);
+    at::Tensor y;
+    if (out.has_value() && out->defined())
+    {
+        check(*out, "out", 3);
+        TORCH_CHECK(out->sizes() == u.sizes() && out->scalar_type() == dt && out->device() == u.device(),
+            "selective_scan_cuda: out must match u in shape, dtype and device");
+        y = *out;
+    }
+    else
+        y = at::empty_like(u);
     const int rc = mhunet_selective_scan_fwd_config(u.data_ptr(), delta.data_ptr(), A.data_ptr<float>(), B.data_ptr(),
         C.data_ptr(), Dp, bp, y.data_ptr(), (int) batch, (int) dim, (int) len, (int) dstate, (int) groups,
         delta_softplus ? 1 : 0, dt == at::kFloat ? MHUNET_SCAN_FP32 : MHUNET_SCAN_FP16, (int) items, (int) cpw,
@@ -66,5 +75,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
 {
     m.def("fwd", &fwd, "selective scan forward", py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
         py::arg("C"), py::arg("D"), py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("items") = 0,
-        py::arg("cpw") = 0);
+        py::arg("cpw") = 0, py::arg("out") = py::none());
 }
