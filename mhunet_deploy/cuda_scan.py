@@ -50,7 +50,9 @@ def load_extension():
     return _module()
 
 
-def selective_scan_cuda(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, items=0, cpw=0, out=None):
+def selective_scan_cuda(
+    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, items=0, cpw=0, out=None
+):
     """Selective scan forward on the GPU: same arguments and semantics as ``selective_scan_loop``.
 
     u, delta: (B, D, L); A: (D, N) fp32; B, C: (B, G, N, L); D, delta_bias: (D,) fp32 or None.

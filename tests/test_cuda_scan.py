@@ -1,3 +1,4 @@
+# ruff: noqa: E501, E741
 """Our CUDA selective scan (mhunet_deploy.cuda_scan) against the torch loop oracle; needs a CUDA GPU."""
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ def _inputs(b, d, l, g, n, dtype):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)])
 @pytest.mark.parametrize("b,d,l,g", [(2, 64, 1, 4), (2, 64, 65, 1), (1, 128, 1000, 4), (2, 32, 4097, 4)])
 def test_matches_loop_oracle(b, d, l, g, dtype, tol):
-    from mhunet_deploy.cuda_scan import selective_scan_cuda
     from mhunet_deploy.model.scan import selective_scan_loop
+
+    from mhunet_deploy.cuda_scan import selective_scan_cuda
 
     args = _inputs(b, d, l, g, 16, dtype)
     y = torch.full_like(args[0], float("nan"))

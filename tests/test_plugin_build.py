@@ -1,3 +1,4 @@
+# ruff: noqa: E501, E741
 """The native code compiles where no GPU is: the CUDA kernel with nvcc (one arch, to keep CI short), the
 contract header matches mhunet_deploy.contract, and, when TensorRT headers are present under
 third_party/TensorRT/include, the plugin library and its harness build and the harness's host-side checks

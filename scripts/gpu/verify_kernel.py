@@ -1,3 +1,4 @@
+# ruff: noqa: E501, E741, B023, SIM115  (GPU script: short shape names l/d/b, long report lines)
 """Correctness and speed of our selective-scan CUDA kernel on a GPU (run by scripts/gpu/verify_kernel.sh).
 
 (a) correctness vs an fp64 reference: the four stage shapes of both configs, odd lengths, G=4 and G=1,
