@@ -146,15 +146,12 @@ def _load(data_dir: Path, subjects: tuple[str, ...] | None, exclude: tuple[str, 
     csf = np.clip(brain - gm - wm, 0.0, 1.0).astype(np.float32)
     wm_mean = float(t1[wm > 0.9].mean())
     wm_t1 = np.where(wm > 0.5, (wm_mean - t1) / wm_mean, 0.0).astype(np.float32)
-    # distances: exact around the ventricles (thin rim), at 2 mm outside the brain (thick shell)
+    # distances to the ventricles (periventricular rim, on their box only) and outside the brain (skull)
     vent = ndi.binary_opening((csf > 0.6) & ndi.binary_erosion(brain, iterations=8))
     vbox = _bbox(vent, 12)
     vent_dist = np.full(shape, 99.0, np.float32)
     vent_dist[vbox] = ndi.distance_transform_edt(~vent[vbox])
-    coarse = ndi.distance_transform_edt(~brain[::2, ::2, ::2], sampling=2).astype(np.float32)
-    out_dist = np.where(brain, 0.0, ndi.zoom(coarse, np.divide(shape, coarse.shape), order=1)).astype(
-        np.float32
-    )
+    out_dist = ndi.distance_transform_edt(~brain).astype(np.float32)
     lesions = {}
     for s in wanted:
         img = nib.load(names[s])
@@ -191,8 +188,19 @@ def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
 def _affine(
     data: np.ndarray, m: np.ndarray, off: np.ndarray, shape: tuple[int, ...], order: int = 1
 ) -> np.ndarray:
-    """``ndimage.affine_transform``, on its faster separable path when ``m`` is diagonal."""
+    """``ndimage.affine_transform``; exact strided copy or separable path when ``m`` is diagonal.
+
+    Grids that differ by flips and whole-voxel shifts (the MNI template vs the FSL MNI grid) map voxel
+    centres onto voxel centres, where every interpolation order equals a copy.
+    """
     diagonal = np.allclose(m, np.diag(np.diag(m)))
+    if diagonal and np.allclose(np.abs(np.diag(m)), 1) and np.allclose(off, np.round(off)):
+        first = np.round(off).astype(int)
+        step = np.round(np.diag(m)).astype(int)
+        last = first + step * (np.array(shape) - 1)
+        if np.all(np.minimum(first, last) >= 0) and np.all(np.maximum(first, last) < data.shape):
+            idx = tuple(np.arange(n) * st + f for n, st, f in zip(shape, step, first, strict=True))
+            return data[np.ix_(*idx)]
     return ndi.affine_transform(data, np.diag(m) if diagonal else m, off, output_shape=shape, order=order)
 
 

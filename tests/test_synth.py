@@ -13,7 +13,16 @@ pytestmark = pytest.mark.skipif(
     reason=f"shared data not found at {DATA} (MNI152 template + open MS lesion masks)",
 )
 # 2 mm, skull off, thin slices, float32: small and fast, and a known contrast to test against
-FAST = dict(spacing=(2.0, 2.0), p_skull=0.0, p_thick=0.0, p_int16=0.0, p_mix=0.0, p_subset=0.0)
+CONTRAST = dict(
+    spacing=(2.0, 2.0),
+    p_skull=0.0,
+    p_thick=0.0,
+    p_int16=0.0,
+    p_mix=0.0,
+    p_subset=0.0,
+    lesion_contrast=(1.5, 1.5),
+    bias=(0.0, 0.0),
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +40,27 @@ def test_patient26_excluded_by_default(source) -> None:
     assert SynthSource.load(DATA, subjects=["patient01", "patient02"]).subjects == ["patient01", "patient02"]
 
 
-def test_deterministic_by_seed(source) -> None:
+@pytest.fixture(scope="module")
+def volume(source):
     from mhunet_deploy.synth import synth_volume
 
-    a, am = synth_volume(source, "patient01", 3, **FAST)
-    b, bm = synth_volume(source, "patient01", 3, **FAST)
-    c, _ = synth_volume(source, "patient01", 4, **FAST)
+    return synth_volume(source, "patient05", 11, **CONTRAST)
+
+
+def test_deterministic_by_seed(source, volume) -> None:
+    from mhunet_deploy.synth import synth_volume
+
+    a, am = volume
+    b, bm = synth_volume(source, "patient05", 11, **CONTRAST)
+    c, _ = synth_volume(source, "patient05", 12, **CONTRAST)
     assert np.array_equal(a.get_fdata(), b.get_fdata())
     assert np.array_equal(am.get_fdata(), bm.get_fdata())
     assert np.array_equal(a.affine, b.affine)
     assert a.shape != c.shape or not np.array_equal(a.get_fdata(), c.get_fdata())
 
 
-def test_geometry_and_lesion_contrast(source) -> None:
-    from mhunet_deploy.synth import synth_volume
-
-    img, mask = synth_volume(source, "patient05", 11, **FAST, lesion_contrast=(1.5, 1.5), bias=(0.0, 0.0))
+def test_geometry_and_lesion_contrast(source, volume) -> None:
+    img, mask = volume
     data = img.get_fdata()
     les = np.asarray(mask.dataobj)
     assert mask.get_data_dtype() == np.uint8 and img.get_data_dtype() == np.float32
