@@ -1,0 +1,295 @@
+"""Selective scan (Mamba S6) in torch, with the semantics of DESIGN §5 / ``contract``.
+
+Four implementations share one signature ``(u, delta, A, B, C, D, delta_bias, delta_softplus)``:
+
+- ``selective_scan_loop``: a per-step Python loop, kept only as the test oracle;
+- ``selective_scan_chunked``: the eager path (CPU inference, GPU training without mamba-ssm);
+- ``selective_scan_logstep``: traceable by ``torch.onnx.export`` into plain ONNX ops (no Loop/Scan);
+- the mamba-ssm CUDA kernel, picked by ``selective_scan`` on CUDA tensors when it imports.
+
+Shapes: u, delta (Bt, D, L); A (D, N); B, C (Bt, G, N, L), channel d reads group d // (D // G);
+D, delta_bias (D). The state and every accumulation are fp32 (fp64 for fp64 inputs); y has u's dtype.
+All implementations only exponentiate non-positive numbers (delta >= 0 after softplus, A < 0), so no
+intermediate overflows whatever the delta range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from mhunet_deploy import contract
+
+#: The common signature: (u, delta, A, B, C, D, delta_bias, delta_softplus) -> y.
+ScanFn = Callable[..., torch.Tensor]
+
+#: Chunk length of the log-step variant: log2(16) = 4 full-size combine steps per chunk, the rest
+#: of the sequence is combined at chunk level (1/16 of the data); the exported graph does not depend
+#: on anything but L, which the image size fixes at export time.
+LOGSTEP_CHUNK = 16
+
+
+def _compute_dtype(u: torch.Tensor) -> torch.dtype:
+    """fp32 state for every input type except fp64, which keeps fp64 (for gradcheck and tests)."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """softplus with the contract's threshold, written so the ONNX graph cannot overflow above it.
+
+    ONNX ``Softplus`` has no threshold and is ``log(exp(x) + 1)`` in some runtimes; the Where keeps
+    x itself where x > threshold, which also matches torch and mamba-ssm exactly.
+    """
+    return torch.where(x > contract.SOFTPLUS_THRESHOLD, x, F.softplus(x))
+
+
+def _delta(
+    delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """The step size dt (Bt, D, L) in the compute dtype."""
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    return _softplus(dt) if delta_softplus else dt
+
+
+def selective_scan_loop(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+) -> torch.Tensor:
+    """Step-by-step recurrence: the oracle every faster variant is tested against (slow)."""
+    cd = _compute_dtype(u)
+    dt = _delta(delta, delta_bias, delta_softplus, cd)
+    uc = u.to(cd)
+    rep = u.shape[1] // B.shape[1]
+    Bd = B.to(cd).repeat_interleave(rep, dim=1)  # (Bt, D, N, L)
+    Cd = C.to(cd).repeat_interleave(rep, dim=1)
+    Ac = A.to(cd)
+    h = uc.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for t in range(u.shape[2]):
+        h = torch.exp(dt[:, :, t, None] * Ac) * h + (dt[:, :, t] * uc[:, :, t])[:, :, None] * Bd[..., t]
+        ys.append((h * Cd[..., t]).sum(-1))
+    y = torch.stack(ys, dim=-1) + D.to(cd)[:, None] * uc
+    return y.to(u.dtype)
+
+
+def _default_chunk(length: int) -> int:
+    """A power of two near sqrt(L), in [16, 64]: measured fastest on CPU for L = 64 .. 4096."""
+    return min(64, max(16, 1 << round(math.log2(math.sqrt(max(length, 1))))))
+
+
+def selective_scan_chunked(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Chunked scan: a Python loop over the T steps of a chunk only, vectorised over all chunks.
+
+    Pass 1 runs the recurrence from a zero state inside every chunk at once and emits its part of y;
+    the chunk carries are then propagated (a loop over the L/T chunks on tiny tensors); pass 2 adds
+    ``<C_t, exp(A * cumsum(dt)) * carry_in>``. The full (Bt, D, L, N) state is never materialised,
+    and autograd works through it (training uses it).
+    """
+    cd = _compute_dtype(u)
+    bsz, d, length = u.shape
+    g, n = B.shape[1], A.shape[1]
+    dg = d // g
+    t_len = chunk or _default_chunk(length)
+    nc = -(-length // t_len)
+    pad = nc * t_len - length
+
+    uc = u.to(cd)
+    dt = _delta(delta, delta_bias, delta_softplus, cd)
+    du = dt * uc
+    Bc, Cc = B.to(cd), C.to(cd)
+    if pad:  # dt = 0 and zero input leave the state unchanged; the padded outputs are dropped.
+        dt, du, Bc, Cc = (F.pad(x, (0, pad)) for x in (dt, du, Bc, Cc))
+
+    def time_major(x: torch.Tensor, inner: int) -> torch.Tensor:
+        """(Bt, G, inner, nc*T) -> contiguous (T, Bt, G, nc, inner), so each step reads one block."""
+        return x.reshape(bsz, g, inner, nc, t_len).permute(4, 0, 1, 3, 2).contiguous()
+
+    dt_t = time_major(dt, dg)[..., None]  # (T, Bt, G, nc, Dg, 1)
+    du_t = time_major(du, dg)[..., None]
+    B_t = time_major(Bc, n)[..., None, :]  # (T, Bt, G, nc, 1, N)
+    C_t = time_major(Cc, n)[..., None, :]
+    Ag = A.to(cd).reshape(g, 1, dg, n)
+
+    h = uc.new_zeros(bsz, g, nc, dg, n)
+    ys = []
+    for t in range(t_len):
+        h = torch.addcmul(du_t[t] * B_t[t], h, torch.exp(dt_t[t] * Ag))
+        ys.append(torch.linalg.vecdot(h, C_t[t]))
+    if nc > 1:
+        decay = torch.exp(dt_t.sum(0) * Ag)  # whole-chunk decay, (Bt, G, nc, Dg, N)
+        carry = uc.new_zeros(bsz, g, dg, n)
+        carries = []
+        for c in range(nc):
+            carries.append(carry)
+            carry = torch.addcmul(h[:, :, c], decay[:, :, c], carry)
+        carry_in = torch.stack(carries, dim=2)
+        cum = dt_t.cumsum(0)
+        ys = [y + torch.linalg.vecdot(torch.exp(cum[t] * Ag) * carry_in, C_t[t]) for t, y in enumerate(ys)]
+    y = torch.stack(ys).permute(1, 2, 4, 3, 0).reshape(bsz, d, nc * t_len)[..., :length]
+    return (y + D.to(cd)[:, None] * uc).to(u.dtype)
+
+
+def _shift(x: torch.Tensor, k: int, dim: int, fill: float) -> torch.Tensor:
+    """x shifted by k towards the end along dim (a negative axis), the first k entries set to fill."""
+    head = x.narrow(dim, 0, x.shape[dim] - k)
+    return F.pad(head, (0, 0) * (-dim - 1) + (k, 0), value=fill)
+
+
+def _logstep_scan(a: torch.Tensor, x: torch.Tensor, dim: int, need_a: bool) -> tuple[torch.Tensor, ...]:
+    """Inclusive Hillis-Steele scan of the pairs (a, x) along dim with (a1,x1)o(a2,x2) = (a1a2, a2x1+x2).
+
+    Every product is of values in [0, 1] (a) or of such a value with x, so fp32 is safe. When
+    ``need_a`` is False the cumulative a of the last step is not computed (it would go unused).
+    """
+    size = x.shape[dim]
+    k = 1
+    while k < size:
+        x = x + a * _shift(x, k, dim, 0.0)
+        if need_a or 2 * k < size:
+            a = a * _shift(a, k, dim, 1.0)
+        k *= 2
+    return a, x
+
+
+def selective_scan_logstep(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+) -> torch.Tensor:
+    """ONNX-exportable scan: chunks of LOGSTEP_CHUNK, log-step scans inside and across chunks.
+
+    Only pad/slice/mul/add/exp/reshape/reduce ops, no value-dependent control flow and no Loop/Scan:
+    the number of combine steps is log2 of the (export-time static) L. Batch stays dynamic because
+    every reshape uses -1 for it.
+    """
+    cd = _compute_dtype(u)
+    d, length = u.shape[1], u.shape[2]
+    g, n = B.shape[1], A.shape[1]
+    dg = d // g
+    t_len = LOGSTEP_CHUNK
+    nc = -(-length // t_len)
+    pad = nc * t_len - length
+
+    uc = u.to(cd)
+    dt = _delta(delta, delta_bias, delta_softplus, cd)
+    du = dt * uc
+    Bc, Cc = B.to(cd), C.to(cd)
+    if pad:
+        dt, du, Bc, Cc = (F.pad(x, (0, pad)) for x in (dt, du, Bc, Cc))
+
+    # (Bt, G, Dg, N, nc, T): the scan axes are the last two.
+    a = torch.exp(dt.reshape(-1, g, dg, 1, nc, t_len) * A.to(cd).reshape(g, dg, n, 1, 1))
+    x = du.reshape(-1, g, dg, 1, nc, t_len) * Bc.reshape(-1, g, 1, n, nc, t_len)
+    a, x = _logstep_scan(a, x, -1, need_a=True)
+    if nc > 1:
+        _, ends = _logstep_scan(a[..., t_len - 1 :], x[..., t_len - 1 :], -2, need_a=False)
+        x = x + a * _shift(ends, 1, -2, 0.0)
+    y = (x * Cc.reshape(-1, g, 1, n, nc, t_len)).sum(3).reshape(-1, d, nc * t_len)
+    if pad:
+        y = y[..., :length]
+    return (y + D.to(cd)[:, None] * uc).to(u.dtype)
+
+
+@functools.cache
+def _mamba_cuda() -> ScanFn | None:
+    """mamba-ssm's fused CUDA kernel, or None where the package (or its extension) is missing."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError:
+        return None
+
+    def run(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor,
+        delta_bias: torch.Tensor | None = None,
+        delta_softplus: bool = True,
+    ) -> torch.Tensor:
+        # mamba-ssm takes z between D and delta_bias.
+        return selective_scan_fn(u, delta, A, B, C, D, None, delta_bias, delta_softplus)
+
+    return run
+
+
+_IMPLS: dict[str, ScanFn] = {
+    "chunked": selective_scan_chunked,
+    "logstep": selective_scan_logstep,
+    "loop": selective_scan_loop,
+}
+_ACTIVE: contextvars.ContextVar[str] = contextvars.ContextVar("mhunet_scan_impl", default="auto")
+
+
+def register_scan_impl(name: str, fn: ScanFn) -> None:
+    """Add (or replace) a named implementation, e.g. the exporter's custom-ONNX-node "plugin" one."""
+    if name == "auto":
+        raise ValueError("'auto' is the dispatcher itself and cannot be registered")
+    _IMPLS[name] = fn
+
+
+def scan_impls() -> tuple[str, ...]:
+    """The names ``use_scan_impl`` accepts."""
+    return ("auto", *_IMPLS)
+
+
+@contextlib.contextmanager
+def use_scan_impl(name: str) -> Iterator[None]:
+    """Force one implementation for every ``selective_scan`` call inside the block (e.g. for export)."""
+    if name not in scan_impls():
+        raise ValueError(f"unknown scan implementation {name!r}; known: {', '.join(scan_impls())}")
+    token = _ACTIVE.set(name)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+) -> torch.Tensor:
+    """The model's entry point: the forced implementation, else mamba-ssm on CUDA, else chunked."""
+    name = _ACTIVE.get()
+    if name != "auto":
+        fn = _IMPLS[name]
+    else:
+        cuda_fn = _mamba_cuda() if u.is_cuda else None
+        fn = cuda_fn or selective_scan_chunked
+    return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
