@@ -189,10 +189,11 @@ def evaluate(
 ) -> None:
     """DSC, IoU, sensitivity, specificity, HD95 (mm), lesion-wise F1 and volumes of PRED vs TRUTH."""
     from .metrics import evaluate as run_eval
+    from .report import dumps
 
     result = run_eval(pred, truth, threshold=threshold, iou_threshold=lesion_iou)
     if as_json:
-        print(json.dumps(result, default=str))
+        print(dumps(result))
         return
     table = Table("metric", "value")
     for k, v in result.items():
@@ -220,6 +221,9 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workers: Annotated[int, typer.Option(min=1, help="Processes for data generation.")] = 2,
     embed_dim: Annotated[int | None, typer.Option(help="Override the config's C (smoke tests).")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Wall-clock budget; the LR schedule spans it.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from --out/last.safetensors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
@@ -242,9 +246,10 @@ def train(
         lr=lr,
         seed=seed,
         device=device,
+        max_minutes=max_minutes,
     )
     with _progress(quiet) as bar:
-        task = bar.add_task("data", total=None)
+        task = bar.add_task("data", total=volumes if data is None else None)
         train_set, val_set, recipe = build_sets(
             data=data,
             synth_source=synth_source,
@@ -252,7 +257,7 @@ def train(
             scale=synth_scale,
             seed=seed,
             workers=workers,
-            on_volume=lambda n: bar.update(task, total=n, advance=1),
+            on_volume=lambda: bar.advance(task),
         )
         bar.remove_task(task)
         task = bar.add_task("train", total=epochs * steps_per_epoch)

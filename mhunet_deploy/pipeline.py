@@ -115,6 +115,7 @@ def infer_volume(
         "preprocess_s": t2 - t1,
         "model_s": t3 - t2,
         "postprocess_s": t4 - t3,
+        "total_s": t4 - t0,
     }
     report = build_report(
         input_path=input_path,
@@ -141,13 +142,17 @@ def infer_volume(
 
         writers["qc"] = lambda: qc_montage(volume.image, labels > 0, report, paths["qc"])
     write_all(writers, paths)
-    report["timings"]["total_s"] = time.perf_counter() - t0
     return report
 
 
 def write_all(writers: dict[str, Callable[[], object]], paths: dict[str, Path]) -> None:
     """Write every output or none: on any failure the outputs of this run are removed again."""
-    Path(next(iter(paths.values()))).parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(next(iter(paths.values()))).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        msg = f"{folder}: cannot create the output folder ({e.strerror}); choose another -o"
+        raise OutputError(msg) from e
     done: list[Path] = []
     try:
         for key, write in writers.items():

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import save_checkpoint, sidecar
+from .checkpoint import save_checkpoint
 from .data import SliceSet
 from .errors import InputError
 from .model.mamba_hunet import CONFIGS, ModelConfig, build_model
@@ -42,6 +42,9 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
     device: str = "auto"
+    #: Wall-clock budget: the cosine schedule runs over it and training stops when it is spent, so a
+    #: run fits a fixed GPU lease whatever the step time turns out to be.
+    max_minutes: float | None = None
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -68,10 +71,10 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[tor
     return x, y
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over steps, then cosine decay over ``progress`` (0..1 of the run)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -104,6 +107,14 @@ def _optim_state(optim: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor],
         for k, v in st.items():
             tensors[f"{idx}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
     return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _save_optim_state(optim: torch.optim.Optimizer, out_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors, opt_js = _optim_state(optim)
+    atomic_write(out_dir / "last_optim.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(out_dir / "last_optim.json", lambda tmp: Path(tmp).write_text(json.dumps(opt_js)))
 
 
 def _load_optim_state(optim: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], js: dict) -> None:
@@ -157,14 +168,21 @@ def train(
         start_epoch, best_dice, history = meta["epoch"] + 1, meta["best_val_dice"], meta["history"]
         gen.manual_seed(cfg.seed + start_epoch)
     total_steps = cfg.epochs * cfg.steps_per_epoch
+    budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
+    started = time.perf_counter()
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         losses = []
         for step in range(cfg.steps_per_epoch):
             gstep = epoch * cfg.steps_per_epoch + step
+            progress_frac = gstep / total_steps
+            if budget_s:
+                progress_frac = max(progress_frac, (time.perf_counter() - started) / budget_s)
+                if progress_frac >= 1.0 and losses:
+                    break
             for g in optim.param_groups:
-                g["lr"] = lr_at(gstep, total_steps, cfg)
+                g["lr"] = lr_at(gstep, progress_frac, cfg)
             xb, yb = train_set.sample(cfg.batch_size, cfg.lesion_fraction, gen)
             x = torch.from_numpy(xb).to(device, non_blocking=True).float()
             y = torch.from_numpy(yb).to(device, non_blocking=True).float()
@@ -194,12 +212,9 @@ def train(
             best_dice = metrics["val_dice"]
             save_checkpoint(model, best, {**meta, "best_val_dice": best_dice})
         save_checkpoint(model, last, {**meta, "best_val_dice": best_dice})
-        tensors, opt_js = _optim_state(optim)
-        from safetensors.torch import save_file
-
-        atomic_write(out_dir / "last_optim.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-        atomic_write(out_dir / "last_optim.json", lambda tmp: Path(tmp).write_text(json.dumps(opt_js)))
+        _save_optim_state(optim, out_dir)
+        if budget_s and time.perf_counter() - started > budget_s:
+            break
     if not best.exists():
         raise InputError(f"{out_dir}: training ran no epoch (already at --epochs {cfg.epochs}?)")
-    assert sidecar(best).exists()
     return best
