@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -153,19 +154,33 @@ def selective_scan_chunked(
     return (y + D.to(cd)[:, None] * uc).to(u.dtype)
 
 
+def _static_dims(x: torch.Tensor) -> tuple[int, ...]:
+    """x's dims as Python ints, also while tracing, so the ONNX graph gets no Shape/Gather chains.
+
+    Only the batch dim is dynamic in the exported model, and the log-step graph never reads it
+    (reshapes use -1); D, N, G and L are fixed by the architecture and the image size.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return tuple(int(s) for s in x.shape)
+
+
 def _shift(x: torch.Tensor, k: int, dim: int, fill: float) -> torch.Tensor:
-    """x shifted by k towards the end along dim (a negative axis), the first k entries set to fill."""
-    head = x.narrow(dim, 0, x.shape[dim] - k)
-    return F.pad(head, (0, 0) * (-dim - 1) + (k, 0), value=fill)
+    """x shifted by k towards the end along dim (a negative axis), the first k entries set to fill.
+
+    One Pad with a negative end pad (a crop), so the ONNX graph gets one node per shift.
+    """
+    return F.pad(x, (0, 0) * (-dim - 1) + (k, -k), value=fill)
 
 
-def _logstep_scan(a: torch.Tensor, x: torch.Tensor, dim: int, need_a: bool) -> tuple[torch.Tensor, ...]:
+def _logstep_scan(
+    a: torch.Tensor, x: torch.Tensor, size: int, dim: int, need_a: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inclusive Hillis-Steele scan of the pairs (a, x) along dim with (a1,x1)o(a2,x2) = (a1a2, a2x1+x2).
 
     Every product is of values in [0, 1] (a) or of such a value with x, so fp32 is safe. When
     ``need_a`` is False the cumulative a of the last step is not computed (it would go unused).
     """
-    size = x.shape[dim]
     k = 1
     while k < size:
         x = x + a * _shift(x, k, dim, 0.0)
@@ -192,8 +207,8 @@ def selective_scan_logstep(
     every reshape uses -1 for it.
     """
     cd = _compute_dtype(u)
-    d, length = u.shape[1], u.shape[2]
-    g, n = B.shape[1], A.shape[1]
+    _, d, length = _static_dims(u)
+    g, n = _static_dims(B)[1], _static_dims(A)[1]
     dg = d // g
     t_len = LOGSTEP_CHUNK
     nc = -(-length // t_len)
@@ -209,9 +224,9 @@ def selective_scan_logstep(
     # (Bt, G, Dg, N, nc, T): the scan axes are the last two.
     a = torch.exp(dt.reshape(-1, g, dg, 1, nc, t_len) * A.to(cd).reshape(g, dg, n, 1, 1))
     x = du.reshape(-1, g, dg, 1, nc, t_len) * Bc.reshape(-1, g, 1, n, nc, t_len)
-    a, x = _logstep_scan(a, x, -1, need_a=True)
+    a, x = _logstep_scan(a, x, t_len, -1, need_a=True)
     if nc > 1:
-        _, ends = _logstep_scan(a[..., t_len - 1 :], x[..., t_len - 1 :], -2, need_a=False)
+        _, ends = _logstep_scan(a[..., t_len - 1 :], x[..., t_len - 1 :], nc, -2, need_a=False)
         x = x + a * _shift(ends, 1, -2, 0.0)
     y = (x * Cc.reshape(-1, g, 1, n, nc, t_len)).sum(3).reshape(-1, d, nc * t_len)
     if pad:
