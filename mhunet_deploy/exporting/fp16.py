@@ -1,0 +1,111 @@
+"""FP32 graph -> FP16 graph with explicit FP32 islands, for strongly typed TensorRT networks.
+
+A strongly typed network takes every tensor's type from the graph, so precision must be spelled out
+in the ONNX itself (DESIGN.md §8): fp16 everywhere, except
+- normalisation statistics: LayerNormalization and BatchNormalization run in fp32 between Casts
+  (a LayerNorm over 2C channels in fp16 loses the mean/variance of small-variance tokens);
+- the scan's A, D and delta_bias stay fp32 constants, as the SelectiveScan contract requires
+  (its state is fp32 inside the op by contract).
+Our own pass rather than onnxconverter-common: the island rules are ours and tiny, and the
+"fp32 ports" of the custom op come from the contract, which a generic converter cannot know.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto
+
+from .. import contract
+
+#: Ops computed wholly in fp32: every input is cast up and every output cast back down.
+FP32_ISLAND_OPS = ("LayerNormalization", "BatchNormalization")
+_F32 = np.dtype(np.float32)
+_F16 = np.dtype(np.float16)
+
+
+def is_scan(node: gs.Node) -> bool:
+    return node.op == contract.OP_TYPE and node.domain == contract.DOMAIN
+
+
+def fp32_ports(node: gs.Node) -> set[int]:
+    """Input indices of ``node`` that must be fed fp32 in the fp16 graph."""
+    if node.op in FP32_ISLAND_OPS:
+        return set(range(len(node.inputs)))
+    if is_scan(node):
+        return {i for i, port in enumerate(contract.INPUTS) if port.fp32_only}
+    return set()
+
+
+def _uses(tensor: gs.Tensor) -> list[tuple[gs.Node, int]]:
+    return [(n, i) for n in tensor.outputs for i, t in enumerate(n.inputs) if t is tensor]
+
+
+def _convert_constants(graph: gs.Graph) -> None:
+    """fp32 weights become fp16, unless only fp32 ports read them; shared ones get an fp16 copy."""
+    for const in list(graph.tensors().values()):
+        if not isinstance(const, gs.Constant) or const.values.dtype != _F32:
+            continue
+        uses = _uses(const)
+        half = [(n, i) for n, i in uses if i not in fp32_ports(n)]
+        if not half:
+            continue
+        if len(half) == len(uses):
+            const.values = const.values.astype(np.float16)
+            continue
+        copy = gs.Constant(f"{const.name}/fp16", const.values.astype(np.float16))
+        for node, i in half:
+            node.inputs[i] = copy
+
+
+def _retype_ops(graph: gs.Graph) -> None:
+    """Casts to float and float-valued ConstantOfShape produce fp16 now."""
+    for node in graph.nodes:
+        if node.op == "Cast" and node.attrs["to"] == TensorProto.FLOAT:
+            node.attrs["to"] = TensorProto.FLOAT16
+        elif node.op == "ConstantOfShape" and "value" in node.attrs and node.attrs["value"].dtype == _F32:
+            value = node.attrs["value"]
+            node.attrs["value"] = gs.Constant(value.name, value.values.astype(np.float16))
+
+
+def add_cast(graph: gs.Graph, tensor: gs.Tensor, to: int, out: gs.Variable) -> gs.Variable:
+    """Append ``out = Cast(tensor, to)`` to ``graph``."""
+    cast = gs.Node("Cast", name=f"{out.name}/Cast", attrs={"to": to}, inputs=[tensor], outputs=[out])
+    graph.nodes.append(cast)
+    return out
+
+
+def _add_islands(graph: gs.Graph) -> None:
+    """Cast fp16 activations up at every fp32 port; cast island outputs back down.
+
+    An island output that feeds another fp32 port is passed on in fp32 (no down-and-up round trip).
+    Nodes are visited in topological order, so an island registers its fp32 outputs before any use.
+    """
+    wide: dict[str, gs.Variable] = {}
+    for node in list(graph.nodes):
+        for i in sorted(fp32_ports(node)):
+            t = node.inputs[i]
+            if isinstance(t, gs.Variable) and t.name:
+                if t.name not in wide:
+                    up = gs.Variable(f"{t.name}/fp32", dtype=_F32, shape=t.shape)
+                    wide[t.name] = add_cast(graph, t, TensorProto.FLOAT, up)
+                node.inputs[i] = wide[t.name]
+        if node.op in FP32_ISLAND_OPS:
+            for k, out in enumerate(node.outputs):
+                fp32 = gs.Variable(f"{out.name}/fp32", dtype=_F32, shape=out.shape)
+                wide[out.name] = node.outputs[k] = fp32
+                add_cast(graph, wide[out.name], TensorProto.FLOAT16, out)
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Convert an fp32 graph (constants folded) to fp16 with FP32 islands; I/O become fp16 too."""
+    graph = gs.import_onnx(model)
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor.dtype == _F32:
+            tensor.dtype = _F16
+    _convert_constants(graph)
+    _retype_ops(graph)
+    _add_islands(graph)
+    graph.cleanup().toposort()
+    return gs.export_onnx(graph)
