@@ -74,8 +74,11 @@ class SliceSet:
         )
 
 
-def volume_to_slices(volume: Volume, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocess like inference; keep slices with anatomy. Returns fp16 images and uint8 masks."""
+def volume_to_slices(
+    volume: Volume, label: np.ndarray, max_slices: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocess like inference; keep slices with anatomy (at most ``max_slices``, drawn at random
+    so that many volumes fit in memory). Returns fp16 images and uint8 masks."""
     slices, geometry = prepare(volume)
     masks = (geometry.to_model_grid(label.astype(np.float32), order=0) > 0.5).astype(np.uint8)
     flat = slices.reshape(len(slices), -1)
@@ -83,7 +86,10 @@ def volume_to_slices(volume: Volume, label: np.ndarray) -> tuple[np.ndarray, np.
     keep = ((flat > background + 1e-3).mean(axis=1) >= MIN_FOREGROUND_FRACTION) | masks.reshape(
         len(masks), -1
     ).any(axis=1)
-    return slices[keep].astype(np.float16), masks[keep]
+    idx = np.flatnonzero(keep)
+    if max_slices is not None and len(idx) > max_slices:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_slices, replace=False))
+    return slices[idx].astype(np.float16), masks[idx]
 
 
 @lru_cache(maxsize=2)
@@ -94,13 +100,15 @@ def _source(source_dir: Path) -> Any:
     return SynthSource.load(source_dir)
 
 
-def _synth_job(args: tuple[Path, str, int, float]) -> tuple[str, np.ndarray, np.ndarray, dict]:
+def _synth_job(
+    args: tuple[Path, str, int, float | None, int | None],
+) -> tuple[str, np.ndarray, np.ndarray, dict]:
     from .synth import synth_volume
 
-    source_dir, subject, seed, scale = args
-    source = _source(source_dir)
-    image, mask = synth_volume(source, subject, seed, scale=scale)
-    xs, ys = volume_to_slices(volume_from_image(image), np.asarray(mask.dataobj))
+    source_dir, subject, seed, spacing, max_slices = args
+    recipe = {"spacing": (spacing, spacing)} if spacing else {}
+    image, mask = synth_volume(_source(source_dir), subject, seed, **recipe)
+    xs, ys = volume_to_slices(volume_from_image(image), np.asarray(mask.dataobj), max_slices, seed)
     return f"{subject}-s{seed}", xs, ys, {"subject": subject, "seed": seed}
 
 
@@ -109,12 +117,16 @@ def synthetic_parts(
     subjects: list[str],
     volumes: int,
     seed: int,
-    scale: float,
+    spacing: float | None,
     workers: int,
+    max_slices: int | None = None,
     on_volume: Callable[[], None] | None = None,
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Generate ``volumes`` synthetic volumes, cycling over the given lesion-mask subjects."""
-    jobs = [(source_dir, subjects[i % len(subjects)], seed * 100_000 + i, scale) for i in range(volumes)]
+    jobs = [
+        (source_dir, subjects[i % len(subjects)], seed * 100_000 + i, spacing, max_slices)
+        for i in range(volumes)
+    ]
     parts = []
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -160,9 +172,10 @@ def build_sets(
     data: Path | None,
     synth_source: Path,
     volumes: int,
-    scale: float,
+    spacing: float | None,
     seed: int,
     workers: int,
+    max_slices: int | None = None,
     on_volume: Callable[[], None] | None = None,
 ) -> tuple[SliceSet, SliceSet, dict[str, Any]]:
     """Training and validation slices plus the recipe recorded in the checkpoint."""
@@ -172,7 +185,7 @@ def build_sets(
         parts = []
         for case, img, lab in pairs:
             label = np.asarray(nib.load(lab).dataobj)
-            xs, ys = volume_to_slices(load_volume(img), label)
+            xs, ys = volume_to_slices(load_volume(img), label, max_slices, seed)
             parts.append((case, xs, ys))
             if on_volume:
                 on_volume()
@@ -184,15 +197,18 @@ def build_sets(
     source = SynthSource.load(synth_source)
     train_subj, val_subj = split_subjects(source.subjects, seed)
     n_val = max(1, int(round(volumes * VAL_FRACTION)))
-    train = synthetic_parts(synth_source, train_subj, volumes - n_val, seed, scale, workers, on_volume)
-    val = synthetic_parts(synth_source, val_subj, n_val, seed + 1, scale, workers, on_volume)
+    train = synthetic_parts(
+        synth_source, train_subj, volumes - n_val, seed, spacing, workers, max_slices, on_volume
+    )
+    val = synthetic_parts(synth_source, val_subj, n_val, seed + 1, spacing, workers, max_slices, on_volume)
     recipe = {
         "kind": "synthetic",
         "volumes": volumes,
-        "scale": scale,
+        "spacing_mm": spacing,
+        "max_slices_per_volume": max_slices,
         "seed": seed,
         "train_subjects": train_subj,
         "val_subjects": val_subj,
-        "excluded": list(source.excluded),
+        "excluded": ["patient26"],
     }
     return SliceSet.concat(train), SliceSet.concat(val), recipe
