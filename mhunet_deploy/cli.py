@@ -77,6 +77,10 @@ def infer(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (torch backend).")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = "fp32",
+    export_dir: Annotated[
+        Path, typer.Option(help="Where `mhunet export` wrote the graphs (onnxruntime, tensorrt).")
+    ] = Path("export"),
+    onnx: Annotated[Path | None, typer.Option(help="Run this portable .onnx (onnxruntime backend).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Lesion probability threshold.")] = None,
     min_lesion_mm3: Annotated[float | None, typer.Option(help="Drop lesions smaller than this.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per backend call.")] = 8,
@@ -107,7 +111,15 @@ def infer(
         volume_index=volume_index,
         model_info={"name": meta["config"]["name"], "sha256": meta["sha256"], "checkpoint": str(ckpt)},
     )
-    engine = load_backend(backend, ckpt, device=device, precision=precision)
+    engine = load_backend(
+        backend,
+        ckpt,
+        device=device,
+        precision=precision,
+        export_dir=export_dir,
+        onnx_path=onnx,
+        on_choice=None if quiet else lambda name, why: err.print(f"auto: [bold]{name}[/] ({why})"),
+    )
     if not quiet:
         err.print(f"backend: [bold]{engine.name}[/] ({engine.precision}), model {meta['config']['name']}")
     results, failures = [], []
@@ -270,10 +282,109 @@ def train(
             model_config=mcfg,
             resume=resume,
             progress=lambda s, n, m: bar.update(task, completed=s, description=f"train loss {m['loss']:.3f}"),
+            on_epoch=None
+            if quiet
+            else lambda m: err.print(
+                f"epoch {m['epoch']:3d}  loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}"
+                f"  val Dice {m['val_dice']:.4f}  {m['seconds']:.0f} s"
+            ),
         )
     if not quiet:
         meta = json.loads(best.with_suffix(".json").read_text())
         err.print(f"best checkpoint: {best} (val Dice {meta['best_val_dice']:.3f})")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the ONNX graphs.")] = Path("export"),
+    engine: Annotated[
+        bool, typer.Option("--engine", help="Also build the TensorRT engine (needs TensorRT and a GPU).")
+    ] = False,
+    engine_dir: Annotated[Path, typer.Option(help="Engine cache folder.")] = Path("engines"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Write plugin and portable ONNX graphs, FP32 and FP16, each with a JSON manifest beside it."""
+    from .exporting.exporter import export_graphs
+
+    paths = export_graphs(checkpoint, out_dir, on_graph=None if quiet else lambda p: err.print(f"wrote {p}"))
+    if engine:
+        from .checkpoint import default_checkpoint
+        from .engine import ensure_engine
+
+        path, _ = ensure_engine("tensorrt", checkpoint or default_checkpoint(), "fp16", out_dir, engine_dir)
+        paths.append(path)
+    if not quiet:
+        table = Table("graph", "nodes", "MB")
+        for p in paths:
+            nodes = json.loads(p.with_suffix(".json").read_text()).get("node_count", "")
+            table.add_row(str(p), str(nodes), f"{p.stat().st_size / 1e6:.2f}")
+        out.print(table)
+
+
+@app.command()
+def verify(
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
+    ] = None,
+    volume: Annotated[Path | None, typer.Option(help="FLAIR NIfTI (default: shared patient26).")] = None,
+    slices: Annotated[
+        int | None, typer.Option(min=1, help="Compare only this many central slices (default: all).")
+    ] = None,
+    export_dir: Annotated[Path, typer.Option(help="Folder of exported graphs.")] = Path("export"),
+) -> None:
+    """Hold every available backend and precision to the FP32 PyTorch reference (logits and task)."""
+    from .checkpoint import default_checkpoint
+    from .errors import ParityError
+    from .verify import DEFAULT_VOLUME
+    from .verify import verify as run_verify
+
+    rows = run_verify(checkpoint or default_checkpoint(), volume or DEFAULT_VOLUME, slices, export_dir)
+    columns = ("backend", "precision", "slices", "max |Δ|", "median |Δ|", "Dice", "lesions", "mL", "result")
+    table = Table(*columns)
+    for r in rows:
+        if r.passed is None and r.note.startswith("skipped"):
+            table.add_row(r.backend, r.precision, "", "", "", "", "", "", r.note)
+            continue
+        result = r.note or ("[green]pass[/]" if r.passed else f"[red]FAIL[/] {'; '.join(r.failures)}")
+        table.add_row(
+            r.backend,
+            r.precision,
+            str(r.slices),
+            f"{r.max_abs:.2e}",
+            f"{r.median_abs:.2e}",
+            f"{r.dice:.4f}",
+            f"{r.lesions} ({r.ref_lesions})",
+            f"{r.volume_ml:.2f} ({r.ref_volume_ml:.2f})",
+            result,
+        )
+    out.print(table)
+    failed = [f"{r.backend} {r.precision}" for r in rows if r.passed is False]
+    if failed:
+        raise ParityError(f"parity tolerance missed by: {', '.join(failed)}")
+
+
+@app.command()
+def bench(
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
+    ] = None,
+    volume: Annotated[Path | None, typer.Option(help="FLAIR NIfTI (default: shared patient26).")] = None,
+    slices: Annotated[int | None, typer.Option(min=1, help="Time only this many central slices.")] = None,
+    export_dir: Annotated[Path, typer.Option(help="Folder of exported graphs.")] = Path("export"),
+) -> None:
+    """CPU seconds per volume: PyTorch vs onnxruntime (fp32, fp16), same volume, same preprocessing."""
+    from .bench import bench as run_bench
+    from .bench import markdown_table
+    from .checkpoint import default_checkpoint
+    from .verify import DEFAULT_VOLUME
+
+    pairs = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16")]
+    ckpt = checkpoint or default_checkpoint()
+    timings = run_bench(ckpt, volume or DEFAULT_VOLUME, pairs, slices, export_dir=export_dir)
+    print(markdown_table(timings))
 
 
 def main() -> None:

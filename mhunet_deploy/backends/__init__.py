@@ -3,16 +3,63 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BackendError
 from .base import Backend
 
-NAMES = ("auto", "torch", "onnxruntime", "tensorrt")
+NAMES = ("auto", "torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
 
 
 def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
+
+
+def _torch_cuda() -> bool:
+    if not has_module("torch"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _has_graph(checkpoint: Path, kind: str, precision: str, export_dir: Path) -> bool:
+    from ..exporting.manifest import find_graph
+
+    try:
+        find_graph(checkpoint, kind, precision, export_dir)
+    except BackendError:
+        return False
+    return True
+
+
+def choose_auto(checkpoint: Path, device: str, precision: str, export_dir: Path) -> tuple[str, str]:
+    """``--backend auto``: the fastest backend that works here, and why (DESIGN.md §6).
+
+    tensorrt (library, plugin library and exported plugin graph) > torch on CUDA > onnxruntime with
+    the CUDA EP > onnxruntime on the CPU if this checkpoint was exported > torch on the CPU.
+    """
+    from ..engine import plugin_library
+
+    want_gpu = device != "cpu"
+    trt_ready = has_module("tensorrt") and plugin_library() is not None
+    if want_gpu and trt_ready and _has_graph(checkpoint, "plugin", precision, export_dir):
+        return "tensorrt", "TensorRT, plugin library and exported plugin graph found"
+    if want_gpu and _torch_cuda():
+        return "torch", "PyTorch sees a CUDA GPU"
+    if has_module("onnxruntime") and _has_graph(checkpoint, "portable", precision, export_dir):
+        from .onnxruntime_backend import cuda_ep_available
+
+        if want_gpu and cuda_ep_available():
+            return "onnxruntime", "onnxruntime has the CUDA execution provider"
+        return "onnxruntime", f"exported portable {precision} graph found; no GPU backend available"
+    if has_module("torch"):
+        return "torch", "no GPU backend and no exported graph; PyTorch on the CPU"
+    raise BackendError(
+        "no backend available: install PyTorch (pip install 'mhunet-deploy[torch]'), "
+        "or run `mhunet export` and install onnxruntime"
+    )
 
 
 def load_backend(
@@ -20,19 +67,32 @@ def load_backend(
     checkpoint: Path | None = None,
     device: str = "auto",
     precision: str = "fp32",
+    export_dir: Path | None = None,
+    onnx_path: Path | None = None,
+    on_choice: Callable[[str, str], None] | None = None,
 ) -> Backend:
-    """Load a named backend; ``auto`` prefers torch on a GPU, else torch on the CPU."""
+    """Load a named backend; ``auto`` picks by ``choose_auto`` and reports its pick to ``on_choice``."""
+    from ..checkpoint import default_checkpoint
+    from ..exporting.manifest import DEFAULT_EXPORT_DIR
+
     if name not in NAMES:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")
+    checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
+    export_dir = export_dir or DEFAULT_EXPORT_DIR
     if name == "auto":
-        if has_module("torch"):
-            name = "torch"
-        else:
-            raise BackendError("no backend available: install PyTorch (pip install 'mhunet-deploy[torch]')")
+        name, why = choose_auto(checkpoint, device, precision, export_dir)
+        if on_choice:
+            on_choice(name, why)
     if name == "torch":
         if not has_module("torch"):
             raise BackendError("backend torch needs PyTorch: pip install 'mhunet-deploy[torch]'")
         from .torch_backend import TorchBackend
 
         return TorchBackend(checkpoint, device=device, precision=precision)
-    raise BackendError(f"backend {name} is not available in this build yet")
+    if name == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(checkpoint, device, precision, export_dir, onnx_path)
+    from .tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(checkpoint, precision, name, export_dir)

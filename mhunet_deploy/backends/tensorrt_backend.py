@@ -1,0 +1,101 @@
+"""The TensorRT backend: a cached strongly typed engine, run with cuda-python for GPU I/O (no torch).
+
+``engine.ensure_engine`` builds or reuses the engine (and refuses foreign ones); this module only
+deserialises it and moves slices through it in chunks of at most the profile's max batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..engine import DEFAULT_ENGINE_DIR, FLAVORS, BatchProfile, ensure_engine, import_library
+from ..errors import BackendError
+from ..exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, OUTPUT_NAME
+
+
+def _check(result: tuple) -> object:
+    """Unwrap a cuda-python ``(err, value...)`` tuple, raising on any CUDA error."""
+    from cuda.bindings import runtime as cudart
+
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise BackendError(f"CUDA error {cudart.cudaGetErrorName(err)[1].decode()}")
+    return values[0] if len(values) == 1 else None
+
+
+class TensorRTBackend:
+    """Runs the engine of a checkpoint's fp16 (or fp32) graph on CUDA device 0."""
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        precision: str = "fp16",
+        flavor: str = "tensorrt",
+        export_dir: Path = DEFAULT_EXPORT_DIR,
+        engine_dir: Path = DEFAULT_ENGINE_DIR,
+    ) -> None:
+        from cuda.bindings import runtime as cudart
+
+        self._cudart = cudart
+        trt = import_library(FLAVORS[flavor])
+        path, self.sidecar = ensure_engine(flavor, checkpoint, precision, export_dir, engine_dir)
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(logger)
+        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise BackendError(f"{path}: {flavor} could not deserialise the engine; delete it to rebuild")
+        self.context = self.engine.create_execution_context()
+        self.max_batch = BatchProfile(**self.sidecar["key"]["profile"]).max
+        io = (INPUT_NAME, OUTPUT_NAME)
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in io}
+        self.stream = _check(cudart.cudaStreamCreate())
+        self.buffers: dict[str, int] = {}
+        self.precision = precision
+        self.name = flavor
+
+    def _reserve(self, slice_shape: tuple[int, ...]) -> None:
+        """Device buffers for ``max_batch`` slices, allocated once on first use."""
+        if self.buffers:
+            return
+        per_slice = int(np.prod(slice_shape))
+        for name, dtype in self.dtypes.items():
+            self.buffers[name] = _check(self._cudart.cudaMalloc(self.max_batch * per_slice * dtype.itemsize))
+            self.context.set_tensor_address(name, self.buffers[name])
+
+    def predict(self, slices: np.ndarray) -> np.ndarray:
+        kinds = self._cudart.cudaMemcpyKind
+        copy = self._cudart.cudaMemcpyAsync
+        self._reserve(slices.shape[1:])
+        out = np.empty(slices.shape, dtype=self.dtypes[OUTPUT_NAME])
+        for i in range(0, len(slices), self.max_batch):
+            x = np.ascontiguousarray(slices[i : i + self.max_batch], dtype=self.dtypes[INPUT_NAME])
+            y = out[i : i + len(x)]
+            self.context.set_input_shape(INPUT_NAME, x.shape)
+            _check(
+                copy(
+                    self.buffers[INPUT_NAME],
+                    x.ctypes.data,
+                    x.nbytes,
+                    kinds.cudaMemcpyHostToDevice,
+                    self.stream,
+                )
+            )
+            if not self.context.execute_async_v3(self.stream):
+                raise BackendError(f"{self.name}: engine execution failed")
+            _check(
+                copy(
+                    y.ctypes.data,
+                    self.buffers[OUTPUT_NAME],
+                    y.nbytes,
+                    kinds.cudaMemcpyDeviceToHost,
+                    self.stream,
+                )
+            )
+            _check(self._cudart.cudaStreamSynchronize(self.stream))
+        return out.astype(np.float32, copy=False)
+
+    def __del__(self) -> None:
+        for ptr in getattr(self, "buffers", {}).values():
+            self._cudart.cudaFree(ptr)

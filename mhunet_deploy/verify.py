@@ -1,0 +1,235 @@
+"""`mhunet verify`: every available backend and precision against the FP32 PyTorch reference.
+
+Runs on a real volume through the same preprocessing and postprocessing as `mhunet infer`, and judges
+each candidate twice (DESIGN.md §8): on logits (max and median |Δ|) and on the task (mask Dice,
+lesion count and volume). The plugin graph has no runtime here besides ``onnx.reference`` with our
+numpy SelectiveScan, which is slow, so it sees only a few slices.
+
+Polygraphy: its ``pluginref`` runner needs a reference for *every* op of a graph and knows only three
+ops, so it cannot run whole Mamba-HUNet graphs; ``register_polygraphy_reference`` adds our
+SelectiveScan to its registry, which lets `polygraphy run scan_node.onnx --pluginref --trt` check the
+TensorRT plugin against the numpy reference on a scan node cut out with `polygraphy surgeon extract`
+(``polygraphy_plugin`` is the `polygraphy.run.plugins` entry point that does it in Polygraphy's CLI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import contract
+from .backends.base import Backend
+from .errors import BackendError
+from .exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, find_graph
+from .metrics import dice
+from .pipeline import EMPTY_SLICE_LOGIT, predict_volume, sigmoid
+from .postprocess import lesion_table, segment
+from .preprocess import Geometry, prepare
+from .scan_numpy import reference_ops, selective_scan_numpy
+from .volume_io import load_volume
+
+#: Parity tolerances, all in one place (DESIGN.md §8).
+FP32_MAX_ABS_LOGIT = 1e-4
+FP16_MIN_DICE = 0.99
+FP16_SAME_LESION_COUNT = True
+#: Slices the ReferenceEvaluator runs on (seconds per slice even for small models).
+REFERENCE_EVALUATOR_SLICES = 2
+#: The volume `mhunet verify` uses unless told otherwise, relative to the repository.
+DEFAULT_VOLUME = Path(__file__).resolve().parent.parent.parent / "shared/data/open_ms/patient26/FLAIR.nii.gz"
+
+
+class PluginGraphReference:
+    """The fp32 plugin graph on ``onnx.reference.ReferenceEvaluator`` with the numpy SelectiveScan."""
+
+    def __init__(self, checkpoint: Path, export_dir: Path = DEFAULT_EXPORT_DIR) -> None:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        path, _ = find_graph(checkpoint, "plugin", "fp32", export_dir)
+        self.evaluator = ReferenceEvaluator(onnx.load(str(path)), new_ops=reference_ops())
+        self.name = "onnx-reference (plugin graph)"
+        self.precision = "fp32"
+
+    def predict(self, slices: np.ndarray) -> np.ndarray:
+        (logits,) = self.evaluator.run(None, {INPUT_NAME: slices})
+        return logits.astype(np.float32, copy=False)
+
+
+@dataclass
+class Row:
+    """One line of the verify table."""
+
+    backend: str
+    precision: str
+    slices: int = 0
+    max_abs: float = float("nan")
+    median_abs: float = float("nan")
+    dice: float = float("nan")
+    lesions: int = 0
+    volume_ml: float = 0.0
+    ref_lesions: int = 0
+    ref_volume_ml: float = 0.0
+    passed: bool | None = None
+    note: str = ""
+    failures: list[str] = field(default_factory=list)
+
+
+def judge(row: Row) -> Row:
+    """Apply the tolerances for the row's precision; fills ``passed`` and ``failures``."""
+    if row.precision == "fp32" and not row.max_abs <= FP32_MAX_ABS_LOGIT:
+        row.failures.append(f"max |Δlogit| {row.max_abs:.2e} > {FP32_MAX_ABS_LOGIT:.0e}")
+    if row.precision == "fp16":
+        if not row.dice >= FP16_MIN_DICE:
+            row.failures.append(f"Dice {row.dice:.4f} < {FP16_MIN_DICE}")
+        if FP16_SAME_LESION_COUNT and row.lesions != row.ref_lesions:
+            row.failures.append(f"{row.lesions} lesions vs {row.ref_lesions}")
+    row.passed = not row.failures
+    return row
+
+
+@dataclass
+class Case:
+    """A volume prepared once and the reference's logits on it."""
+
+    volume: Any
+    slices: np.ndarray
+    geometry: Geometry
+    reference: np.ndarray
+    threshold: float
+    min_lesion_mm3: float
+
+    def task(self, logits: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        """Mask and lesions of the volume when only slices ``index`` carry logits (others empty)."""
+        full = np.full(self.slices.shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
+        full[index] = logits
+        zooms = tuple(float(z) for z in self.volume.image.header.get_zooms()[:3])
+        prob = self.geometry.to_input_grid(sigmoid(full))
+        labels = segment(prob, zooms, self.threshold, self.min_lesion_mm3)
+        return labels > 0, lesion_table(labels, self.volume.image.affine, zooms)
+
+
+def compare(case: Case, backend: Backend, index: np.ndarray, batch_size: int = 8) -> Row:
+    """Run ``backend`` on slices ``index`` of the case and score it against the reference."""
+    logits = predict_volume(backend, case.slices[index], batch_size)
+    ref = case.reference[index]
+    diff = np.abs(logits - ref)
+    mask, lesions = case.task(logits, index)
+    ref_mask, ref_lesions = case.task(ref, index)
+    row = Row(
+        backend=backend.name,
+        precision=backend.precision,
+        slices=len(index),
+        max_abs=float(diff.max()),
+        median_abs=float(np.median(diff)),
+        dice=dice(mask, ref_mask),
+        lesions=len(lesions),
+        volume_ml=sum(les["volume_ml"] for les in lesions),
+        ref_lesions=len(ref_lesions),
+        ref_volume_ml=sum(les["volume_ml"] for les in ref_lesions),
+    )
+    return judge(row)
+
+
+def central_slices(slices: np.ndarray, count: int | None) -> np.ndarray:
+    """Indices of the ``count`` slices with signal nearest the volume's middle (all if None)."""
+    flat = slices.reshape(len(slices), -1)
+    busy = np.flatnonzero(flat.max(axis=1) - flat.min(axis=1) > 1e-6)
+    if count is None or count >= len(busy):
+        return busy
+    mid = busy[len(busy) // 2]
+    return np.sort(busy[np.argsort(np.abs(busy - mid), kind="stable")[:count]])
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A backend/precision to try; ``load`` raising BackendError means "not available here"."""
+
+    label: str
+    precision: str
+    load: Callable[[], Backend]
+    max_slices: int | None = None
+
+
+def candidates(checkpoint: Path, export_dir: Path) -> list[Candidate]:
+    from .backends import load_backend
+
+    def backend(name: str, precision: str, device: str = "auto") -> Callable[[], Backend]:
+        return lambda: load_backend(name, checkpoint, device, precision, export_dir=export_dir)
+
+    return [
+        Candidate(
+            "onnx-reference plugin",
+            "fp32",
+            lambda: PluginGraphReference(checkpoint, export_dir),
+            REFERENCE_EVALUATOR_SLICES,
+        ),
+        Candidate("onnxruntime portable", "fp32", backend("onnxruntime", "fp32")),
+        Candidate("onnxruntime portable", "fp16", backend("onnxruntime", "fp16")),
+        Candidate("torch cuda", "fp16", backend("torch", "fp16", "cuda")),
+        Candidate("tensorrt plugin", "fp16", backend("tensorrt", "fp16")),
+    ]
+
+
+def verify(
+    checkpoint: Path,
+    volume: Path = DEFAULT_VOLUME,
+    slices: int | None = None,
+    export_dir: Path = DEFAULT_EXPORT_DIR,
+    on_row: Callable[[Row], None] | None = None,
+) -> list[Row]:
+    """All rows, reference first; a skipped candidate is a row with ``passed`` None and the reason."""
+    from .backends.torch_backend import TorchBackend
+    from .checkpoint import read_meta
+    from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD
+
+    post = read_meta(checkpoint).get("postprocess", {})
+    vol = load_volume(volume)
+    prepared, geometry = prepare(vol)
+    index = central_slices(prepared, slices)
+    reference = TorchBackend(checkpoint, device="cpu", precision="fp32")
+    ref_logits = np.full(prepared.shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
+    ref_logits[index] = predict_volume(reference, prepared[index], 8)
+    case = Case(
+        vol,
+        prepared,
+        geometry,
+        ref_logits,
+        post.get("threshold", DEFAULT_THRESHOLD),
+        post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
+    )
+    rows = [compare(case, reference, index)]
+    rows[0].note = "reference"
+    if on_row:
+        on_row(rows[0])
+    for cand in candidates(checkpoint, export_dir):
+        try:
+            backend = cand.load()
+        except BackendError as e:
+            row = Row(cand.label, cand.precision, note=f"skipped: {e}")
+        else:
+            subset = index[central_slices(prepared[index], cand.max_slices)]
+            row = compare(case, backend, subset)
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    return rows
+
+
+def register_polygraphy_reference() -> None:
+    """Add SelectiveScan to Polygraphy's pluginref op registry (matched by op type)."""
+    from polygraphy.backend.pluginref.references import register
+
+    @register(contract.OP_TYPE)
+    def run_selective_scan(attrs: dict[str, Any], *inputs: np.ndarray) -> list[np.ndarray]:
+        softplus = attrs.get("delta_softplus", contract.ATTRIBUTES["delta_softplus"])
+        return [selective_scan_numpy(*inputs, delta_softplus=bool(softplus))]
+
+
+def polygraphy_plugin() -> list:
+    """``polygraphy.run.plugins`` entry point: registers the reference, adds no argument groups."""
+    register_polygraphy_reference()
+    return []
