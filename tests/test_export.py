@@ -1,0 +1,101 @@
+"""`mhunet export`: four graphs, their manifests, the custom-op contract, fp16 islands, portability."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+from tiny_model import tiny_export
+
+from mhunet_deploy import contract
+from mhunet_deploy.exporting.manifest import graph_filename
+
+GRAPHS = [(k, p) for k in ("plugin", "portable") for p in ("fp32", "fp16")]
+#: Node budget of a whole portable model (DESIGN.md §6: no Loop, no per-step unrolling).
+PORTABLE_NODE_LIMIT = 5000
+
+
+def load(kind: str, precision: str) -> tuple[onnx.ModelProto, dict]:
+    _, export = tiny_export()
+    path = export / graph_filename("light", kind, precision)
+    return onnx.load(str(path)), json.loads(path.with_suffix(".json").read_text())
+
+
+def types(model: onnx.ModelProto) -> dict[str, int]:
+    values = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+    out = {v.name: v.type.tensor_type.elem_type for v in values}
+    out.update({i.name: i.data_type for i in model.graph.initializer})
+    return out
+
+
+@pytest.mark.parametrize(("kind", "precision"), GRAPHS)
+def test_manifest_describes_graph(kind: str, precision: str) -> None:
+    from mhunet_deploy.checkpoint import sha256_file
+
+    ckpt, export = tiny_export()
+    model, manifest = load(kind, precision)
+    assert manifest["kind"] == kind and manifest["precision"] == precision
+    assert manifest["checkpoint"]["sha256"] == sha256_file(ckpt)
+    assert manifest["onnx_sha256"] == sha256_file(export / manifest["graph"])
+    assert manifest["opset"] >= 17 and manifest["node_count"] == len(model.graph.node)
+    assert sum(manifest["op_histogram"].values()) == manifest["node_count"]
+    dtype = "float16" if precision == "fp16" else "float32"
+    assert manifest["inputs"] == [{"name": "slices", "shape": ["batch", 1, 256, 256], "dtype": dtype}]
+    assert manifest["outputs"] == [{"name": "logits", "shape": ["batch", 1, 256, 256], "dtype": dtype}]
+    assert manifest["model_config"]["embed_dim"] == 8
+    onnx.checker.check_model(model)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_plugin_graph_has_one_contract_node_per_ss2d(precision: str) -> None:
+    model, _ = load("plugin", precision)
+    scans = [n for n in model.graph.node if n.op_type == contract.OP_TYPE]
+    assert len(scans) == 7  # depths (1, 1, 1, 1): 4 encoder + 3 decoder SS2D calls
+    assert {o.domain: o.version for o in model.opset_import}[contract.DOMAIN] == contract.DOMAIN_VERSION
+    t = types(model)
+    data = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT
+    for node in scans:
+        assert node.domain == contract.DOMAIN and len(node.input) == len(contract.INPUTS)
+        assert {a.name: a.i for a in node.attribute} == contract.ATTRIBUTES
+        for port, name in zip(contract.INPUTS, node.input, strict=True):
+            assert t[name] == (onnx.TensorProto.FLOAT if port.fp32_only else data), port.name
+        assert t[node.output[0]] == data
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_portable_graph_is_standard_ops_without_loops(precision: str) -> None:
+    model, manifest = load("portable", precision)
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+    assert not {"Loop", "Scan", "If"} & set(manifest["op_histogram"])
+    assert manifest["node_count"] < PORTABLE_NODE_LIMIT
+
+
+def test_fp16_graphs_keep_fp32_islands() -> None:
+    for kind in ("plugin", "portable"):
+        model, _ = load(kind, "fp16")
+        t = types(model)
+        for node in model.graph.node:
+            if node.op_type in ("LayerNormalization", "BatchNormalization"):
+                assert all(t[i] == onnx.TensorProto.FLOAT for i in node.input), node.name
+        floats = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+        halves = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+        assert halves and floats  # weights in fp16; norm parameters and the scan's A/D/delta_bias in fp32
+
+
+def test_light_portable_graph_fits_node_budget(tmp_path) -> None:
+    """The node limit on the real `light` architecture (random weights: the graph does not depend on them)."""
+    import torch
+
+    from mhunet_deploy.exporting.exporter import fold
+    from mhunet_deploy.exporting.inline import inline_scans, scan_signatures
+    from mhunet_deploy.exporting.torch_export import export_plugin_graph, export_scan_graph
+    from mhunet_deploy.model.mamba_hunet import build_model
+
+    torch.manual_seed(0)
+    plugin = fold(export_plugin_graph(build_model("light"), 17))
+    subgraphs = {s: fold(export_scan_graph(s, 17)) for s in scan_signatures(plugin)}
+    portable = inline_scans(plugin, subgraphs.__getitem__)
+    assert sum(n.op_type == contract.OP_TYPE for n in plugin.graph.node) == 14
+    assert len(portable.graph.node) < PORTABLE_NODE_LIMIT
