@@ -1,0 +1,87 @@
+"""The onnxruntime backend: finds the right export, refuses stale ones, runs without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from tiny_model import save_tiny, tiny_export
+
+from mhunet_deploy.backends import choose_auto, load_backend
+from mhunet_deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
+from mhunet_deploy.errors import BackendError
+
+
+def test_missing_export_says_run_export(tmp_path: Path) -> None:
+    ckpt, _ = tiny_export()
+    with pytest.raises(BackendError, match="run `mhunet export"):
+        OnnxRuntimeBackend(ckpt, export_dir=tmp_path)
+
+
+def test_export_of_other_weights_is_refused(tmp_path: Path) -> None:
+    _, export = tiny_export()
+    other = save_tiny(tmp_path / "other.safetensors", seed=1)
+    with pytest.raises(BackendError, match="other weights"):
+        OnnxRuntimeBackend(other, export_dir=export)
+
+
+def test_edited_graph_is_refused(tmp_path: Path) -> None:
+    ckpt, export = tiny_export()
+    copy = tmp_path / "export"
+    shutil.copytree(export, copy)
+    with open(copy / "light_portable_fp32.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BackendError, match="changed since export"):
+        OnnxRuntimeBackend(ckpt, export_dir=copy)
+
+
+def test_plugin_graph_path_is_refused() -> None:
+    ckpt, export = tiny_export()
+    with pytest.raises(BackendError, match="needs portable"):
+        OnnxRuntimeBackend(ckpt, onnx_path=export / "light_plugin_fp32.onnx")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_predict_shape_dtype_and_name(precision: str) -> None:
+    ckpt, export = tiny_export()
+    backend = load_backend("onnxruntime", ckpt, "cpu", precision, export_dir=export)
+    y = backend.predict(np.zeros((1, 1, 256, 256), np.float32))
+    assert y.shape == (1, 1, 256, 256) and y.dtype == np.float32
+    assert backend.name == "onnxruntime-cpu" and backend.precision == precision
+
+
+def test_auto_prefers_exported_graph_over_torch_cpu(tmp_path: Path) -> None:
+    ckpt, export = tiny_export()
+    assert choose_auto(ckpt, "cpu", "fp32", export)[0] == "onnxruntime"
+    assert choose_auto(ckpt, "cpu", "fp32", tmp_path)[0] == "torch"
+
+
+def test_infer_runs_without_torch(tmp_path: Path) -> None:
+    """`mhunet infer --backend onnxruntime` where `import torch` fails (a shim package raises ImportError)."""
+    ckpt, export = tiny_export()
+    shim = tmp_path / "shim" / "torch"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('torch is hidden for this test')\n")
+    data = np.zeros((24, 24, 2), np.float32)
+    data[6:18, 6:18] = np.random.default_rng(0).uniform(50, 100, (12, 12, 2))
+    nib.save(nib.Nifti1Image(data, np.diag([4.0, 4.0, 4.0, 1.0])), tmp_path / "scan.nii.gz")
+    code = (
+        "import sys; from mhunet_deploy.cli import main; main(); "
+        "assert 'torch' not in sys.modules or sys.modules['torch'] is None"
+    )
+    args = ["infer", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "out"), "--backend", "onnxruntime"]
+    args += ["--checkpoint", str(ckpt), "--export-dir", str(export), "--json"]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'shim'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-c", code, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)["results"][0]
+    assert report["backend"] == "onnxruntime-cpu"
+    assert (tmp_path / "out" / "scan_mask.nii.gz").is_file()
