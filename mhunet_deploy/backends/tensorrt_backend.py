@@ -36,11 +36,11 @@ class TensorRTBackend:
         export_dir: Path = DEFAULT_EXPORT_DIR,
         engine_dir: Path = DEFAULT_ENGINE_DIR,
     ) -> None:
-        from cuda.bindings import runtime as cudart
-
-        self._cudart = cudart
         trt = import_library(FLAVORS[flavor])
         path, self.sidecar = ensure_engine(flavor, checkpoint, precision, export_dir, engine_dir)
+        from cuda.bindings import runtime as cudart  # importable: ensure_engine queried the GPU with it
+
+        self._cudart = cudart
         logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(logger)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())

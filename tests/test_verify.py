@@ -1,0 +1,84 @@
+"""`mhunet verify`: tolerances, the real-volume parity of every CPU backend, Polygraphy's plugin reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tiny_model import PATIENT26, tiny_export
+
+from mhunet_deploy import contract
+from mhunet_deploy.scan_numpy import selective_scan_numpy
+from mhunet_deploy.verify import (
+    FP16_MIN_DICE,
+    FP32_MAX_ABS_LOGIT,
+    Row,
+    judge,
+    register_polygraphy_reference,
+    verify,
+)
+
+
+def test_fp32_tolerance_is_on_logits() -> None:
+    assert judge(Row("x", "fp32", max_abs=FP32_MAX_ABS_LOGIT, dice=0.0)).passed
+    assert not judge(Row("x", "fp32", max_abs=2 * FP32_MAX_ABS_LOGIT, dice=1.0)).passed
+
+
+def test_fp16_tolerance_is_on_the_task() -> None:
+    assert judge(Row("x", "fp16", max_abs=1.0, dice=FP16_MIN_DICE, lesions=3, ref_lesions=3)).passed
+    assert not judge(Row("x", "fp16", max_abs=0.0, dice=0.98, lesions=3, ref_lesions=3)).passed
+    assert not judge(Row("x", "fp16", max_abs=0.0, dice=1.0, lesions=2, ref_lesions=3)).passed
+
+
+@pytest.mark.skipif(not PATIENT26.is_file(), reason=f"{PATIENT26} not present")
+def test_cpu_backends_match_torch_on_patient26() -> None:
+    """The real-volume parity test: plugin graph (ReferenceEvaluator), onnxruntime fp32 and fp16."""
+    ckpt, export = tiny_export()
+    rows = {(r.backend, r.precision): r for r in verify(ckpt, PATIENT26, slices=2, export_dir=export)}
+    ran = [r for r in rows.values() if not r.note.startswith("skipped")]
+    assert {(r.backend, r.precision) for r in ran} >= {
+        ("torch-cpu", "fp32"),
+        ("onnx-reference (plugin graph)", "fp32"),
+        ("onnxruntime-cpu", "fp32"),
+        ("onnxruntime-cpu", "fp16"),
+    }
+    for r in ran:
+        assert r.passed, (r.backend, r.precision, r.failures)
+        print(
+            f"{r.backend} {r.precision}: slices {r.slices} max {r.max_abs:.2e} median {r.median_abs:.2e} "
+            f"Dice {r.dice:.4f} lesions {r.lesions}/{r.ref_lesions} "
+            f"mL {r.volume_ml:.3f}/{r.ref_volume_ml:.3f}"
+        )
+    assert "not installed" in rows[("tensorrt plugin", "fp16")].note
+
+
+def test_polygraphy_pluginref_runs_selective_scan() -> None:
+    import onnx
+    from onnx import TensorProto, helper
+    from polygraphy.backend.onnx import GsFromOnnx
+    from polygraphy.backend.pluginref import PluginRefRunner
+
+    register_polygraphy_reference()
+    rng = np.random.default_rng(0)
+    d, n, g, length = 8, 4, 2, 5
+    feeds = {
+        "u": rng.standard_normal((1, d, length), np.float32),
+        "delta": rng.standard_normal((1, d, length), np.float32),
+        "A": -rng.uniform(0.5, 1.5, (d, n)).astype(np.float32),
+        "B": rng.standard_normal((1, g, n, length), np.float32),
+        "C": rng.standard_normal((1, g, n, length), np.float32),
+        "D": rng.standard_normal(d, np.float32),
+        "delta_bias": rng.standard_normal(d, np.float32),
+    }
+    names = [p.name for p in contract.INPUTS]
+    node = helper.make_node(contract.OP_TYPE, names, ["y"], domain=contract.DOMAIN, delta_softplus=1)
+    graph = helper.make_graph(
+        [node],
+        "scan",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, feeds[k].shape) for k in names],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, d, length))],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(contract.DOMAIN, contract.DOMAIN_VERSION)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    with PluginRefRunner(GsFromOnnx(onnx.shape_inference.infer_shapes(model))) as runner:
+        y = runner.infer(feeds)["y"]
+    np.testing.assert_allclose(y, selective_scan_numpy(*(feeds[k] for k in names)), rtol=1e-6)
