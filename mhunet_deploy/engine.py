@@ -45,11 +45,15 @@ class Flavor:
     module: str
     graph_kind: str
     plugins: bool
+    timing_cache: bool
 
 
 FLAVORS = {
-    "tensorrt": Flavor("tensorrt", "tensorrt", graph_kind="plugin", plugins=True),
-    "tensorrt-rtx": Flavor("tensorrt-rtx", "tensorrt_rtx", graph_kind="portable", plugins=False),
+    "tensorrt": Flavor("tensorrt", "tensorrt", graph_kind="plugin", plugins=True, timing_cache=True),
+    # TensorRT-RTX tunes at run time (JIT); its timing-cache calls are deprecated no-ops.
+    "tensorrt-rtx": Flavor(
+        "tensorrt-rtx", "tensorrt_rtx", graph_kind="portable", plugins=False, timing_cache=False
+    ),
 }
 
 
@@ -134,7 +138,7 @@ def build_engine(
     trt: ModuleType,
     onnx_path: Path,
     profile: BatchProfile,
-    timing_cache: Path,
+    timing_cache: Path | None,
     plugin: Path | None = None,
     compute_capabilities: tuple[str, ...] = (),
 ) -> bytes:
@@ -157,8 +161,9 @@ def build_engine(
     dims = tuple(network.get_input(0).shape)[1:]
     opt.set_shape(INPUT_NAME, (profile.min, *dims), (profile.opt, *dims), (profile.max, *dims))
     config.add_optimization_profile(opt)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     if compute_capabilities:
         config.num_compute_capabilities = len(compute_capabilities)
         for i, cc in enumerate(compute_capabilities):
@@ -166,10 +171,10 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendError(f"{onnx_path}: engine build failed (see the {trt.__name__} log above)")
-    timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(
-        timing_cache, lambda tmp: Path(tmp).write_bytes(bytes(config.get_timing_cache().serialize()))
-    )
+    if timing_cache is not None:
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        cache_bytes = bytes(config.get_timing_cache().serialize())
+        atomic_write(timing_cache, lambda tmp: Path(tmp).write_bytes(cache_bytes))
     return bytes(serialized)
 
 
