@@ -7,6 +7,7 @@ checkpoint; the manifest's checkpoint sha256 must match the weights, so a stale 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -17,7 +18,7 @@ CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 
 
-def _ort():  # noqa: ANN202 - the onnxruntime module
+def _ort() -> ModuleType:
     try:
         import onnxruntime
     except ImportError:

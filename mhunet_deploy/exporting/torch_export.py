@@ -39,13 +39,13 @@ class _SelectiveScanNode(torch.autograd.Function):
     """Exports as the contract's custom node with a static (D, L) output type (see module docstring)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, static_dl):  # noqa: ANN001, ANN205
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool, static_dl: tuple[int, int]):
         if torch.jit.is_tracing():
             return torch.zeros_like(u)
         return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
     @staticmethod
-    def symbolic(g, u, delta, A, B, C, D, delta_bias, delta_softplus, static_dl):  # noqa: ANN001, ANN205
+    def symbolic(g, u, delta, A, B, C, D, delta_bias, delta_softplus: bool, static_dl: tuple[int, int]):
         args = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
         attrs = {f"{k}_i": int(delta_softplus) for k in contract.ATTRIBUTES}
         y = g.op(f"{contract.DOMAIN}::{contract.OP_TYPE}", *(args[p.name] for p in contract.INPUTS), **attrs)
@@ -53,7 +53,16 @@ class _SelectiveScanNode(torch.autograd.Function):
         return y
 
 
-def plugin_scan(u, delta, A, B, C, D, delta_bias=None, delta_softplus=True):  # noqa: ANN001, ANN201
+def plugin_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+) -> torch.Tensor:
     """The "plugin" scan implementation: one custom node in ONNX, the chunked scan when run."""
     return _SelectiveScanNode.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, _static(u)[1:])
 
@@ -99,8 +108,8 @@ class _LogstepScan(nn.Module):
         super().__init__()
         self.delta_softplus = delta_softplus
 
-    def forward(self, u, delta, A, B, C, D, delta_bias):  # noqa: ANN001, ANN201
-        return selective_scan_logstep(u, delta, A, B, C, D, delta_bias, self.delta_softplus)
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return selective_scan_logstep(*args, self.delta_softplus)  # u, delta, A, B, C, D, delta_bias
 
 
 def export_scan_graph(sig: ScanSignature, opset: int, delta_softplus: bool = True) -> onnx.ModelProto:
