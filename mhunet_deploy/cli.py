@@ -224,11 +224,17 @@ def train(
         Path, typer.Option(help="Folder with mni152/ and open_ms/ for synthetic data.")
     ] = Path("../shared/data"),
     volumes: Annotated[int, typer.Option(min=2, help="Synthetic training volumes to generate.")] = 120,
-    synth_scale: Annotated[float, typer.Option(help="Synthetic volume size factor (tests: < 1).")] = 1.0,
+    synth_spacing: Annotated[
+        float | None, typer.Option(help="Fixed in-plane mm of synthetic volumes (default: random).")
+    ] = None,
+    slices_per_volume: Annotated[
+        int | None, typer.Option(min=1, help="Keep at most this many slices of each volume.")
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     steps_per_epoch: Annotated[int, typer.Option(min=1)] = 200,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    lr: Annotated[float, typer.Option()] = 1e-3,
+    lr: Annotated[float, typer.Option()] = 2e-3,
+    crop: Annotated[int, typer.Option(help="Training patch size in pixels (256: whole slices).")] = 128,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workers: Annotated[int, typer.Option(min=1, help="Processes for data generation.")] = 2,
@@ -256,6 +262,7 @@ def train(
         steps_per_epoch=steps_per_epoch,
         batch_size=batch_size,
         lr=lr,
+        crop=None if crop >= 256 else crop,
         seed=seed,
         device=device,
         max_minutes=max_minutes,
@@ -266,9 +273,10 @@ def train(
             data=data,
             synth_source=synth_source,
             volumes=volumes,
-            scale=synth_scale,
+            spacing=synth_spacing,
             seed=seed,
             workers=workers,
+            max_slices=slices_per_volume,
             on_volume=lambda: bar.advance(task),
         )
         bar.remove_task(task)

@@ -38,8 +38,15 @@ class SliceSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    def sample(self, batch: int, lesion_fraction: float, gen: Any) -> tuple[np.ndarray, np.ndarray]:
-        """A batch where about ``lesion_fraction`` of slices contain lesion (class-balanced sampling)."""
+    def sample(
+        self, batch: int, lesion_fraction: float, gen: Any, crop: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A batch where about ``lesion_fraction`` of slices contain lesion (class-balanced sampling).
+
+        With ``crop``, each slice is cut to crop x crop (nnU-Net-style patch training: the scan's
+        cost grows with H*W, so patches buy many more samples per second); lesion-sampled slices
+        are cut around a random lesion voxel, the others at random.
+        """
         import torch
 
         has = self._lesion_index()
@@ -47,7 +54,24 @@ class SliceSet:
         pick_les = has[torch.randint(len(has), (n_les,), generator=gen).numpy()] if n_les else []
         pick_any = torch.randint(len(self), (batch - n_les,), generator=gen).numpy()
         idx = np.concatenate([np.asarray(pick_les, dtype=np.int64), pick_any])
-        return self.images[idx], self.masks[idx]
+        if crop is None:
+            return self.images[idx], self.masks[idx]
+        size = self.images.shape[-1]
+        rand = torch.rand((len(idx), 3), generator=gen).numpy()
+        xs = np.empty((len(idx), 1, crop, crop), self.images.dtype)
+        ys = np.empty((len(idx), 1, crop, crop), self.masks.dtype)
+        for k, i in enumerate(idx):
+            lesion = np.argwhere(self.masks[i, 0]) if k < n_les else np.empty((0, 2))
+            if len(lesion):
+                cy, cx = lesion[int(rand[k, 0] * len(lesion))]
+                jitter = (rand[k, 1:] - 0.5) * crop * 0.8
+                y0, x0 = (int(cy + jitter[0]) - crop // 2, int(cx + jitter[1]) - crop // 2)
+            else:
+                y0, x0 = (int(r * (size - crop + 1)) for r in rand[k, 1:])
+            y0, x0 = (min(max(v, 0), size - crop) for v in (y0, x0))
+            xs[k] = self.images[i, :, y0 : y0 + crop, x0 : x0 + crop]
+            ys[k] = self.masks[i, :, y0 : y0 + crop, x0 : x0 + crop]
+        return xs, ys
 
     def _lesion_index(self) -> np.ndarray:
         if not hasattr(self, "_has"):

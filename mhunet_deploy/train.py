@@ -35,10 +35,12 @@ class TrainConfig:
     epochs: int = 30
     steps_per_epoch: int = 200
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 200
+    warmup_steps: int = 100
     lesion_fraction: float = 0.6
+    #: Train on crop x crop patches of the 256 x 256 slices (None: whole slices).
+    crop: int | None = 128
     seed: int = 0
     amp: bool = True
     device: str = "auto"
@@ -170,6 +172,7 @@ def train(
     model_config: ModelConfig | None = None,
     resume: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> Path:
     """Train and write ``out_dir/best.safetensors`` (+ ``last`` for resuming). Returns the best path."""
     device = pick_device(cfg.device)
@@ -211,7 +214,7 @@ def train(
                     break
             for g in optim.param_groups:
                 g["lr"] = lr_at(gstep, progress_frac, cfg)
-            xb, yb = train_set.sample(cfg.batch_size, cfg.lesion_fraction, gen)
+            xb, yb = train_set.sample(cfg.batch_size, cfg.lesion_fraction, gen, cfg.crop)
             x = torch.from_numpy(xb).to(device, non_blocking=True).float()
             y = torch.from_numpy(yb).to(device, non_blocking=True).float()
             x, y = augment(x, y, gen)
@@ -229,6 +232,8 @@ def train(
         metrics.update(validate(model, val_set, device, cfg.batch_size))
         metrics["seconds"] = time.perf_counter() - t0
         history.append(metrics)
+        if on_epoch:
+            on_epoch(metrics)
         meta = {
             "train": asdict(cfg),
             "data": data_recipe,

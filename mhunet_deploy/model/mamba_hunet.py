@@ -34,6 +34,7 @@ from torch import nn
 from .scan import selective_scan
 
 K_DIRECTIONS = 4
+LESION_PRIOR_LOGIT = -4.0
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,9 @@ class HUNetHead(nn.Module):
         self.up2 = nn.ConvTranspose2d(c1, c2, 2, stride=2)
         self.fuse2 = nn.Sequential(conv_bn_relu(c2 + stem, c2), nn.Dropout2d(dropout))
         self.out = nn.Conv2d(c2, 1, 1)
+        # Lesions are ~0.1-1 % of voxels: start at that prior instead of p = 0.5, so early steps
+        # learn lesions rather than spend themselves pushing every pixel to background.
+        nn.init.constant_(self.out.bias, LESION_PRIOR_LOGIT)
 
     def forward(self, x: torch.Tensor, s_half: torch.Tensor, s_full: torch.Tensor) -> torch.Tensor:
         x = self.fuse1(torch.cat([self.up1(x), s_half], dim=1))
