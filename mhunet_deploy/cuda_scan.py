@@ -1,8 +1,14 @@
 """Our CUDA selective-scan kernel as a PyTorch op (forward only), JIT-built from ``plugins/selective_scan``.
 
 The same ``selective_scan.cu`` that the TensorRT plugin links is compiled here with
-``torch.utils.cpp_extension.load`` (about 30 s the first time, cached afterwards in torch's extension
-directory). Torch side only: runtime modules must not import this module.
+``torch.utils.cpp_extension.load`` (about 45 s on the H200 the first time; cached afterwards in torch's
+extension directory, ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, keyed by the module name and
+a hash of the sources, so a second process on the same machine only loads it). Torch side only: runtime
+modules must not import this module.
+
+``register_cuda_scan()`` adds the scan implementation ``"cuda"`` to ``mhunet_deploy.model.scan`` (our kernel
+for CUDA tensors without autograd, the chunked torch scan otherwise); ``TorchBackend(scan="auto")`` uses it.
+Nothing is compiled at import time: importing this module on a CPU-only machine is free.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+#: The name under which ``register_cuda_scan`` registers our kernel with ``mhunet_deploy.model.scan``.
+SCAN_IMPL_NAME = "cuda"
 
 _SRC_DIR = Path(__file__).resolve().parent.parent / "plugins" / "selective_scan"
 
@@ -81,3 +90,47 @@ def selective_scan_cuda(
         None if delta_bias is None else delta_bias.float().contiguous(),
     ]
     return _module().fwd(*args, bool(delta_softplus), int(items), int(cpw), out)
+
+
+def _kernel_applies(u, delta, A, B, C, D, delta_bias) -> bool:
+    """Whether selective_scan_cuda can take this call (else the chunked torch scan does)."""
+    tensors = [t for t in (u, delta, A, B, C, D, delta_bias) if t is not None]
+    if not all(t.is_cuda for t in tensors) or len({t.device for t in tensors}) != 1:
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False  # forward-only kernel: training keeps the differentiable scan
+    return u.dtype in (torch.float32, torch.float16) and A.shape[-1] <= 16 and u.dim() == 3
+
+
+def scan_cuda_or_chunked(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+) -> torch.Tensor:
+    """The ``"cuda"`` scan implementation: our kernel for CUDA tensors without autograd (fp32 or fp16 u,
+    N <= 16), ``selective_scan_chunked`` for everything else (CPU, grad, bf16, N > 16)."""
+    if _kernel_applies(u, delta, A, B, C, D, delta_bias):
+        return selective_scan_cuda(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    from mhunet_deploy.model.scan import selective_scan_chunked
+
+    return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def register_cuda_scan(build: bool = True) -> str:
+    """Register our kernel as the scan implementation ``"cuda"`` and return that name.
+
+    ``build=True`` (default) builds or loads the extension now, so a missing nvcc or a compile error
+    surfaces here (as the exception of ``torch.utils.cpp_extension.load``), not in the middle of a forward
+    pass; it needs a CUDA GPU. ``build=False`` only registers (the first CUDA call then builds).
+    """
+    from mhunet_deploy.model.scan import register_scan_impl
+
+    if build:
+        load_extension()
+    register_scan_impl(SCAN_IMPL_NAME, scan_cuda_or_chunked)
+    return SCAN_IMPL_NAME

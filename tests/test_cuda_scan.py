@@ -7,10 +7,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-pytestmark = [
+gpu = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the kernel is JIT-built with nvcc)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU (the kernel is JIT-built with nvcc)"
+    ),
 ]
+
+
+def _gpu(fn):
+    for mark in gpu:
+        fn = mark(fn)
+    return fn
 
 
 def _inputs(b, d, l, g, n, dtype):
@@ -24,22 +32,25 @@ def _inputs(b, d, l, g, n, dtype):
     return u, delta, A, Bm, Cm, D, bias
 
 
+@_gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)])
 @pytest.mark.parametrize("b,d,l,g", [(2, 64, 1, 4), (2, 64, 65, 1), (1, 128, 1000, 4), (2, 32, 4097, 4)])
 def test_matches_loop_oracle(b, d, l, g, dtype, tol):
-    from mhunet_deploy.model.scan import selective_scan_loop
-
     from mhunet_deploy.cuda_scan import selective_scan_cuda
+    from mhunet_deploy.model.scan import selective_scan_loop
 
     args = _inputs(b, d, l, g, 16, dtype)
     y = torch.full_like(args[0], float("nan"))
     selective_scan_cuda(*args, delta_softplus=True, out=y)
     ref = selective_scan_loop(*[a.double() for a in args], delta_softplus=True)  # fp64 oracle
     assert y.dtype == dtype and torch.isfinite(y).all()
-    err = (torch.linalg.vector_norm(y.double() - ref.double()) / torch.linalg.vector_norm(ref.double())).item()
+    err = (
+        torch.linalg.vector_norm(y.double() - ref.double()) / torch.linalg.vector_norm(ref.double())
+    ).item()
     assert err <= tol, err
 
 
+@_gpu
 def test_rejects_grad_and_large_n():
     from mhunet_deploy.cuda_scan import selective_scan_cuda
 
@@ -50,3 +61,72 @@ def test_rejects_grad_and_large_n():
     args = _inputs(1, 8, 16, 1, 32, torch.float32)
     with pytest.raises(ValueError, match="N <= 16"):
         selective_scan_cuda(*args)
+
+
+@_gpu
+def test_softplus_off_with_nonnegative_steps():
+    """delta_softplus=0 requires delta + delta_bias >= 0 (selective_scan.h); with such steps it matches."""
+    from mhunet_deploy.cuda_scan import selective_scan_cuda
+    from mhunet_deploy.model.scan import selective_scan_loop
+
+    u, _, A, Bm, Cm, D, _ = _inputs(2, 64, 1000, 4, 16, torch.float32)
+    delta = torch.randn_like(u).abs()
+    bias = torch.rand(64, device="cuda") * 0.1
+    y = selective_scan_cuda(u, delta, A, Bm, Cm, D, bias, delta_softplus=False)
+    ref = selective_scan_loop(*[a.double() for a in (u, delta, A, Bm, Cm, D, bias)], delta_softplus=False)
+    err = (torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref)).item()
+    assert err <= 1e-5, err
+
+
+@_gpu
+def test_registered_impl_runs_the_model_scan_on_cuda():
+    from mhunet_deploy.cuda_scan import register_cuda_scan
+    from mhunet_deploy.model.scan import selective_scan, use_scan_impl
+
+    name = register_cuda_scan()
+    args = _inputs(2, 64, 300, 4, 16, torch.float16)
+    with torch.no_grad(), use_scan_impl(name):
+        y = selective_scan(*args, True)
+    ref = selective_scan(*[a.double() for a in args], True)  # CPU-free: chunked fp64 on CUDA
+    err = (torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref)).item()
+    assert y.dtype == torch.float16 and err <= 1e-2, err
+
+
+def test_cuda_impl_falls_back_to_chunked_without_a_gpu_kernel_call():
+    """CPU tensors (and tensors that need grad) go to the chunked torch scan; nothing is compiled."""
+    import mhunet_deploy.cuda_scan as cs
+    from mhunet_deploy.model.scan import selective_scan_chunked, use_scan_impl
+
+    assert cs.register_cuda_scan(build=False) == "cuda"
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(1, 8, 20, generator=g)
+    args = (
+        u,
+        torch.randn(1, 8, 20, generator=g),
+        -torch.rand(8, 4, generator=g) - 0.5,
+        torch.randn(1, 2, 4, 20, generator=g),
+        torch.randn(1, 2, 4, 20, generator=g),
+        torch.ones(8),
+    )
+    from mhunet_deploy.model.scan import selective_scan
+
+    with use_scan_impl("cuda"):
+        y = selective_scan(*args, None, True)
+        u.requires_grad_(True)
+        y_grad = selective_scan(*args, None, True)
+    ref = selective_scan_chunked(*args, None, True)
+    assert torch.allclose(y, ref) and torch.allclose(y_grad.detach(), ref)
+    assert y_grad.requires_grad
+    assert cs._module.cache_info().currsize == 0  # no extension build was attempted
+
+
+def test_torch_backend_on_cpu_does_not_touch_the_extension():
+    from mhunet_deploy.backends.torch_backend import TorchBackend
+    from mhunet_deploy.errors import BackendError
+
+    assert TorchBackend(device="cpu").scan_impl == "auto"
+    assert TorchBackend(device="cpu", scan="reference").scan_impl == "chunked"
+    with pytest.raises(BackendError, match="needs a CUDA device"):
+        TorchBackend(device="cpu", scan="cuda")
+    with pytest.raises(BackendError, match="unknown scan"):
+        TorchBackend(device="cpu", scan="mamba")

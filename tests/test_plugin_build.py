@@ -33,16 +33,29 @@ def test_plugin_uses_contract_constants():
     src = (SCAN / "selective_scan_plugin.cpp").read_text()
     for name in ("kPluginName", "kPluginVersion", "kPluginNamespace", "kAttr_delta_softplus"):
         assert f"ct::{name}" in src
-    assert '"SelectiveScan"' not in src and '"mhunet"' not in src, "plugin must not hard-code contract strings"
+    assert '"SelectiveScan"' not in src and '"mhunet"' not in src, (
+        "plugin must not hard-code contract strings"
+    )
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH")
 def test_kernel_compiles_with_nvcc(tmp_path):
     t0 = time.time()
     res = subprocess.run(
-        [NVCC, "-O3", "-std=c++17", "-arch=sm_90", "--resource-usage", "-c", str(SCAN / "selective_scan.cu"),
-         "-o", str(tmp_path / "selective_scan.o")],
-        capture_output=True, text=True, timeout=900,
+        [
+            NVCC,
+            "-O3",
+            "-std=c++17",
+            "-arch=sm_90",
+            "--resource-usage",
+            "-c",
+            str(SCAN / "selective_scan.cu"),
+            "-o",
+            str(tmp_path / "selective_scan.o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     elapsed = time.time() - t0
     print(f"nvcc sm_90 compile of selective_scan.cu: {elapsed:.1f}s")
@@ -57,16 +70,32 @@ def test_kernel_compiles_with_nvcc(tmp_path):
 
 
 @pytest.mark.skipif(NVCC is None or shutil.which("cmake") is None, reason="nvcc or cmake not found")
-@pytest.mark.skipif(not (TRT_INC / "NvInferRuntime.h").exists(),
-                    reason="TensorRT headers not present at third_party/TensorRT/include (fetch them; see plugins/selective_scan/NOTES.md)")
+@pytest.mark.skipif(
+    not (TRT_INC / "NvInferRuntime.h").exists(),
+    reason="TensorRT headers not present at third_party/TensorRT/include (fetch them; see plugins/selective_scan/NOTES.md)",
+)
 def test_plugin_library_and_harness_build(tmp_path):
     t0 = time.time()
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     cfg = subprocess.run(
-        ["cmake", "-S", str(REPO / "plugins"), "-B", str(tmp_path), *gen, "-DCMAKE_CUDA_ARCHITECTURES=90",
-         f"-DTENSORRT_INCLUDE_DIR={TRT_INC}"], capture_output=True, text=True, timeout=300)
+        [
+            "cmake",
+            "-S",
+            str(REPO / "plugins"),
+            "-B",
+            str(tmp_path),
+            *gen,
+            "-DCMAKE_CUDA_ARCHITECTURES=90",
+            f"-DTENSORRT_INCLUDE_DIR={TRT_INC}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cfg.returncode == 0, cfg.stdout[-3000:] + cfg.stderr[-3000:]
-    bld = subprocess.run(["cmake", "--build", str(tmp_path), "-j", "2"], capture_output=True, text=True, timeout=1200)
+    bld = subprocess.run(
+        ["cmake", "--build", str(tmp_path), "-j", "2"], capture_output=True, text=True, timeout=1200
+    )
     print(f"cmake plugin + harness build (sm_90): {time.time() - t0:.1f}s")
     assert bld.returncode == 0, bld.stdout[-4000:] + bld.stderr[-4000:]
     lib = tmp_path / "libmhunet_plugins.so"
@@ -74,6 +103,8 @@ def test_plugin_library_and_harness_build(tmp_path):
     syms = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True).stdout
     assert "getCreators" in syms and "setLoggerFinder" in syms
     assert "nvinfer" not in subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
-    run = subprocess.run([str(tmp_path / "mhunet_plugin_harness")], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [str(tmp_path / "mhunet_plugin_harness")], capture_output=True, text=True, timeout=600
+    )
     out = run.stdout + run.stderr
     assert "FAIL" not in out.replace("HARNESS FAIL", "") and run.returncode == 0, out[-4000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,24 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..errors import BackendError
+from ..model.scan import use_scan_impl
+
+#: scan choices: "auto" = our CUDA kernel on CUDA when it builds (else the model's default dispatcher:
+#: mamba-ssm when installed, else the chunked torch scan); "cuda" = our kernel or an error;
+#: "reference" = the chunked torch scan everywhere (the FP32 reference path).
+SCAN_CHOICES = ("auto", "cuda", "reference")
 
 
 class TorchBackend:
     """Runs the checkpoint's model with PyTorch; the reference every other backend is held to."""
 
-    def __init__(self, checkpoint: Path | None = None, device: str = "auto", precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        checkpoint: Path | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
+        scan: str = "auto",
+    ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -23,14 +36,45 @@ class TorchBackend:
             raise BackendError(f"torch backend: unknown precision {precision!r}; use fp32 or fp16")
         if precision == "fp16" and not device.startswith("cuda"):
             raise BackendError("torch backend: fp16 needs a CUDA GPU; use --precision fp32 on the CPU")
+        if scan not in SCAN_CHOICES:
+            raise BackendError(f"torch backend: unknown scan {scan!r}; use one of {', '.join(SCAN_CHOICES)}")
         self.device = torch.device(device)
         self.model, self.meta = load_checkpoint(checkpoint, device=device)
         self.precision = precision
+        self.scan = scan
+        self.scan_impl = self._pick_scan_impl(scan)
         self.name = f"torch-{self.device.type}"
+
+    def _pick_scan_impl(self, scan: str) -> str:
+        """The name passed to ``use_scan_impl`` around every forward pass."""
+        if scan == "reference":
+            return "chunked"
+        if self.device.type != "cuda":
+            if scan == "cuda":
+                raise BackendError("torch backend: scan='cuda' needs a CUDA device")
+            return "auto"
+        # Imported only here: a CPU-only run never touches the extension (nor nvcc).
+        from ..cuda_scan import register_cuda_scan
+
+        try:
+            return register_cuda_scan(build=True)  # JIT build ~45 s once, then torch's extension cache
+        except Exception as e:  # noqa: BLE001 - any build/load failure falls back (auto) or is reported (cuda)
+            if scan == "cuda":
+                raise BackendError(f"torch backend: our CUDA scan kernel did not build/load: {e}") from e
+            warnings.warn(
+                f"torch backend: our CUDA scan kernel did not build/load ({e!s:.200}); "
+                "using the default scan dispatcher",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return "auto"
 
     @torch.inference_mode()
     def predict(self, slices: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(slices).to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"):
+        with (
+            use_scan_impl(self.scan_impl),
+            torch.autocast(self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"),
+        ):
             y = self.model(x)
         return y.float().cpu().numpy()

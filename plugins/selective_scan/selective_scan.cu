@@ -370,18 +370,37 @@ int dispatch(const Params& p, int items, int cpw, cudaStream_t stream)
 
 extern "C" void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int* items, int* cpw)
 {
-    (void) batch;
-    (void) dim;
     (void) groups;
-    // Smallest lane slice whose warp chunk (32 * items) covers L, up to 16 steps per lane: short
-    // sequences do not pad, long ones amortise the per-chunk shuffle scan over 16 steps.
-    int it = 2;
-    while (it < 16 && 32 * it < len)
-        it *= 2;
+    // A small table from the tuning sweep of the first H200 run (B=8, fp16, N=16, G=4; NOTES.md,
+    // "Measurements"). Measured best per shape:
+    //   L=4096 D=768: 8x1 (446 us; 16x1 536)     L=4096 D=256: 16x2 (181 us; 8x1 189)
+    //   L=1024 D=1536: 8x1 (226 us)               L=256 D=3072: 8x1 (126 us; 16x1 260)
+    //   L=64 D=6144: 2x2 (105 us; 4x2 147)
+    // 8 steps per lane with one channel per warp wins wherever the grid is large: 72 registers (vs 116 at
+    // 16x1) and 37 KB of shared memory per block (vs 75 KB) keep 6 blocks = 24 warps per SM resident.
+    // Only a long sequence over few channels (B x D <= 4096 rows, the light stage 1) has too few warps to
+    // fill the GPU either way and is better off with the longer 16-step lane slice (half the chunks).
+    // Short sequences take the smallest slice that covers L (no padded steps). Shapes between the measured
+    // ones (e.g. L=128) are interpolated, not measured.
+    const long long rows = (long long) batch * dim;
+    int it = 8, cp = 1;
+    if (len <= 64)
+    {
+        it = 2;
+        cp = 2;
+    }
+    else if (len <= 128)
+    {
+        it = 4;
+        cp = 1;
+    }
+    else if (len >= 2048 && rows <= 4096)
+    {
+        it = 16;
+        cp = 2;
+    }
     *items = it;
-    // Two channels per warp halve the shared-memory reads of B and C per channel; at 16 steps per
-    // lane the extra registers would cost occupancy.
-    *cpw = it >= 16 ? 1 : 2;
+    *cpw = cp;
 }
 
 extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,

@@ -7,6 +7,12 @@
 //   delta = softplus(delta + delta_bias) if delta_softplus (softplus(x) = x for x > 20)
 //   h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t ;  y_t = <C_t, h_t> + D * u_t
 //   state and all accumulation in fp32. 1 <= N <= 16.
+// Precondition (as in mamba-ssm): delta is a step size, so the effective step (delta + delta_bias, after
+// softplus when delta_softplus) must be >= 0 and A <= 0, i.e. every decay exp(delta * A) <= 1. With
+// delta_softplus = 1 this holds for any delta; with delta_softplus = 0 the CALLER must pass
+// delta + delta_bias >= 0. A negative step makes exp(delta * A) > 1 and the fp32 state grows
+// geometrically: over long L it overflows to inf/nan (the fp64 reference overflows later, not never).
+// The kernel does not check this (it would cost a pass over delta); it is an invalid input, not a mode.
 // All tensors are contiguous (row-major, last dim fastest). u, delta, Bm, Cm and y share one dtype.
 #pragma once
 
@@ -50,7 +56,8 @@ int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const flo
     const void* C, const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate,
     int groups, int delta_softplus, int dtype, int items, int cpw, cudaStream_t stream);
 
-//! The configuration mhunet_selective_scan_fwd uses for a shape (writes items and cpw).
+//! The configuration mhunet_selective_scan_fwd uses for a shape (writes items and cpw): a small table
+//! keyed on L and batch x dim, from the H200 tuning sweep (see selective_scan.cu and NOTES.md).
 void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int* items, int* cpw);
 
 //! Static, human-readable text for a status code.

@@ -26,6 +26,9 @@ class SelectiveScanPlugin : public nvinfer1::IPluginV3,
                             public nvinfer1::IPluginV3OneRuntime
 {
 public:
+    //! deltaSoftplus = 0 (delta used as given) requires delta + delta_bias >= 0 on every element, as in
+    //! mamba-ssm (delta is a step size; see selective_scan.h): a negative step makes exp(delta * A) > 1 and
+    //! the fp32 state overflows over long sequences. Not checked at run time. The model exports 1.
     explicit SelectiveScanPlugin(int32_t deltaSoftplus);
     SelectiveScanPlugin(SelectiveScanPlugin const& other);
     SelectiveScanPlugin& operator=(SelectiveScanPlugin const&) = delete;

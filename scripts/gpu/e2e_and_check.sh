@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Kernel check + one volume end to end, in one device lease (~3-4 min on the H200). From the repo root:
+#   device run: bash scripts/gpu/e2e_and_check.sh
+#   carry: [".whl", "shared", "third_party/TensorRT/include"]
+#     .whl holds the nibabel wheel; shared/data is a git-ignored copy of ../shared/data (patient26);
+#     third_party/TensorRT/include (headers only) lets the plugin + harness build (skipped without it).
+# 1. QUICK=1 scripts/gpu/verify_kernel.sh: plugin build + harness, kernel correctness (no speed/tuning);
+#    builds our torch extension once into torch's extension cache (TORCH_EXTENSIONS_DIR, ~45 s).
+# 2. scripts/gpu/e2e_torch.py: patient26 FLAIR through TorchBackend fp32 reference scan vs fp16 our kernel
+#    (reuses the cached extension build). Everything lands in $OUT; the key table is printed last.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/e2e_check_out}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/../.."
+t0=$(date +%s)
+if ! python3 -c "import nibabel" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/nibabel-*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+# one stable build directory for both steps (same name + same sources -> the second step only loads it)
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/mhunet_torch_ext}
+export MAX_JOBS=${MAX_JOBS:-16}
+status=0
+echo "=== 1. QUICK verify_kernel.sh ($(( $(date +%s) - t0 ))s)"
+QUICK=1 OUT="$OUT" VERIFY_BUDGET_S=200 bash scripts/gpu/verify_kernel.sh || status=1
+echo "=== 2. e2e_torch.py ($(( $(date +%s) - t0 ))s)"
+INPUT=${INPUT:-shared/data/open_ms/patient26/FLAIR.nii.gz}
+python3 scripts/gpu/e2e_torch.py "$INPUT" --out "$OUT" --repeats "${REPEATS:-1}" > "$OUT/e2e.log" 2>&1 || status=1
+grep -E 'WARNING|Error|error|Traceback' "$OUT/e2e.log" | head -20
+echo "=== done in $(( $(date +%s) - t0 ))s, status=$status"
+# the key table last
+sed -n '/^# one volume/,$p' "$OUT/e2e.log"
+[ -s "$OUT/e2e_torch.md" ] || tail -30 "$OUT/e2e.log"
+exit $status
