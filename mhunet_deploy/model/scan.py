@@ -87,6 +87,11 @@ def selective_scan_loop(
     return y.to(u.dtype)
 
 
+#: Most elements (Bt * D * L * N) one chunked call holds per full-size temporary; larger batches are
+#: split in halves (the temporaries are first-touched per call, and page faults cost as much as math).
+CHUNKED_BLOCK = 1 << 24
+
+
 def _default_chunk(length: int) -> int:
     """A power of two near sqrt(L), in [16, 64]: measured fastest on CPU for L = 64 .. 4096."""
     return min(64, max(16, 1 << round(math.log2(math.sqrt(max(length, 1))))))
@@ -108,15 +113,25 @@ def selective_scan_chunked(
     Pass 1 runs the recurrence from a zero state inside every chunk at once and emits its part of y;
     the chunk carries are then propagated (a loop over the L/T chunks on tiny tensors); pass 2 adds
     ``<C_t, exp(A * cumsum(dt)) * carry_in>``. The full (Bt, D, L, N) state is never materialised,
-    and autograd works through it (training uses it).
+    and autograd works through it (training uses it). Without autograd (inference) every step works
+    in place in preallocated buffers, and the C contraction is a batched matmul either way.
     """
     cd = _compute_dtype(u)
     bsz, d, length = u.shape
     g, n = B.shape[1], A.shape[1]
+    if bsz > 1 and bsz * d * length * n > CHUNKED_BLOCK:  # bound the full-size temporaries
+        half = bsz // 2
+        parts = [(x[:half], x[half:]) for x in (u, delta, B, C)]
+        args = [(*(p[i] for p in parts[:2]), A, *(p[i] for p in parts[2:]), D) for i in (0, 1)]
+        return torch.cat([selective_scan_chunked(*a, delta_bias, delta_softplus, chunk) for a in args])
     dg = d // g
     t_len = chunk or _default_chunk(length)
     nc = -(-length // t_len)
     pad = nc * t_len - length
+    inplace = not (
+        torch.is_grad_enabled()
+        and any(x is not None and x.requires_grad for x in (u, delta, A, B, C, D, delta_bias))
+    )
 
     uc = u.to(cd)
     dt = _delta(delta, delta_bias, delta_softplus, cd)
@@ -132,26 +147,36 @@ def selective_scan_chunked(
     dt_t = time_major(dt, dg)[..., None]  # (T, Bt, G, nc, Dg, 1)
     du_t = time_major(du, dg)[..., None]
     B_t = time_major(Bc, n)[..., None, :]  # (T, Bt, G, nc, 1, N)
-    C_t = time_major(Cc, n)[..., None, :]
+    C_t = time_major(Cc, n)[..., None]  # (T, Bt, G, nc, N, 1): y_t = h_t @ C_t
     Ag = A.to(cd).reshape(g, 1, dg, n)
 
-    h = uc.new_zeros(bsz, g, nc, dg, n)
-    ys = []
-    for t in range(t_len):
-        h = torch.addcmul(du_t[t] * B_t[t], h, torch.exp(dt_t[t] * Ag))
-        ys.append(torch.linalg.vecdot(h, C_t[t]))
+    # Every step's decay and input at once (one op each, not 2T small ones): (T, Bt, G, nc, Dg, N).
+    a = (dt_t * Ag).exp_()
+    x = du_t * B_t
+    if inplace:  # x[t] becomes the zero-start state h_t, one fused op per step
+        for t in range(1, t_len):
+            x[t].addcmul_(a[t], x[t - 1])
+        h = x
+    else:
+        hs = [x[0]]
+        for t in range(1, t_len):
+            hs.append(torch.addcmul(x[t], a[t], hs[-1]))
+        h = torch.stack(hs)
+    y = h @ C_t  # (T, Bt, G, nc, Dg, 1), one batched matmul
     if nc > 1:
-        decay = torch.exp(dt_t.sum(0) * Ag)  # whole-chunk decay, (Bt, G, nc, Dg, N)
+        # P_t = exp(A * cumsum(dt)) inside each chunk (into a's buffer when in place); P_T is the
+        # whole-chunk decay that carries the state from one chunk to the next.
+        cum_a = torch.mul(dt_t.cumsum(0), Ag, out=a) if inplace else dt_t.cumsum(0) * Ag
+        p = cum_a.exp_() if inplace else cum_a.exp()
         carry = uc.new_zeros(bsz, g, dg, n)
         carries = []
         for c in range(nc):
             carries.append(carry)
-            carry = torch.addcmul(h[:, :, c], decay[:, :, c], carry)
+            carry = torch.addcmul(h[-1, :, :, c], p[-1, :, :, c], carry)
         carry_in = torch.stack(carries, dim=2)
-        cum = dt_t.cumsum(0)
-        ys = [y + torch.linalg.vecdot(torch.exp(cum[t] * Ag) * carry_in, C_t[t]) for t, y in enumerate(ys)]
-    y = torch.stack(ys).permute(1, 2, 4, 3, 0).reshape(bsz, d, nc * t_len)[..., :length]
-    return (y + D.to(cd)[:, None] * uc).to(u.dtype)
+        y = y + (p.mul_(carry_in) if inplace else p * carry_in) @ C_t
+    y = y[..., 0].permute(1, 2, 4, 3, 0).reshape(bsz, d, nc * t_len)
+    return (y[..., :length] + D.to(cd)[:, None] * uc).to(u.dtype)
 
 
 def _static_dims(x: torch.Tensor) -> tuple[int, ...]:
