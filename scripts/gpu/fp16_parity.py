@@ -31,6 +31,8 @@ for key, y in out.items():
     nan = int(torch.isnan(y).sum())
     diff = (y - ref).abs().nan_to_num(float("inf"))
     agree = float(((y > 0) == (ref > 0)).float().mean())
-    print(f"{key[0]:8s} {key[1]}: NaN {nan:8d}  max|d| {float(diff.max()):.4g}  "
-          f"median|d| {float(diff.median()):.4g}  sign agreement {agree:.5f}")
+    print(
+        f"{key[0]:8s} {key[1]}: NaN {nan:8d}  max|d| {float(diff.max()):.4g}  "
+        f"median|d| {float(diff.median()):.4g}  sign agreement {agree:.5f}"
+    )
 print("logit range fp32:", float(ref.min()), float(ref.max()), np.float32(0))
