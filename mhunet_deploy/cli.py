@@ -395,6 +395,28 @@ def bench(
     print(markdown_table(timings))
 
 
+@app.command()
+def doctor(
+    export_dir: Annotated[Path, typer.Option(help="Where exported graphs live.")] = Path("export"),
+    engine_dir: Annotated[Path, typer.Option(help="Where cached engines live.")] = Path("engines"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """What this machine offers: CPU/GPU, torch, onnxruntime, TensorRT(-RTX), plugin, graphs, engines."""
+    from .doctor import run_checks, to_json
+
+    checks = run_checks(export_dir, engine_dir)
+    if as_json:
+        print(to_json(checks))
+    else:
+        table = Table("check", "", "detail", "fix")
+        marks = {"ok": "[green]ok[/]", "warn": "[yellow]--[/]", "fail": "[red]FAIL[/]"}
+        for c in checks:
+            table.add_row(c.name, marks[c.status], c.detail, c.fix)
+        out.print(table)
+    if any(c.status == "fail" for c in checks):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console entry point: user errors become one line and an exit code."""
     try:

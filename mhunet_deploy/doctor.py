@@ -1,0 +1,178 @@
+"""`mhunet doctor`: what this machine offers for each backend, and a fix-it line for each problem.
+
+Each check is independent and never raises: a broken CUDA install must not hide that onnxruntime
+works. No torch import unless torch is installed; nothing is built or downloaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import MhunetError
+
+
+@dataclass
+class Check:
+    """One line of the report: ``status`` is ok, warn (optional part missing) or fail."""
+
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def _module_version(module: str) -> str | None:
+    try:
+        return str(getattr(importlib.import_module(module), "__version__", "unknown version"))
+    except Exception:  # a broken install raises anything, not only ImportError
+        return None
+
+
+def check_python() -> Check:
+    return Check(
+        "python", "ok", f"{platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs"
+    )
+
+
+def check_torch() -> Check:
+    version = _module_version("torch")
+    if version is None:
+        return Check(
+            "torch", "warn", "not installed", "pip install 'mhunet-deploy[torch]' (training, torch backend)"
+        )
+    import torch
+
+    if torch.cuda.is_available():
+        return Check("torch", "ok", f"{version}, CUDA {torch.version.cuda}: {torch.cuda.get_device_name(0)}")
+    return Check("torch", "ok", f"{version}, CPU only (no CUDA device visible)")
+
+
+def check_onnxruntime() -> Check:
+    version = _module_version("onnxruntime")
+    if version is None:
+        return Check("onnxruntime", "warn", "not installed", "pip install 'mhunet-deploy[onnx]'")
+    import onnxruntime
+
+    return Check(
+        "onnxruntime", "ok", f"{version}, providers: {', '.join(onnxruntime.get_available_providers())}"
+    )
+
+
+def check_library(module: str, label: str, fix: str) -> Check:
+    version = _module_version(module)
+    if version is None:
+        return Check(label, "warn", "not installed", fix)
+    return Check(label, "ok", version)
+
+
+def check_gpu() -> Check:
+    from .engine import current_gpu
+
+    try:
+        gpu = current_gpu()
+    except MhunetError as e:
+        return Check(
+            "cuda gpu", "warn", str(e), "TensorRT needs an NVIDIA GPU with its driver and cuda-python"
+        )
+    return Check("cuda gpu", "ok", f"{gpu['gpu']} (compute capability {gpu['compute_capability']})")
+
+
+def check_plugin() -> Check:
+    from .engine import PLUGIN_LIBRARY_ENV, plugin_library
+
+    lib = plugin_library()
+    fix = f"cmake -S plugins -B plugins/build -DTENSORRT_INCLUDE_DIR=... (or set ${PLUGIN_LIBRARY_ENV})"
+    if lib is None:
+        return Check("plugin library", "warn", "libmhunet_plugins.so not found", fix)
+    try:
+        handle = ctypes.CDLL(str(lib))
+    except OSError as e:
+        return Check(
+            "plugin library", "fail", f"{lib}: cannot load ({e})", "rebuild it for this machine's CUDA"
+        )
+    if not hasattr(handle, "getCreators"):
+        return Check("plugin library", "fail", f"{lib}: no getCreators symbol", "rebuild from plugins/")
+    return Check("plugin library", "ok", f"{lib} (loads, exports getCreators)")
+
+
+def check_weights() -> Check:
+    from .checkpoint import default_checkpoint, read_meta, sha256_file
+
+    path = default_checkpoint()
+    try:
+        meta = read_meta(path)
+    except MhunetError as e:
+        return Check("packaged weights", "fail", str(e), "reinstall mhunet-deploy")
+    if sha256_file(path) != meta.get("sha256"):
+        return Check("packaged weights", "fail", f"{path}: sha256 mismatch", "reinstall mhunet-deploy")
+    return Check("packaged weights", "ok", f"{meta['config']['name']} sha256 {meta['sha256'][:12]}")
+
+
+def check_graphs(export_dir: Path) -> Check:
+    graphs = sorted(Path(export_dir).glob("*.onnx"))
+    if not graphs:
+        return Check(
+            "onnx graphs", "warn", f"none in {export_dir}/", "mhunet export (needed by onnxruntime/TensorRT)"
+        )
+    return Check("onnx graphs", "ok", ", ".join(g.name for g in graphs))
+
+
+def check_engines(engine_dir: Path) -> list[Check]:
+    """Each cached engine: the key it was built with, and whether this machine may run it."""
+    checks = []
+    for engine in sorted(Path(engine_dir).glob("*.engine")):
+        try:
+            key = json.loads(engine.with_suffix(".json").read_text())["key"]
+        except (OSError, ValueError, KeyError):
+            checks.append(
+                Check(f"engine {engine.name}", "fail", "missing or unreadable sidecar", "delete it")
+            )
+            continue
+        version = _module_version("tensorrt_rtx" if key.get("library") == "tensorrt-rtx" else "tensorrt")
+        detail = (
+            f"{key.get('library')} {key.get('library_version')}, {key.get('precision')}, "
+            f"target {key.get('target')}"
+        )
+        if version is None:
+            checks.append(Check(f"engine {engine.name}", "warn", detail + "; library not installed here"))
+        elif version != key.get("library_version"):
+            fix = "delete it or use another --engine-dir; it is rebuilt for this machine"
+            checks.append(
+                Check(f"engine {engine.name}", "fail", detail + f"; this machine has {version}", fix)
+            )
+        else:
+            checks.append(Check(f"engine {engine.name}", "ok", detail))
+    return checks
+
+
+def run_checks(export_dir: Path, engine_dir: Path) -> list[Check]:
+    """All checks in a fixed order; a check that crashes is reported as failed, not raised."""
+    plain: list[Callable[[], Check]] = [
+        check_python,
+        check_weights,
+        check_torch,
+        check_onnxruntime,
+        lambda: check_library("tensorrt", "tensorrt", "install TensorRT >= 10 (JetPack on Jetson)"),
+        lambda: check_library("tensorrt_rtx", "tensorrt-rtx", "pip install 'mhunet-deploy[rtx]' (RTX GPUs)"),
+        check_gpu,
+        check_plugin,
+        lambda: check_graphs(export_dir),
+    ]
+    checks = []
+    for fn in plain:
+        try:
+            checks.append(fn())
+        except Exception as e:  # a doctor must report, not crash
+            checks.append(Check(getattr(fn, "__name__", "check"), "fail", f"check crashed: {e!r}"))
+    return checks + check_engines(engine_dir)
+
+
+def to_json(checks: list[Check]) -> str:
+    return json.dumps([asdict(c) for c in checks], indent=2)
