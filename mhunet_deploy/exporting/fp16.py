@@ -5,7 +5,14 @@ in the ONNX itself (DESIGN.md §8): fp16 everywhere, except
 - normalisation statistics: LayerNormalization and BatchNormalization run in fp32 between Casts
   (a LayerNorm over 2C channels in fp16 loses the mean/variance of small-variance tokens);
 - the scan's A, D and delta_bias stay fp32 constants, as the SelectiveScan contract requires
-  (its state is fp32 inside the op by contract).
+  (its state is fp32 inside the op by contract);
+- the scan's data I/O and the merge of its outputs up to out_norm: with the trained weights the scan's
+  y reaches ~3.5e5 (patient26, encoder stage 4; fp16 max 65504), which overflowed to inf and turned
+  out_norm's output into NaN. So every SelectiveScan node runs with fp32 u, delta, B, C and y (the
+  contract allows fp32 data), and the layout ops and Adds that merge its four scan orders
+  (``SCAN_MERGE_OPS``, found by walking from the scan to the next LayerNormalization) stay fp32 until
+  out_norm, whose output is O(1). Everything else in SS2D (in_proj, conv, x_proj, dt_proj, the SiLU
+  gate, out_proj) peaks below ~40 and stays fp16.
 Our own pass rather than onnxconverter-common: the island rules are ours and tiny, and the
 "fp32 ports" of the custom op come from the contract, which a generic converter cannot know.
 """
@@ -21,6 +28,9 @@ from .. import contract
 
 #: Ops computed wholly in fp32: every input is cast up and every output cast back down.
 FP32_ISLAND_OPS = ("LayerNormalization", "BatchNormalization")
+#: Data-movement ops and Adds between a scan's output and the next LayerNormalization (out_norm):
+#: the merge of the four scan orders, kept in the scan's fp32 island.
+SCAN_MERGE_OPS = ("Reshape", "Slice", "Gather", "Transpose", "Add", "Squeeze", "Unsqueeze", "Identity")
 _F32 = np.dtype(np.float32)
 _F16 = np.dtype(np.float16)
 
@@ -29,10 +39,32 @@ def is_scan(node: gs.Node) -> bool:
     return node.op == contract.OP_TYPE and node.domain == contract.DOMAIN
 
 
-def fp32_ports(node: gs.Node) -> set[int]:
-    """Input indices of ``node`` that must be fed fp32 in the fp16 graph."""
+def scan_islands(graph: gs.Graph) -> list[gs.Node]:
+    """Every scan node and the merge ops (``SCAN_MERGE_OPS``) from its output to out_norm."""
+    found: dict[int, gs.Node] = {}
+    front = [n for n in graph.nodes if is_scan(n)]
+    while front:
+        node = front.pop()
+        if id(node) in found:
+            continue
+        found[id(node)] = node
+        front.extend(c for out in node.outputs for c in out.outputs if c.op in SCAN_MERGE_OPS)
+    return list(found.values())
+
+
+def _is_float(t: gs.Tensor) -> bool:
+    return t.dtype in (_F32, _F16)
+
+
+def fp32_ports(node: gs.Node, islands: frozenset[int] = frozenset()) -> set[int]:
+    """Input indices of ``node`` that must be fed fp32 in the fp16 graph.
+
+    ``islands`` holds the ids of the nodes of ``scan_islands``: all their float inputs are fp32.
+    """
     if node.op in FP32_ISLAND_OPS:
         return set(range(len(node.inputs)))
+    if id(node) in islands:
+        return {i for i, t in enumerate(node.inputs) if _is_float(t)}
     if is_scan(node):
         return {i for i, port in enumerate(contract.INPUTS) if port.fp32_only}
     return set()
@@ -42,13 +74,13 @@ def _uses(tensor: gs.Tensor) -> list[tuple[gs.Node, int]]:
     return [(n, i) for n in tensor.outputs for i, t in enumerate(n.inputs) if t is tensor]
 
 
-def _convert_constants(graph: gs.Graph) -> None:
+def _convert_constants(graph: gs.Graph, islands: frozenset[int]) -> None:
     """fp32 weights become fp16, unless only fp32 ports read them; shared ones get an fp16 copy."""
     for const in list(graph.tensors().values()):
         if not isinstance(const, gs.Constant) or const.values.dtype != _F32:
             continue
         uses = _uses(const)
-        half = [(n, i) for n, i in uses if i not in fp32_ports(n)]
+        half = [(n, i) for n, i in uses if i not in fp32_ports(n, islands)]
         if not half:
             continue
         if len(half) == len(uses):
@@ -76,7 +108,7 @@ def add_cast(graph: gs.Graph, tensor: gs.Tensor, to: int, out: gs.Variable) -> g
     return out
 
 
-def _add_islands(graph: gs.Graph) -> None:
+def _add_islands(graph: gs.Graph, islands: frozenset[int]) -> None:
     """Cast fp16 activations up at every fp32 port; cast island outputs back down.
 
     An island output that feeds another fp32 port is passed on in fp32 (no down-and-up round trip).
@@ -84,15 +116,17 @@ def _add_islands(graph: gs.Graph) -> None:
     """
     wide: dict[str, gs.Variable] = {}
     for node in list(graph.nodes):
-        for i in sorted(fp32_ports(node)):
+        for i in sorted(fp32_ports(node, islands)):
             t = node.inputs[i]
             if isinstance(t, gs.Variable) and t.name:
                 if t.name not in wide:
                     up = gs.Variable(f"{t.name}/fp32", dtype=_F32, shape=t.shape)
                     wide[t.name] = add_cast(graph, t, TensorProto.FLOAT, up)
                 node.inputs[i] = wide[t.name]
-        if node.op in FP32_ISLAND_OPS:
+        if node.op in FP32_ISLAND_OPS or id(node) in islands:
             for k, out in enumerate(node.outputs):
+                if not _is_float(out):
+                    continue
                 fp32 = gs.Variable(f"{out.name}/fp32", dtype=_F32, shape=out.shape)
                 wide[out.name] = node.outputs[k] = fp32
                 add_cast(graph, wide[out.name], TensorProto.FLOAT16, out)
@@ -104,8 +138,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor.dtype == _F32:
             tensor.dtype = _F16
-    _convert_constants(graph)
+    islands = frozenset(id(n) for n in scan_islands(graph))
+    _convert_constants(graph, islands)
     _retype_ops(graph)
-    _add_islands(graph)
+    _add_islands(graph, islands)
     graph.cleanup().toposort()
     return gs.export_onnx(graph)

@@ -24,6 +24,7 @@ No public Mamba-HUNet code exists; the paper's text is the spec. Choices it leav
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -67,6 +68,18 @@ CONFIGS: dict[str, ModelConfig] = {
     "light": ModelConfig(),
     "paper": ModelConfig(name="paper", embed_dim=96, drop_path=0.2, stem_channels=32),
 }
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in fp32; the very tensor when it already is (so fp32 runs and traces are unchanged)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def _fp32_island(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off for an FP32 island, only where autocast is on (fp32 runs and exports unchanged)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class DropPath(nn.Module):
@@ -119,21 +132,27 @@ class SS2D(nn.Module):
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        y = selective_scan(
-            xs.reshape(b, -1, length),
-            dts.reshape(b, -1, length),
-            -torch.exp(self.A_logs.float()),
-            bs.contiguous(),
-            cs.contiguous(),
-            self.Ds.float(),
-            self.dt_projs_bias.float().reshape(-1),
-            True,
-        ).reshape(b, K_DIRECTIONS, -1, length)
-        inv = torch.flip(y[:, 2:4], dims=[-1])
-        wh = y[:, 1].reshape(b, -1, w, h).transpose(2, 3).reshape(b, -1, length)
-        invwh = inv[:, 1].reshape(b, -1, w, h).transpose(2, 3).reshape(b, -1, length)
-        y = (y[:, 0] + inv[:, 0] + wh + invwh).transpose(1, 2).reshape(b, h, w, -1)
-        y = self.out_norm(y) * F.silu(z)
+        # FP32 island (DESIGN.md §8): the scan's outputs reach ~3.5e5 with the trained weights (fp16
+        # max 65504), so the scan's data I/O, the merge of the four orders and out_norm run in fp32;
+        # out_norm's output is O(1) and the SiLU(z) gate / out_proj return to the autocast dtype.
+        # A no-op in fp32 (no casts are recorded, no autocast context is entered).
+        with _fp32_island(x.device.type):
+            y = selective_scan(
+                _f32(xs).reshape(b, -1, length),
+                _f32(dts).reshape(b, -1, length),
+                -torch.exp(self.A_logs.float()),
+                _f32(bs).contiguous(),
+                _f32(cs).contiguous(),
+                self.Ds.float(),
+                self.dt_projs_bias.float().reshape(-1),
+                True,
+            ).reshape(b, K_DIRECTIONS, -1, length)
+            inv = torch.flip(y[:, 2:4], dims=[-1])
+            wh = y[:, 1].reshape(b, -1, w, h).transpose(2, 3).reshape(b, -1, length)
+            invwh = inv[:, 1].reshape(b, -1, w, h).transpose(2, 3).reshape(b, -1, length)
+            y = (y[:, 0] + inv[:, 0] + wh + invwh).transpose(1, 2).reshape(b, h, w, -1)
+            y = self.out_norm(y)
+        y = y * F.silu(z)
         return self.out_proj(y)
 
 

@@ -1,0 +1,121 @@
+"""FP16 with FP32 islands (DESIGN.md §8) on the packaged trained weights.
+
+The trained weights drive the scan's output to ~3.5e5 (patient26, encoder stage 4), past fp16's 65504:
+without the scan island the fp16 graph gave NaN logits on every patient26 slice. These tests hold the
+islands in place: the graph structure (tiny model, fast) and the task on real slices (packaged weights).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from tiny_model import PATIENT26, tiny_export
+
+from mhunet_deploy import contract
+from mhunet_deploy.exporting.fp16 import SCAN_MERGE_OPS
+from mhunet_deploy.exporting.manifest import INPUT_NAME, OUTPUT_NAME, graph_filename
+
+#: Slices of patient26 the onnxruntime fp16 graph runs on (fp16 on the CPU EP is slow: ~10-30 s each).
+SLICES = 2
+FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+
+
+def _types(model: onnx.ModelProto) -> dict[str, int]:
+    model = onnx.shape_inference.infer_shapes(model)
+    values = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+    out = {v.name: v.type.tensor_type.elem_type for v in values}
+    out.update({i.name: i.data_type for i in model.graph.initializer})
+    return out
+
+
+def test_scan_and_its_merge_are_an_fp32_island() -> None:
+    _, export = tiny_export()
+    model = onnx.load(str(export / graph_filename("light", "plugin", "fp16")))
+    t = _types(model)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    scans = [n for n in model.graph.node if n.op_type == contract.OP_TYPE]
+    assert scans
+    for scan in scans:
+        assert all(t[name] == FLOAT for name in scan.input), scan.name  # u, delta, B, C too
+        front, norms = list(scan.output), 0
+        while front:  # every path from y stays fp32 through the merge and ends in out_norm
+            name = front.pop()
+            assert t[name] == FLOAT, name
+            for c in consumers.get(name, []):
+                assert c.op_type in (*SCAN_MERGE_OPS, "LayerNormalization"), (scan.name, c.op_type)
+                if c.op_type == "LayerNormalization":
+                    norms += 1
+                else:
+                    front.extend(o for o in c.output if t.get(o) in (FLOAT, HALF))
+        assert norms >= 1, scan.name
+    # the rest stays fp16: projections, einsums, convolutions and the SiLU gate run on fp16 tensors
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Conv", "ConvTranspose", "Mul", "Sigmoid"):
+            floats = {t[name] for name in node.input if name and t[name] in (FLOAT, HALF)}
+            assert floats <= {HALF}, (node.name, node.op_type)
+    assert t[model.graph.input[0].name] == HALF and t[model.graph.output[0].name] == HALF
+
+
+class _Session:
+    """A portable graph on onnxruntime's CPU EP, shaped like a Backend for ``verify.compare``."""
+
+    def __init__(self, model: onnx.ModelProto, precision: str) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        self.dtype = np.float16 if precision == "fp16" else np.float32
+        self.name, self.precision = "onnxruntime-cpu", precision
+
+    def predict(self, slices: np.ndarray) -> np.ndarray:
+        (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: slices.astype(self.dtype)})
+        self.last = y.astype(np.float32)
+        return self.last
+
+
+@pytest.mark.skipif(not PATIENT26.is_file(), reason=f"{PATIENT26} not present")
+def test_packaged_weights_fp16_portable_graph_matches_fp32_on_patient26() -> None:
+    from mhunet_deploy.backends.torch_backend import TorchBackend
+    from mhunet_deploy.checkpoint import default_checkpoint, load_checkpoint, read_meta
+    from mhunet_deploy.exporting.exporter import DEFAULT_OPSET, fold
+    from mhunet_deploy.exporting.fp16 import to_fp16
+    from mhunet_deploy.exporting.inline import inline_scans, scan_signatures
+    from mhunet_deploy.exporting.torch_export import export_plugin_graph, export_scan_graph
+    from mhunet_deploy.pipeline import EMPTY_SLICE_LOGIT, predict_volume
+    from mhunet_deploy.postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD
+    from mhunet_deploy.preprocess import prepare
+    from mhunet_deploy.verify import Case, central_slices, compare
+    from mhunet_deploy.volume_io import load_volume
+
+    ckpt = default_checkpoint()
+    model, _ = load_checkpoint(ckpt)
+    plugin32 = fold(export_plugin_graph(model, DEFAULT_OPSET))
+    subgraphs = {sig: fold(export_scan_graph(sig, DEFAULT_OPSET)) for sig in scan_signatures(plugin32)}
+    portable16 = inline_scans(to_fp16(plugin32), subgraphs.__getitem__)
+
+    volume = load_volume(PATIENT26)
+    slices, geometry = prepare(volume)
+    index = central_slices(slices, SLICES)
+    reference = np.full(slices.shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
+    reference[index] = predict_volume(TorchBackend(ckpt, device="cpu"), slices[index], SLICES)
+    post = read_meta(ckpt).get("postprocess", {})
+    case = Case(
+        volume,
+        slices,
+        geometry,
+        reference,
+        post.get("threshold", DEFAULT_THRESHOLD),
+        post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
+    )
+    half = _Session(portable16, "fp16")
+    row = compare(case, half, index, batch_size=SLICES)  # Dice >= 0.99, same lesion count
+    assert np.isfinite(half.last).all()
+    print(
+        f"fp16 portable: max |Δ| {row.max_abs:.3g} median {row.median_abs:.3g} Dice {row.dice:.4f} "
+        f"lesions {row.lesions}/{row.ref_lesions}"
+    )
+    assert row.ref_lesions > 0  # the slices carry lesions, so Dice and the count mean something
+    assert row.passed, row.failures
