@@ -54,7 +54,9 @@ def test_plugin_graph_has_one_contract_node_per_ss2d(precision: str) -> None:
     assert len(scans) == 7  # depths (1, 1, 1, 1): 4 encoder + 3 decoder SS2D calls
     assert {o.domain: o.version for o in model.opset_import}[contract.DOMAIN] == contract.DOMAIN_VERSION
     t = types(model)
-    data = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT
+    # The scan is an fp32 island in fp16 graphs too: its output reaches ~3.5e5 on real scans with
+    # the packaged weights, past the fp16 range (see tests/test_fp16.py).
+    data = onnx.TensorProto.FLOAT
     for node in scans:
         assert node.domain == contract.DOMAIN and len(node.input) == len(contract.INPUTS)
         assert {a.name: a.i for a in node.attribute} == contract.ATTRIBUTES
