@@ -19,20 +19,19 @@ from torch import nn
 
 from .. import contract
 from ..model.mamba_hunet import MambaHUNet
-from ..model.scan import register_scan_impl, selective_scan_chunked, selective_scan_logstep, use_scan_impl
+from ..model.scan import (
+    register_scan_impl,
+    selective_scan_chunked,
+    selective_scan_logstep,
+    static_dims,
+    use_scan_impl,
+)
 from .inline import ScanSignature
 from .manifest import INPUT_NAME, OUTPUT_NAME
 
 PLUGIN_IMPL = "plugin"
 #: Traced batch size: 2, so no exporter specialises a size-1 batch dim away.
 TRACE_BATCH = 2
-
-
-def _static(x: torch.Tensor) -> tuple[int, ...]:
-    """x's shape as ints while tracing (D and L are fixed by the architecture and the image size)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return tuple(int(s) for s in x.shape)
 
 
 class _SelectiveScanNode(torch.autograd.Function):
@@ -64,7 +63,7 @@ def plugin_scan(
     delta_softplus: bool = True,
 ) -> torch.Tensor:
     """The "plugin" scan implementation: one custom node in ONNX, the chunked scan when run."""
-    return _SelectiveScanNode.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, _static(u)[1:])
+    return _SelectiveScanNode.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, static_dims(u)[1:])
 
 
 register_scan_impl(PLUGIN_IMPL, plugin_scan)

@@ -179,7 +179,7 @@ def selective_scan_chunked(
     return (y[..., :length] + D.to(cd)[:, None] * uc).to(u.dtype)
 
 
-def _static_dims(x: torch.Tensor) -> tuple[int, ...]:
+def static_dims(x: torch.Tensor) -> tuple[int, ...]:
     """x's dims as Python ints, also while tracing, so the ONNX graph gets no Shape/Gather chains.
 
     Only the batch dim is dynamic in the exported model, and the log-step graph never reads it
@@ -232,8 +232,8 @@ def selective_scan_logstep(
     every reshape uses -1 for it.
     """
     cd = _compute_dtype(u)
-    _, d, length = _static_dims(u)
-    g, n = _static_dims(B)[1], _static_dims(A)[1]
+    _, d, length = static_dims(u)
+    g, n = static_dims(B)[1], static_dims(A)[1]
     dg = d // g
     t_len = LOGSTEP_CHUNK
     nc = -(-length // t_len)
