@@ -94,10 +94,8 @@ def infer_volume(
     t0 = time.perf_counter()
     input_path = Path(input_path)
     volume: Volume = load_volume(input_path, options.volume_index)
+    # Output names always differ from the input's (suffixed stems); save_like refuses the input anyway.
     paths = output_paths(input_path, Path(out_dir), options)
-    for p in paths.values():
-        if p.exists() and p.resolve() == input_path.resolve():
-            raise OutputError(f"{p}: output would overwrite the input; choose another -o folder")
     t1 = time.perf_counter()
     slices, geometry = prepare(volume)
     t2 = time.perf_counter()

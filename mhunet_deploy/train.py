@@ -11,7 +11,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -80,23 +80,29 @@ def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _subject_batches(
+    model: torch.nn.Module, xs: np.ndarray, ys: np.ndarray, device: torch.device, batch: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits, target) of one subject's slices, batch by batch, on ``device``."""
+    for i in range(0, len(xs), batch):
+        x = torch.from_numpy(xs[i : i + batch].astype(np.float32)).to(device)
+        y = torch.from_numpy(ys[i : i + batch].astype(np.float32)).to(device)
+        yield model(x).float(), y
+
+
 @torch.no_grad()
 def validate(model: torch.nn.Module, val: SliceSet, device: torch.device, batch: int) -> dict[str, float]:
     """Volume-level Dice per validation subject on the model grid, averaged; plus mean loss."""
     model.eval()
     dices, losses = [], []
-    for subject, xs, ys in val.subjects():
+    for _, xs, ys in val.subjects():
         inter = total = 0.0
-        for i in range(0, len(xs), batch):
-            x = torch.from_numpy(xs[i : i + batch].astype(np.float32)).to(device)
-            y = torch.from_numpy(ys[i : i + batch].astype(np.float32)).to(device)
-            logits = model(x)
+        for logits, y in _subject_batches(model, xs, ys, device, batch):
             losses.append(float(dice_bce_loss(logits, y)))
             pred = (logits > 0).float()
             inter += float((pred * y).sum())
             total += float(pred.sum() + y.sum())
         dices.append(1.0 if total == 0 else 2 * inter / total)
-        del subject
     model.train()
     return {"val_dice": float(np.mean(dices)), "val_loss": float(np.mean(losses))}
 
@@ -114,11 +120,9 @@ def choose_threshold(
     scores = np.zeros(len(THRESHOLDS))
     count = 0
     for _, xs, ys in val.subjects():
-        probs = []
-        for i in range(0, len(xs), batch):
-            x = torch.from_numpy(xs[i : i + batch].astype(np.float32)).to(device)
-            probs.append(torch.sigmoid(model(x).float()).cpu().numpy())
-        prob, truth = np.concatenate(probs), ys.astype(bool)
+        batches = _subject_batches(model, xs, ys, device, batch)
+        prob = np.concatenate([torch.sigmoid(logits).cpu().numpy() for logits, _ in batches])
+        truth = ys.astype(bool)
         for k, thr in enumerate(THRESHOLDS):
             pred = prob >= thr
             denom = pred.sum() + truth.sum()
