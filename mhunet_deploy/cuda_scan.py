@@ -60,13 +60,14 @@ def load_extension():
 
 
 def selective_scan_cuda(
-    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, items=0, cpw=0, out=None
+    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, items=0, cpw=0, spi=0, out=None
 ):
     """Selective scan forward on the GPU: same arguments and semantics as ``selective_scan_loop``.
 
     u, delta: (B, D, L); A: (D, N) fp32; B, C: (B, G, N, L); D, delta_bias: (D,) fp32 or None.
     u, delta, B, C share one dtype (float32 or float16); y has u's dtype. N <= 16.
-    ``items``/``cpw`` override the kernel configuration (0 = default); for tuning only.
+    ``items``/``cpw``/``spi`` override the kernel configuration (0 = default; the compiled ones:
+    ``load_extension().configs()``); for tuning only.
     ``out``: optional contiguous (B, D, L) tensor of u's dtype to write y into (returned).
     """
     tensors = (u, delta, A, B, C, D, delta_bias)
@@ -89,7 +90,7 @@ def selective_scan_cuda(
         None if D is None else D.float().contiguous(),
         None if delta_bias is None else delta_bias.float().contiguous(),
     ]
-    return _module().fwd(*args, bool(delta_softplus), int(items), int(cpw), out)
+    return _module().fwd(*args, bool(delta_softplus), int(items), int(cpw), int(spi), out)
 
 
 def _kernel_applies(u, delta, A, B, C, D, delta_bias) -> bool:

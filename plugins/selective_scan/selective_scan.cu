@@ -159,7 +159,22 @@ constexpr size_t smem_bytes(int dstate)
     return sizeof(float) * (2 * (size_t) dstate * chunk_pad<NITEMS>() + 2 * (size_t) kWarps * CPW * kMaxN);
 }
 
-template <typename T, int NITEMS, int CPW>
+// softplus(x) = log1p(exp(x)) for x <= 20, else x. log1p through Goldberg's identity
+// log1p(e) = log(w) * e / (w - 1) with w = 1 + e (the rounding of w cancels), with a full-precision logf:
+// about half the instructions of libdevice's branchy log1pf (NOTES.md), same accuracy at fp32.
+__device__ __forceinline__ float softplus(float x)
+{
+    if (x > kSoftplusThreshold)
+        return x;
+    const float e = __expf(x);
+    const float w = 1.f + e;
+    return w == 1.f ? e : logf(w) * __fdividef(e, w - 1.f);
+}
+
+// SPI = states per iteration: SPI independent states go through the compose -> shuffle scan -> re-run
+// chain side by side, so one state's shuffle latency hides behind another's arithmetic (NOTES.md:
+// the single-state chain left the schedulers idle).
+template <typename T, int NITEMS, int CPW, int SPI>
 __global__ void __launch_bounds__(kWarps * 32) selective_scan_fwd_kernel(const Params p)
 {
     constexpr int CHUNK = 32 * NITEMS;
@@ -237,7 +252,7 @@ __global__ void __launch_bounds__(kWarps * 32) selective_scan_fwd_kernel(const P
         // ---- this lane's slice of u and delta for each of the warp's channels
         const int ls = l0 + lane * NITEMS;
         const int nvalid = L - ls;
-        float dlt[CPW][NITEMS], du[CPW][NITEMS], acc[CPW][NITEMS];
+        float dlt[CPW][NITEMS], du[CPW][NITEMS], acc[CPW][NITEMS], sdt[CPW];
 #pragma unroll
         for (int c = 0; c < CPW; ++c)
         {
@@ -246,14 +261,16 @@ __global__ void __launch_bounds__(kWarps * 32) selective_scan_fwd_kernel(const P
             const int nv = valid[c] ? nvalid : 0;
             load_items<T, NITEMS, true>(u + row + ls, nv, uu);
             load_items<T, NITEMS, true>(dl + row + ls, nv, dlt[c]);
+            sdt[c] = 0.f;
 #pragma unroll
             for (int i = 0; i < NITEMS; ++i)
             {
                 float x = dlt[c][i] + bias[c];
                 if (p.delta_softplus)
-                    x = x <= kSoftplusThreshold ? log1pf(expf(x)) : x;
+                    x = softplus(x);
                 x = i < nv ? x : 0.f; // padding steps are the identity map (a = 1, b = 0)
                 dlt[c][i] = x;
+                sdt[c] += x;
                 du[c][i] = x * uu[i];
                 acc[c][i] = Dc[c] * uu[i];
             }
@@ -261,56 +278,81 @@ __global__ void __launch_bounds__(kWarps * 32) selective_scan_fwd_kernel(const P
         __syncthreads(); // Bs/Cs ready
 
 #pragma unroll 1
-        for (int n = 0; n < N; ++n)
+        for (int n0 = 0; n0 < N; n0 += SPI)
         {
-            float Bn[NITEMS], Cn[NITEMS];
-            lds_items<NITEMS>(Bs + n * CPAD, lane, Bn);
-            lds_items<NITEMS>(Cs + n * CPAD, lane, Cn);
+            // states n0 .. n0 + SPI - 1; a state past N (N not a multiple of SPI) recomputes N - 1 and is
+            // neither stored nor accumulated
+            int ns[SPI];
+            float Bn[SPI][NITEMS], Cn[SPI][NITEMS];
+#pragma unroll
+            for (int s = 0; s < SPI; ++s)
+            {
+                ns[s] = min(n0 + s, N - 1);
+                lds_items<NITEMS>(Bs + ns[s] * CPAD, lane, Bn[s]);
+                lds_items<NITEMS>(Cs + ns[s] * CPAD, lane, Cn[s]);
+                if (n0 + s >= N)
+                {
+#pragma unroll
+                    for (int i = 0; i < NITEMS; ++i)
+                        Cn[s][i] = 0.f;
+                }
+            }
 #pragma unroll
             for (int c = 0; c < CPW; ++c)
             {
-                const float A2 = A2w[c * kMaxN + n];
-                const float carry = carry_w[c * kMaxN + n];
-                float a[NITEMS], bb[NITEMS];
+                float a[SPI][NITEMS], bb[SPI][NITEMS], pa[SPI], pb[SPI], carry[SPI];
 #pragma unroll
-                for (int i = 0; i < NITEMS; ++i)
+                for (int s = 0; s < SPI; ++s)
                 {
-                    a[i] = fast_exp2(dlt[c][i] * A2);
-                    bb[i] = du[c][i] * Bn[i];
-                }
-                // compose this lane's steps: h -> pa * h + pb
-                float pa = a[0], pb = bb[0];
+                    const float A2 = A2w[c * kMaxN + ns[s]];
+                    carry[s] = carry_w[c * kMaxN + ns[s]];
 #pragma unroll
-                for (int i = 1; i < NITEMS; ++i)
-                {
-                    pb = fmaf(a[i], pb, bb[i]);
-                    pa *= a[i];
+                    for (int i = 0; i < NITEMS; ++i)
+                    {
+                        a[s][i] = fast_exp2(dlt[c][i] * A2);
+                        bb[s][i] = du[c][i] * Bn[s][i];
+                    }
+                    // this lane's steps as one affine map h -> pa * h + pb; the product of the decays
+                    // is exp2(A2 * sum of steps): one exp instead of NITEMS - 1 dependent multiplies
+                    pa[s] = fast_exp2(sdt[c] * A2);
+                    pb[s] = bb[s][0];
+#pragma unroll
+                    for (int i = 1; i < NITEMS; ++i)
+                        pb[s] = fmaf(a[s][i], pb[s], bb[s][i]);
                 }
                 // inclusive warp scan of the affine maps (earlier lanes applied first)
 #pragma unroll
                 for (int off = 1; off < 32; off <<= 1)
                 {
-                    const float qa = __shfl_up_sync(0xffffffffu, pa, off);
-                    const float qb = __shfl_up_sync(0xffffffffu, pb, off);
-                    if (lane >= off)
+#pragma unroll
+                    for (int s = 0; s < SPI; ++s)
                     {
-                        pb = fmaf(pa, qb, pb);
-                        pa *= qa;
+                        const float qa = __shfl_up_sync(0xffffffffu, pa[s], off);
+                        const float qb = __shfl_up_sync(0xffffffffu, pb[s], off);
+                        if (lane >= off)
+                        {
+                            pb[s] = fmaf(pa[s], qb, pb[s]);
+                            pa[s] *= qa;
+                        }
                     }
                 }
-                const float h_end = fmaf(pa, carry, pb); // state after this lane's last step
-                float h = __shfl_up_sync(0xffffffffu, h_end, 1);
-                if (lane == 0)
-                    h = carry;
-                const float next_carry = __shfl_sync(0xffffffffu, h_end, 31);
-                __syncwarp();
-                if (lane == 0)
-                    carry_w[c * kMaxN + n] = next_carry;
+                __syncwarp(); // every lane has read its carries before lane 0 overwrites them
 #pragma unroll
-                for (int i = 0; i < NITEMS; ++i)
+                for (int s = 0; s < SPI; ++s)
                 {
-                    h = fmaf(a[i], h, bb[i]);
-                    acc[c][i] = fmaf(Cn[i], h, acc[c][i]);
+                    const float h_end = fmaf(pa[s], carry[s], pb[s]); // state after this lane's last step
+                    float h = __shfl_up_sync(0xffffffffu, h_end, 1);
+                    if (lane == 0)
+                        h = carry[s];
+                    const float next_carry = __shfl_sync(0xffffffffu, h_end, 31);
+                    if (lane == 0 && n0 + s < N)
+                        carry_w[c * kMaxN + ns[s]] = next_carry;
+#pragma unroll
+                    for (int i = 0; i < NITEMS; ++i)
+                    {
+                        h = fmaf(a[s][i], h, bb[s][i]);
+                        acc[c][i] = fmaf(Cn[s][i], h, acc[c][i]);
+                    }
                 }
             }
         }
@@ -326,7 +368,7 @@ __global__ void __launch_bounds__(kWarps * 32) selective_scan_fwd_kernel(const P
     }
 }
 
-template <typename T, int NITEMS, int CPW>
+template <typename T, int NITEMS, int CPW, int SPI>
 int launch(const Params& p0, cudaStream_t stream)
 {
     Params p = p0;
@@ -335,7 +377,7 @@ int launch(const Params& p0, cudaStream_t stream)
     if (nblocks > 0x7fffffffLL)
         return MHUNET_SCAN_ERR_BAD_SHAPE;
     const size_t smem = smem_bytes<NITEMS, CPW>(p.dstate);
-    auto kernel = selective_scan_fwd_kernel<T, NITEMS, CPW>;
+    auto kernel = selective_scan_fwd_kernel<T, NITEMS, CPW, SPI>;
     if (smem > 48 * 1024)
     {
         // Raise the dynamic shared-memory limit (a per-device attribute, so set on every launch: it is a
@@ -347,20 +389,20 @@ int launch(const Params& p0, cudaStream_t stream)
     return cudaGetLastError() == cudaSuccess ? MHUNET_SCAN_OK : MHUNET_SCAN_ERR_CUDA;
 }
 
+// The compiled configurations (items, cpw, spi). One list serves dispatch and the Python side's sweep
+// (mhunet_selective_scan_configs).
+#define MHUNET_SCAN_CONFIGS(X)                                                                                     \
+    X(2, 1, 1) X(2, 2, 1) X(4, 1, 1) X(4, 2, 1) X(8, 1, 1) X(8, 2, 1) X(16, 1, 1) X(16, 2, 1)                          \
+    X(2, 1, 2) X(2, 2, 2) X(4, 1, 2) X(4, 2, 2) X(8, 1, 2) X(16, 1, 2)                                                 \
+    X(2, 1, 4) X(2, 2, 4) X(4, 1, 4) X(8, 1, 4)
+
 template <typename T>
-int dispatch(const Params& p, int items, int cpw, cudaStream_t stream)
+int dispatch(const Params& p, int items, int cpw, int spi, cudaStream_t stream)
 {
-#define MHUNET_SCAN_CASE(NI, CP)                                                                                    \
-    if (items == NI && cpw == CP)                                                                                      \
-        return launch<T, NI, CP>(p, stream);
-    MHUNET_SCAN_CASE(2, 1)
-    MHUNET_SCAN_CASE(2, 2)
-    MHUNET_SCAN_CASE(4, 1)
-    MHUNET_SCAN_CASE(4, 2)
-    MHUNET_SCAN_CASE(8, 1)
-    MHUNET_SCAN_CASE(8, 2)
-    MHUNET_SCAN_CASE(16, 1)
-    MHUNET_SCAN_CASE(16, 2)
+#define MHUNET_SCAN_CASE(NI, CP, SP)                                                                               \
+    if (items == NI && cpw == CP && spi == SP)                                                                         \
+        return launch<T, NI, CP, SP>(p, stream);
+    MHUNET_SCAN_CONFIGS(MHUNET_SCAN_CASE)
 #undef MHUNET_SCAN_CASE
     return MHUNET_SCAN_ERR_BAD_CONFIG;
 }
@@ -368,44 +410,46 @@ int dispatch(const Params& p, int items, int cpw, cudaStream_t stream)
 } // namespace scan
 } // namespace mhunet
 
-extern "C" void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int* items, int* cpw)
+extern "C" void mhunet_selective_scan_default_config(
+    int batch, int dim, int len, int groups, int* items, int* cpw, int* spi)
 {
     (void) groups;
-    // A small table from the tuning sweep of the first H200 run (B=8, fp16, N=16, G=4; NOTES.md,
-    // "Measurements"). Measured best per shape:
-    //   L=4096 D=768: 8x1 (446 us; 16x1 536)     L=4096 D=256: 16x2 (181 us; 8x1 189)
-    //   L=1024 D=1536: 8x1 (226 us)               L=256 D=3072: 8x1 (126 us; 16x1 260)
-    //   L=64 D=6144: 2x2 (105 us; 4x2 147)
-    // 8 steps per lane with one channel per warp wins wherever the grid is large: 72 registers (vs 116 at
-    // 16x1) and 37 KB of shared memory per block (vs 75 KB) keep 6 blocks = 24 warps per SM resident.
-    // Only a long sequence over few channels (B x D <= 4096 rows, the light stage 1) has too few warps to
-    // fill the GPU either way and is better off with the longer 16-step lane slice (half the chunks).
-    // Short sequences take the smallest slice that covers L (no padded steps). Shapes between the measured
-    // ones (e.g. L=128) are interpolated, not measured.
-    const long long rows = (long long) batch * dim;
-    int it = 8, cp = 1;
+    (void) batch;
+    (void) dim;
+    // PROVISIONAL (written before the H200 sweep of the states-per-iteration kernels): 8 steps per lane,
+    // one channel per warp, 2 states interleaved; short sequences take the smallest slice that covers L.
+    int it = 8, cp = 1, sp = 2;
     if (len <= 64)
     {
         it = 2;
         cp = 2;
     }
     else if (len <= 128)
-    {
         it = 4;
-        cp = 1;
-    }
-    else if (len >= 2048 && rows <= 4096)
-    {
-        it = 16;
-        cp = 2;
-    }
     *items = it;
     *cpw = cp;
+    *spi = sp;
+}
+
+extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
+{
+    int n = 0;
+#define MHUNET_SCAN_LIST(NI, CP, SP)                                                                               \
+    if (n < capacity)                                                                                                  \
+    {                                                                                                                  \
+        out[3 * n] = NI;                                                                                               \
+        out[3 * n + 1] = CP;                                                                                           \
+        out[3 * n + 2] = SP;                                                                                           \
+    }                                                                                                                  \
+    ++n;
+    MHUNET_SCAN_CONFIGS(MHUNET_SCAN_LIST)
+#undef MHUNET_SCAN_LIST
+    return n;
 }
 
 extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,
     const void* C, const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate,
-    int groups, int delta_softplus, int dtype, int items, int cpw, cudaStream_t stream)
+    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, cudaStream_t stream)
 {
     using namespace mhunet::scan;
     if (batch < 0 || dim <= 0 || len < 0)
@@ -420,12 +464,14 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
         return MHUNET_SCAN_OK;
     if (!u || !delta || !A || !B || !C || !y)
         return MHUNET_SCAN_ERR_NULL_POINTER;
-    int def_items = 0, def_cpw = 0;
-    mhunet_selective_scan_default_config(batch, dim, len, groups, &def_items, &def_cpw);
+    int def_items = 0, def_cpw = 0, def_spi = 0;
+    mhunet_selective_scan_default_config(batch, dim, len, groups, &def_items, &def_cpw, &def_spi);
     if (items == 0)
         items = def_items;
     if (cpw == 0)
         cpw = def_cpw;
+    if (spi == 0)
+        spi = def_spi;
     Params p{};
     p.u = u;
     p.delta = delta;
@@ -442,8 +488,8 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
     p.groups = groups;
     p.dim_per_group = dim / groups;
     p.delta_softplus = delta_softplus ? 1 : 0;
-    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, items, cpw, stream)
-                                     : dispatch<__half>(p, items, cpw, stream);
+    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, items, cpw, spi, stream)
+                                     : dispatch<__half>(p, items, cpw, spi, stream);
 }
 
 extern "C" int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, const void* B,
@@ -451,7 +497,7 @@ extern "C" int mhunet_selective_scan_fwd(const void* u, const void* delta, const
     int groups, int delta_softplus, int dtype, cudaStream_t stream)
 {
     return mhunet_selective_scan_fwd_config(u, delta, A, B, C, D, delta_bias, y, batch, dim, len, dstate, groups,
-        delta_softplus, dtype, 0, 0, stream);
+        delta_softplus, dtype, 0, 0, 0, stream);
 }
 
 extern "C" const char* mhunet_selective_scan_error_string(int code)
@@ -464,7 +510,7 @@ extern "C" const char* mhunet_selective_scan_error_string(int code)
     case MHUNET_SCAN_ERR_BAD_DSTATE: return "unsupported dstate: need 1 <= N <= 16";
     case MHUNET_SCAN_ERR_BAD_GROUPS: return "bad groups: need groups >= 1 dividing dim";
     case MHUNET_SCAN_ERR_BAD_DTYPE: return "unsupported dtype: 0 (fp32) or 1 (fp16)";
-    case MHUNET_SCAN_ERR_BAD_CONFIG: return "unsupported kernel config: items in {2,4,8,16}, cpw in {1,2}";
+    case MHUNET_SCAN_ERR_BAD_CONFIG: return "unsupported kernel config: see mhunet_selective_scan_configs";
     case MHUNET_SCAN_ERR_CUDA: return "CUDA error at launch (see cudaGetLastError)";
     default: return "unknown selective-scan status";
     }

@@ -50,15 +50,21 @@ int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, 
     int delta_softplus, int dtype, cudaStream_t stream);
 
 //! Same, with an explicit kernel configuration (for tuning): items = consecutive time steps per thread
-//! (2, 4, 8 or 16; chunk of L per warp = 32 * items), cpw = channels per warp (1 or 2).
-//! items = 0 or cpw = 0 picks the default for that parameter.
+//! (chunk of L per warp = 32 * items), cpw = channels per warp, spi = states interleaved per iteration.
+//! 0 picks the default for that parameter; a combination that is not compiled returns
+//! MHUNET_SCAN_ERR_BAD_CONFIG (the list: mhunet_selective_scan_configs).
 int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,
     const void* C, const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate,
-    int groups, int delta_softplus, int dtype, int items, int cpw, cudaStream_t stream);
+    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, cudaStream_t stream);
 
-//! The configuration mhunet_selective_scan_fwd uses for a shape (writes items and cpw): a small table
-//! keyed on L and batch x dim, from the H200 tuning sweep (see selective_scan.cu and NOTES.md).
-void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int* items, int* cpw);
+//! The configuration mhunet_selective_scan_fwd uses for a shape (writes items, cpw and spi): a small
+//! table keyed on L and batch x dim, from the H200 tuning sweep (see selective_scan.cu and NOTES.md).
+void mhunet_selective_scan_default_config(
+    int batch, int dim, int len, int groups, int* items, int* cpw, int* spi);
+
+//! The compiled configurations: writes up to `capacity` triples (items, cpw, spi) into `out` (3 ints
+//! each) and returns how many there are.
+int mhunet_selective_scan_configs(int* out, int capacity);
 
 //! Static, human-readable text for a status code.
 const char* mhunet_selective_scan_error_string(int code);

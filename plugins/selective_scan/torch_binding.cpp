@@ -5,6 +5,9 @@
 
 #include "selective_scan.h"
 
+#include <tuple>
+#include <vector>
+
 namespace
 {
 
@@ -17,7 +20,7 @@ void check(const at::Tensor& t, const char* name, int64_t dims)
 
 at::Tensor fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& delta_bias,
-    bool delta_softplus, int64_t items, int64_t cpw, const c10::optional<at::Tensor>& out)
+    bool delta_softplus, int64_t items, int64_t cpw, int64_t spi, const c10::optional<at::Tensor>& out)
 {
     check(u, "u", 3);
     check(delta, "delta", 3);
@@ -64,7 +67,7 @@ at::Tensor fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A
     const int rc = mhunet_selective_scan_fwd_config(u.data_ptr(), delta.data_ptr(), A.data_ptr<float>(), B.data_ptr(),
         C.data_ptr(), Dp, bp, y.data_ptr(), (int) batch, (int) dim, (int) len, (int) dstate, (int) groups,
         delta_softplus ? 1 : 0, dt == at::kFloat ? MHUNET_SCAN_FP32 : MHUNET_SCAN_FP16, (int) items, (int) cpw,
-        c10::cuda::getCurrentCUDAStream().stream());
+        (int) spi, c10::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(rc == MHUNET_SCAN_OK, "selective_scan_cuda: ", mhunet_selective_scan_error_string(rc));
     return y;
 }
@@ -75,5 +78,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
 {
     m.def("fwd", &fwd, "selective scan forward", py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
         py::arg("C"), py::arg("D"), py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("items") = 0,
-        py::arg("cpw") = 0, py::arg("out") = py::none());
+        py::arg("cpw") = 0, py::arg("spi") = 0, py::arg("out") = py::none());
+    m.def("configs", []() {
+        int buf[3 * 64];
+        const int n = mhunet_selective_scan_configs(buf, 64);
+        std::vector<std::tuple<int, int, int>> out;
+        for (int i = 0; i < n && i < 64; ++i)
+            out.emplace_back(buf[3 * i], buf[3 * i + 1], buf[3 * i + 2]);
+        return out;
+    }, "the compiled kernel configurations (items, cpw, spi)");
+    m.def("default_config", [](int batch, int dim, int len, int groups) {
+        int it = 0, cp = 0, sp = 0;
+        mhunet_selective_scan_default_config(batch, dim, len, groups, &it, &cp, &sp);
+        return std::make_tuple(it, cp, sp);
+    }, "the configuration (items, cpw, spi) the kernel uses by default for a shape");
 }

@@ -3,22 +3,21 @@
 
 (a) correctness vs an fp64 reference: the four stage shapes of both configs, odd lengths, G=4 and G=1,
     fp32 (rel L2 <= 1e-5) and fp16 I/O (<= 1e-2), outputs poisoned with NaN, fresh inputs per check;
-    plus every kernel configuration (items x cpw) on odd lengths.
+    plus every compiled kernel configuration (items x cpw x spi) on odd lengths.
 (b) speed with CUDA events (median), input sets rotated beyond L2: ours vs the pure-PyTorch chunked scan
     (mhunet_deploy.model.scan.selective_scan_chunked, when present) vs mamba-ssm's selective_scan_fn
-    (built from .whl/mamba_ssm-*.tar.gz in the background while (a) runs; skipped with a message if it
-    fails or is not ready in time); achieved GB/s vs the measured device-to-device copy bandwidth.
+    (when importable: see get_mamba; skipped with a message otherwise); achieved GB/s vs the measured
+    device-to-device copy bandwidth. The "ours" column is the default configuration; "best" is the
+    fastest compiled configuration (items x cpw x spi) of the tuning sweep at that shape.
 Writes results.json and results.md into --out; prints the table last. --quick: (a) only.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,6 @@ STAGES = {
     "paper": [(768, 4096), (1536, 1024), (3072, 256), (6144, 64)],
 }
 N = 16
-CONFIGS = [(2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2), (16, 1), (16, 2)]
 
 
 def log(*a):
@@ -45,51 +43,19 @@ def left():
     return BUDGET_S - (time.time() - T0)
 
 
-# ---------------------------------------------------------------- mamba-ssm (background build)
-def start_mamba_build(site: str):
-    try:
-        import selective_scan_cuda  # noqa: F401
-
-        return None, "already importable"
-    except Exception:
-        pass
-    sdists = sorted(glob.glob(str(REPO / ".whl" / "mamba_ssm-*.tar.gz")))
-    if not sdists:
-        return None, "no .whl/mamba_ssm-*.tar.gz carried"
-    env = dict(
-        os.environ,
-        TORCH_CUDA_ARCH_LIST="9.0",
-        MAMBA_FORCE_BUILD="TRUE",
-        MAX_JOBS="16",
-        CAUSAL_CONV1D_FORCE_BUILD="FALSE",
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--no-build-isolation",
-        "--no-deps",
-        "--no-index",
-        "--no-cache-dir",
-        "--target",
-        site,
-        sdists[-1],
-    ]
-    logf = open(os.path.join(ARGS.out, "mamba_build.log"), "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
-    return proc, f"building {Path(sdists[-1]).name} in the background"
-
-
-def get_mamba(proc, site: str, wait_s: float):
-    if proc is not None:
-        try:
-            rc = proc.wait(timeout=max(1.0, wait_s))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return None, f"mamba-ssm build not done within {wait_s:.0f}s (killed); comparison skipped"
-        if rc != 0:
-            return None, f"mamba-ssm build failed (rc={rc}; see mamba_build.log); comparison skipped"
+# ---------------------------------------------------------------- mamba-ssm (built outside this script)
+def get_mamba(wait_s: float):
+    """mamba-ssm's compiled forward, if importable. The package is never built by project code: whoever
+    runs this script may build it beside the repository (BENCHMARKS.md gives the command) into the
+    directory $MAMBA_SITE, touching the file $MAMBA_DONE when the build ends; we wait for that file."""
+    site, done = os.environ.get("MAMBA_SITE"), os.environ.get("MAMBA_DONE")
+    if done:
+        t = time.time()
+        while not os.path.exists(done) and time.time() - t < wait_s:
+            time.sleep(2)
+        if not os.path.exists(done):
+            return None, f"mamba-ssm build not done within {wait_s:.0f}s; comparison skipped"
+    if site:
         sys.path.insert(0, site)
     try:
         import selective_scan_cuda as ssc  # the compiled extension itself, no package imports needed
@@ -176,22 +142,20 @@ def main():
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 60 << 20)
     log(f"device {dev_name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MiB, torch {torch.__version__}")
-    site = "/tmp/mamba_site"
-    mproc, mmsg = (None, "skipped (--quick)") if ARGS.quick else start_mamba_build(site)
-    log("mamba-ssm:", mmsg)
-
     from mhunet_deploy.cuda_scan import load_extension, selective_scan_cuda
 
     t = time.time()
-    load_extension()
+    ext = load_extension()
     build_s = time.time() - t
-    log(f"our extension built/loaded in {build_s:.1f}s")
+    configs = [tuple(c) for c in ext.configs()]
+    log(f"our extension built/loaded in {build_s:.1f}s; {len(configs)} kernel configurations")
     results = {
         "device": dev_name,
         "sms": props.multi_processor_count,
         "l2_bytes": l2,
         "ext_build_s": build_s,
-        "mamba": mmsg,
+        "mamba": "not tried",
+        "configs": configs,
         "correctness": [],
         "speed": [],
         "tuning": [],
@@ -207,21 +171,21 @@ def main():
     for cfg, stages in STAGES.items():
         for d, l in stages:
             for g in (4, 1):
-                cases.append((f"{cfg} D={d} L={l}", 2, d, l, g, 0, 0))
+                cases.append((f"{cfg} D={d} L={l}", 2, d, l, g, (0, 0, 0)))
     for l in (1, 7, 63, 65, 1000, 4097):
         for g in (4, 1):
-            cases.append((f"odd L={l}", 2, 96, l, g, 0, 0))
-    for it, cpw in CONFIGS:
+            cases.append((f"odd L={l}", 2, 96, l, g, (0, 0, 0)))
+    for it, cpw, spi in configs:
         for l in (65, 1000, 4097):
-            cases.append((f"cfg items={it} cpw={cpw} L={l}", 2, 72, l, 4, it, cpw))
+            cases.append((f"cfg {it}x{cpw}x{spi} L={l}", 2, 72, l, 4, (it, cpw, spi)))
     n_fail = 0
-    for name, b, d, l, g, it, cpw in cases:
+    for name, b, d, l, g, cfg in cases:
         for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-2)):
             inp = make_inputs(b, d, l, g, dtype, gen=gen)
             ref = ref_fp64(*inp)
             torch.cuda.synchronize()
             y = torch.full_like(inp[0], float("nan"))  # poison: every element must be written
-            ours(*inp, items=it, cpw=cpw, out=y)
+            ours(*inp, items=cfg[0], cpw=cfg[1], spi=cfg[2], out=y)
             torch.cuda.synchronize()
             err = rel_l2(y, ref)
             ok = err <= tol and y.dtype == dtype and y.shape == inp[0].shape
@@ -233,8 +197,7 @@ def main():
                     "D": d,
                     "L": l,
                     "G": g,
-                    "items": it,
-                    "cpw": cpw,
+                    "config": "x".join(map(str, cfg)),
                     "dtype": str(dtype).split(".")[-1],
                     "rel_l2": err,
                     "tol": tol,
@@ -302,88 +265,91 @@ def main():
         selective_scan_chunked = None
         results["torch_chunked"] = f"unavailable: {e!r}"
         log("torch chunked scan unavailable:", repr(e))
-    mamba_fn, mmsg2 = get_mamba(mproc, site, wait_s=min(240.0, max(5.0, left() - 200)))
-    results["mamba"] = mmsg2
-    log("mamba-ssm:", mmsg2)
 
-    torch.cuda.empty_cache()
-    for cfg, stages in STAGES.items():
-        for d, l in stages:
-            for b in (8, 32):
-                for dtype in (torch.float16, torch.float32):
-                    esz = 2 if dtype == torch.float16 else 4
-                    nbytes = scan_bytes(b, d, l, 4, esz)
-                    nsets = max(1, min(8, math.ceil(3 * l2 / nbytes)))
-                    sets = [make_inputs(b, d, l, 4, dtype, gen=gen) for _ in range(nsets)]
-                    row = {
-                        "config": cfg,
-                        "B": b,
-                        "D": d,
-                        "L": l,
-                        "dtype": "fp16" if esz == 2 else "fp32",
-                        "bytes": nbytes,
-                        "floor_us": nbytes / (bw * 1e3),
-                    }
-                    with torch.no_grad():
-                        med, lo, hi = bench(lambda *a: ours(*a), sets, 50)
-                        row.update(
-                            ours_us=med,
-                            ours_min_us=lo,
-                            ours_GBps=nbytes / (med * 1e3),
-                            ours_frac_copy=nbytes / (med * 1e3) / bw,
-                        )
-                        if mamba_fn is not None:
-                            try:
-                                med_m, _, _ = bench(lambda *a: mamba_fn(*a), sets, 30)
-                                row.update(mamba_us=med_m, speedup_vs_mamba=med_m / med)
-                            except Exception as e:  # noqa: BLE001
-                                row["mamba_error"] = repr(e)[:200]
-                        if selective_scan_chunked is not None and b == 8 and left() > 90:
-                            try:
-                                med_t, _, _ = bench(lambda *a: selective_scan_chunked(*a, True), sets[:1], 5)
-                                row.update(torch_us=med_t, speedup_vs_torch=med_t / med)
-                            except Exception as e:  # noqa: BLE001
-                                row["torch_error"] = repr(e)[:200]
-                                torch.cuda.empty_cache()
-                    results["speed"].append(row)
-                    log(
-                        f"{cfg:5s} B={b:2d} D={d:4d} L={l:4d} {row['dtype']}: ours {med:8.1f} us "
-                        f"({row['ours_frac_copy'] * 100:4.1f}% of copy bw)"
-                        + (f", mamba {row['mamba_us']:8.1f} us" if "mamba_us" in row else "")
-                        + (f", torch {row['torch_us']:9.1f} us" if "torch_us" in row else "")
-                    )
-                    del sets
-                    torch.cuda.empty_cache()
+    shapes = [
+        (cfg, d, l, b, dtype)
+        for cfg, stages in STAGES.items()
+        for d, l in stages
+        for b in (8, 32)
+        for dtype in (torch.float16, torch.float32)
+    ]
 
-    # ------------------------------------------------ tuning sweep of kernel configurations
-    for cfg, d, l in (
-        ("paper", 768, 4096),
-        ("light", 256, 4096),
-        ("paper", 1536, 1024),
-        ("paper", 3072, 256),
-        ("paper", 6144, 64),
-    ):
-        if left() < 30:
-            log("time budget: tuning sweep cut short")
+    def input_sets(b, d, l, dtype):
+        nbytes = scan_bytes(b, d, l, 4, 2 if dtype == torch.float16 else 4)
+        nsets = max(1, min(8, math.ceil(3 * l2 / nbytes)))  # rotate inputs beyond L2
+        return nbytes, [make_inputs(b, d, l, 4, dtype, gen=gen) for _ in range(nsets)]
+
+    # tuning sweep first: every compiled configuration at every shape of the table
+    best = {}
+    with torch.no_grad():
+        for cfg, d, l, b, dtype in shapes:
+            if left() < 200:
+                log("time budget: tuning sweep cut short")
+                break
+            nbytes, sets = input_sets(b, d, l, dtype)
+            for c in configs:
+                if 32 * c[0] > 2 * max(l, 64) and c[0] > 2:
+                    continue  # a lane slice far longer than L: all padding
+                med, _, _ = bench(lambda *a, c=c: ours(*a, items=c[0], cpw=c[1], spi=c[2]), sets, 20)
+                key = (cfg, b, d, l, str(dtype).split(".")[-1])
+                results["tuning"].append({"shape": list(key), "config": "x".join(map(str, c)), "us": med})
+                if key not in best or med < best[key][1]:
+                    best[key] = (c, med)
+            del sets
+            torch.cuda.empty_cache()
+    log("tuning sweep done")
+
+    mamba_fn, mmsg = get_mamba(wait_s=max(5.0, left() - 150))
+    results["mamba"] = mmsg
+    log("mamba-ssm:", mmsg)
+
+    for cfg, d, l, b, dtype in shapes:
+        if left() < 20:
+            log("time budget: speed table cut short")
             break
-        sets = [make_inputs(8, d, l, 4, torch.float16, gen=gen) for _ in range(2)]
-        nbytes = scan_bytes(8, d, l, 4, 2)
-        for it, cpw in CONFIGS:
-            if 32 * it > 2 * max(l, 64) and it > 2:
-                continue
-            med, _, _ = bench(lambda *a, it=it, cpw=cpw: ours(*a, items=it, cpw=cpw), sets, 30)
-            results["tuning"].append(
-                {
-                    "config": cfg,
-                    "B": 8,
-                    "D": d,
-                    "L": l,
-                    "items": it,
-                    "cpw": cpw,
-                    "us": med,
-                    "frac_copy": nbytes / (med * 1e3) / bw,
-                }
-            )
+        nbytes, sets = input_sets(b, d, l, dtype)
+        dname = str(dtype).split(".")[-1]
+        default = tuple(ext.default_config(b, d, l, 4))
+        row = {
+            "config": cfg,
+            "B": b,
+            "D": d,
+            "L": l,
+            "dtype": "fp16" if dtype == torch.float16 else "fp32",
+            "bytes": nbytes,
+            "floor_us": nbytes / (bw * 1e3),
+            "default": "x".join(map(str, default)),
+        }
+        with torch.no_grad():
+            med, lo, _ = bench(lambda *a: ours(*a), sets, 50)
+            row.update(ours_us=med, ours_min_us=lo, ours_frac_copy=nbytes / (med * 1e3) / bw)
+            bc = best.get((cfg, b, d, l, dname))
+            if bc is not None:
+                c = bc[0]
+                med_b, _, _ = bench(lambda *a: ours(*a, items=c[0], cpw=c[1], spi=c[2]), sets, 50)
+                row.update(
+                    best="x".join(map(str, c)), best_us=med_b, best_frac_copy=nbytes / (med_b * 1e3) / bw
+                )
+            if mamba_fn is not None:
+                try:
+                    med_m, _, _ = bench(lambda *a: mamba_fn(*a), sets, 30)
+                    row.update(mamba_us=med_m, speedup_vs_mamba=med_m / med)
+                except Exception as e:  # noqa: BLE001
+                    row["mamba_error"] = repr(e)[:200]
+            if selective_scan_chunked is not None and b == 8 and left() > 60:
+                try:
+                    med_t, _, _ = bench(lambda *a: selective_scan_chunked(*a, True), sets[:1], 5)
+                    row.update(torch_us=med_t, speedup_vs_torch=med_t / med)
+                except Exception as e:  # noqa: BLE001
+                    row["torch_error"] = repr(e)[:200]
+        results["speed"].append(row)
+        log(
+            f"{cfg:5s} B={b:2d} D={d:4d} L={l:4d} {row['dtype']}: ours {med:8.1f} us ({row['default']}, "
+            f"{row['ours_frac_copy'] * 100:4.1f}% of copy bw)"
+            + (f", best {row['best_us']:8.1f} us ({row['best']})" if "best_us" in row else "")
+            + (f", mamba {row['mamba_us']:8.1f} us" if "mamba_us" in row else "")
+            + (f", torch {row['torch_us']:9.1f} us" if "torch_us" in row else "")
+        )
         del sets
         torch.cuda.empty_cache()
 
@@ -396,25 +362,28 @@ def main():
         f"copy bandwidth {bw:.0f} GB/s; extension build {build_s:.0f}s; mamba-ssm: {results['mamba']}; "
         f"correctness {ncases - n_fail}/{ncases} passed",
         "",
-        "| cfg | B | D | L | dtype | floor us | ours us | % copy bw | mamba us | x mamba | torch us | x torch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cfg | B | D | L | dtype | floor us | ours us (default) | % copy bw | best us (config) | % copy bw "
+        "| mamba us | x mamba | torch us | x torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["speed"]:
         f = lambda k, fmt: (fmt % r[k]) if k in r else "-"  # noqa: E731
         lines.append(
             f"| {r['config']} | {r['B']} | {r['D']} | {r['L']} | {r['dtype']} | {r['floor_us']:.1f} | "
-            f"{r['ours_us']:.1f} | {100 * r['ours_frac_copy']:.1f} | {f('mamba_us', '%.1f')} | "
-            f"{f('speedup_vs_mamba', '%.2f')} | {f('torch_us', '%.0f')} | {f('speedup_vs_torch', '%.1f')} |"
+            f"{r['ours_us']:.1f} ({r['default']}) | {100 * r['ours_frac_copy']:.1f} | "
+            f"{f('best_us', '%.1f')} ({r.get('best', '-')}) | {100 * r.get('best_frac_copy', 0):.1f} | "
+            f"{f('mamba_us', '%.1f')} | {f('speedup_vs_mamba', '%.2f')} | {f('torch_us', '%.0f')} | "
+            f"{f('speedup_vs_torch', '%.1f')} |"
         )
-    lines += ["", "tuning (B=8 fp16): best items/cpw per shape", ""]
+    lines += ["", "tuning sweep: the five fastest configurations (items x cpw x spi) per shape", ""]
     by = {}
     for t in results["tuning"]:
-        by.setdefault((t["config"], t["D"], t["L"]), []).append(t)
+        by.setdefault(tuple(t["shape"]), []).append(t)
     for k, ts in by.items():
         ts.sort(key=lambda t: t["us"])
         lines.append(
-            f"- {k[0]} D={k[1]} L={k[2]}: "
-            + ", ".join(f"{t['items']}x{t['cpw']}={t['us']:.1f}us" for t in ts)
+            f"- {k[0]} B={k[1]} D={k[2]} L={k[3]} {k[4]}: "
+            + ", ".join(f"{t['config']}={t['us']:.1f}us" for t in ts[:5])
         )
     md = "\n".join(lines) + "\n"
     (out / "results.md").write_text(md)
