@@ -411,21 +411,33 @@ int dispatch(const Params& p, int items, int cpw, int spi, cudaStream_t stream)
 } // namespace mhunet
 
 extern "C" void mhunet_selective_scan_default_config(
-    int batch, int dim, int len, int groups, int* items, int* cpw, int* spi)
+    int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi)
 {
     (void) groups;
-    (void) batch;
-    (void) dim;
-    // PROVISIONAL (written before the H200 sweep of the states-per-iteration kernels): 8 steps per lane,
-    // one channel per warp, 2 states interleaved; short sequences take the smallest slice that covers L.
+    // From the tuning sweep of every compiled configuration on the H200 (BENCHMARKS.md section 10: B = 8
+    // and 32, the four stage shapes of both model configs, fp16 and fp32, N = 16, G = 4). The fastest
+    // per shape, and the rule that picks within ~3 % of it everywhere:
+    //   L = 64:            2x2x1 (2 steps per lane cover L; two channels per warp share B/C loads)
+    //   L >= 256, fp16:    8x1x2 (fastest or within 3 % at 15 of 16 shapes; light B=8 L=4096: 8x1x4 -3 %)
+    //   L >= 256, fp32:    8x2x1 (two channels share the fp32 B/C smem reads), except a long sequence over
+    //                      few rows (L >= 2048, B x D < 8192: paper B=8 L=4096), where 8x1x2 is 10 % faster
+    //                      and 8x2x1's 128 registers leave too few warps.
+    // L = 128 (4x1x2) lies between measured shapes: interpolated, not measured.
+    const long long rows = (long long) batch * dim;
     int it = 8, cp = 1, sp = 2;
     if (len <= 64)
     {
         it = 2;
         cp = 2;
+        sp = 1;
     }
     else if (len <= 128)
         it = 4;
+    else if (dtype == MHUNET_SCAN_FP32 && !(len >= 2048 && rows < 8192))
+    {
+        cp = 2;
+        sp = 1;
+    }
     *items = it;
     *cpw = cp;
     *spi = sp;
@@ -465,7 +477,7 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
     if (!u || !delta || !A || !B || !C || !y)
         return MHUNET_SCAN_ERR_NULL_POINTER;
     int def_items = 0, def_cpw = 0, def_spi = 0;
-    mhunet_selective_scan_default_config(batch, dim, len, groups, &def_items, &def_cpw, &def_spi);
+    mhunet_selective_scan_default_config(batch, dim, len, groups, dtype, &def_items, &def_cpw, &def_spi);
     if (items == 0)
         items = def_items;
     if (cpw == 0)

@@ -57,10 +57,10 @@ int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const flo
     const void* C, const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate,
     int groups, int delta_softplus, int dtype, int items, int cpw, int spi, cudaStream_t stream);
 
-//! The configuration mhunet_selective_scan_fwd uses for a shape (writes items, cpw and spi): a small
-//! table keyed on L and batch x dim, from the H200 tuning sweep (see selective_scan.cu and NOTES.md).
+//! The configuration mhunet_selective_scan_fwd uses for a shape and dtype (writes items, cpw and spi): a
+//! small table keyed on L, batch x dim and dtype, from the H200 tuning sweep (selective_scan.cu).
 void mhunet_selective_scan_default_config(
-    int batch, int dim, int len, int groups, int* items, int* cpw, int* spi);
+    int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi);
 
 //! The compiled configurations: writes up to `capacity` triples (items, cpw, spi) into `out` (3 ints
 //! each) and returns how many there are.

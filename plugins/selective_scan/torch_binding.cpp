@@ -87,9 +87,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
             out.emplace_back(buf[3 * i], buf[3 * i + 1], buf[3 * i + 2]);
         return out;
     }, "the compiled kernel configurations (items, cpw, spi)");
-    m.def("default_config", [](int batch, int dim, int len, int groups) {
+    m.def("default_config", [](int batch, int dim, int len, int groups, bool fp16) {
         int it = 0, cp = 0, sp = 0;
-        mhunet_selective_scan_default_config(batch, dim, len, groups, &it, &cp, &sp);
+        mhunet_selective_scan_default_config(
+            batch, dim, len, groups, fp16 ? MHUNET_SCAN_FP16 : MHUNET_SCAN_FP32, &it, &cp, &sp);
         return std::make_tuple(it, cp, sp);
     }, "the configuration (items, cpw, spi) the kernel uses by default for a shape");
 }

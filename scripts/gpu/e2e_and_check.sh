@@ -6,8 +6,10 @@
 #     third_party/TensorRT/include (headers only) lets the plugin + harness build (skipped without it).
 # 1. QUICK=1 scripts/gpu/verify_kernel.sh: plugin build + harness, kernel correctness (no speed/tuning);
 #    builds our torch extension once into torch's extension cache (TORCH_EXTENSIONS_DIR, ~45 s).
-# 2. scripts/gpu/e2e_torch.py: patient26 FLAIR through TorchBackend fp32 reference scan vs fp16 our kernel
-#    (reuses the cached extension build). Everything lands in $OUT; the key table is printed last.
+# 2. scripts/gpu/e2e_torch.py at batch 8 and 32: patient26 FLAIR through TorchBackend fp32 reference scan vs
+#    fp16 (and fp32) with our kernel (reuses the cached extension build).
+# 3. scripts/gpu/fp16_parity.py: logits of fp32/fp16 x chunked/cuda scan on 64 slices.
+# Everything lands in $OUT; the key tables are printed last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/e2e_check_out}
@@ -27,10 +29,18 @@ echo "=== 1. QUICK verify_kernel.sh ($(( $(date +%s) - t0 ))s)"
 QUICK=1 OUT="$OUT" VERIFY_BUDGET_S=200 bash scripts/gpu/verify_kernel.sh || status=1
 echo "=== 2. e2e_torch.py ($(( $(date +%s) - t0 ))s)"
 INPUT=${INPUT:-shared/data/open_ms/patient26/FLAIR.nii.gz}
-python3 scripts/gpu/e2e_torch.py "$INPUT" --out "$OUT" --repeats "${REPEATS:-1}" > "$OUT/e2e.log" 2>&1 || status=1
-grep -E 'WARNING|Error|error|Traceback' "$OUT/e2e.log" | head -20
+for bs in 8 32; do
+  python3 scripts/gpu/e2e_torch.py "$INPUT" --out "$OUT/batch$bs" --batch-size $bs --repeats "${REPEATS:-3}" \
+    > "$OUT/e2e_batch$bs.log" 2>&1 || status=1
+  grep -E 'WARNING|Error|error|Traceback' "$OUT/e2e_batch$bs.log" | head -20
+done
+echo "=== 3. fp16_parity.py ($(( $(date +%s) - t0 ))s)"
+python3 scripts/gpu/fp16_parity.py "$INPUT" > "$OUT/fp16_parity.log" 2>&1 || status=1
 echo "=== done in $(( $(date +%s) - t0 ))s, status=$status"
-# the key table last
-sed -n '/^# one volume/,$p' "$OUT/e2e.log"
-[ -s "$OUT/e2e_torch.md" ] || tail -30 "$OUT/e2e.log"
+# the key tables last
+cat "$OUT/fp16_parity.log"
+for bs in 8 32; do
+  sed -n '/^# one volume/,$p' "$OUT/e2e_batch$bs.log"
+  [ -s "$OUT/batch$bs/e2e_torch.md" ] || tail -30 "$OUT/e2e_batch$bs.log"
+done
 exit $status

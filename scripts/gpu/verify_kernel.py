@@ -309,7 +309,7 @@ def main():
             break
         nbytes, sets = input_sets(b, d, l, dtype)
         dname = str(dtype).split(".")[-1]
-        default = tuple(ext.default_config(b, d, l, 4))
+        default = tuple(ext.default_config(b, d, l, 4, dtype == torch.float16))
         row = {
             "config": cfg,
             "B": b,
