@@ -72,6 +72,18 @@ def check_library(module: str, label: str, fix: str) -> Check:
     return Check(label, "ok", version)
 
 
+def _cuda_versions() -> str:
+    """CUDA driver and runtime versions as cuda-python reports them, e.g. "driver 13.0, runtime 13.0"."""
+    from cuda.bindings import runtime as cudart
+
+    def fmt(v: int) -> str:
+        return f"{v // 1000}.{v % 1000 // 10}"
+
+    _, driver = cudart.cudaDriverGetVersion()
+    _, runtime = cudart.cudaRuntimeGetVersion()
+    return f"driver {fmt(driver)}, runtime {fmt(runtime)}"
+
+
 def check_gpu() -> Check:
     from .engine import current_gpu
 
@@ -81,24 +93,36 @@ def check_gpu() -> Check:
         return Check(
             "cuda gpu", "warn", str(e), "TensorRT needs an NVIDIA GPU with its driver and cuda-python"
         )
-    return Check("cuda gpu", "ok", f"{gpu['gpu']} (compute capability {gpu['compute_capability']})")
+    return Check(
+        "cuda gpu",
+        "ok",
+        f"{gpu['gpu']} (compute capability {gpu['compute_capability']}), CUDA {_cuda_versions()}",
+    )
 
 
 def check_plugin() -> Check:
-    from .engine import PLUGIN_LIBRARY_ENV, plugin_library
+    from .engine import PLUGIN_LIBRARY_ENV, plugin_library, plugin_library_problem
 
     lib = plugin_library()
     fix = f"cmake -S plugins -B plugins/build -DTENSORRT_INCLUDE_DIR=... (or set ${PLUGIN_LIBRARY_ENV})"
     if lib is None:
-        return Check("plugin library", "warn", "libmhunet_plugins.so not found", fix)
-    try:
-        handle = ctypes.CDLL(str(lib))
+        where = os.environ.get(PLUGIN_LIBRARY_ENV)
+        detail = (
+            f"${PLUGIN_LIBRARY_ENV}={where} does not exist" if where else "libmhunet_plugins.so not found"
+        )
+        return Check("plugin library", "warn", detail, fix)
+    problem = plugin_library_problem(lib)
+    if problem:
+        return Check("plugin library", "fail", f"{lib} {problem}", "build plugins/ on this machine: " + fix)
+    try:  # after the tensorrt check imported TensorRT, whose libraries the plugin links against
+        ctypes.CDLL(str(lib))
     except OSError as e:
         return Check(
-            "plugin library", "fail", f"{lib}: cannot load ({e})", "rebuild it for this machine's CUDA"
+            "plugin library",
+            "fail",
+            f"{lib}: cannot load ({e})",
+            "install TensorRT >= 10, or rebuild plugins/",
         )
-    if not hasattr(handle, "getCreators"):
-        return Check("plugin library", "fail", f"{lib}: no getCreators symbol", "rebuild from plugins/")
     return Check("plugin library", "ok", f"{lib} (loads, exports getCreators)")
 
 
@@ -126,29 +150,32 @@ def check_graphs(export_dir: Path) -> Check:
 
 def check_engines(engine_dir: Path) -> list[Check]:
     """Each cached engine: the key it was built with, and whether this machine may run it."""
+    from .engine import FLAVORS, current_gpu, foreign_reasons, stored_key
+
+    try:
+        gpu = current_gpu()
+    except MhunetError:
+        gpu = None
     checks = []
     for engine in sorted(Path(engine_dir).glob("*.engine")):
-        try:
-            key = json.loads(engine.with_suffix(".json").read_text())["key"]
-        except (OSError, ValueError, KeyError):
-            checks.append(
-                Check(f"engine {engine.name}", "fail", "missing or unreadable sidecar", "delete it")
-            )
+        name = f"engine {engine.name}"
+        key = stored_key(engine)
+        flavor = FLAVORS.get(key.get("library", "")) if key else None
+        if key is None or flavor is None:
+            checks.append(Check(name, "fail", "missing or unreadable sidecar", "delete it; it is rebuilt"))
             continue
-        version = _module_version("tensorrt_rtx" if key.get("library") == "tensorrt-rtx" else "tensorrt")
-        detail = (
-            f"{key.get('library')} {key.get('library_version')}, {key.get('precision')}, "
-            f"target {key.get('target')}"
-        )
-        if version is None:
-            checks.append(Check(f"engine {engine.name}", "warn", detail + "; library not installed here"))
-        elif version != key.get("library_version"):
-            fix = "delete it or use another --engine-dir; it is rebuilt for this machine"
-            checks.append(
-                Check(f"engine {engine.name}", "fail", detail + f"; this machine has {version}", fix)
-            )
+        detail = f"{flavor.name} {key.get('library_version')}, {key.get('precision')}"
+        # The same comparison `mhunet infer` makes before it runs an engine.
+        here = {"library": flavor.name, "library_version": _module_version(flavor.module), "target": gpu}
+        foreign = foreign_reasons(key, here)
+        if foreign:
+            fix = "move it away or use another --engine-dir; engines are built on the GPU that runs them"
+            checks.append(Check(name, "fail", f"{detail}; foreign: {'; '.join(foreign)}", fix))
+        elif here["library_version"] is None:
+            fix = f"install {flavor.name} to run it (see README, Deploying)"
+            checks.append(Check(name, "warn", f"{detail}; {flavor.name} not installed here", fix))
         else:
-            checks.append(Check(f"engine {engine.name}", "ok", detail))
+            checks.append(Check(name, "ok", f"{detail}, target {key.get('target')}"))
     return checks
 
 

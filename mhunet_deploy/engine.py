@@ -18,16 +18,23 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import os
+import platform
+import struct
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from .checkpoint import sha256_file
 from .errors import BackendError
 from .exporting.manifest import INPUT_NAME, find_graph
 from .volume_io import atomic_write
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_ENGINE_DIR = Path("engines")
 PLUGIN_LIBRARY_ENV = "MHUNET_PLUGIN_LIB"
@@ -46,13 +53,26 @@ class Flavor:
     graph_kind: str
     plugins: bool
     timing_cache: bool
+    install: str
 
 
 FLAVORS = {
-    "tensorrt": Flavor("tensorrt", "tensorrt", graph_kind="plugin", plugins=True, timing_cache=True),
+    "tensorrt": Flavor(
+        "tensorrt",
+        "tensorrt",
+        graph_kind="plugin",
+        plugins=True,
+        timing_cache=True,
+        install="install TensorRT >= 10 (JetPack on a Jetson)",
+    ),
     # TensorRT-RTX tunes at run time (JIT); its timing-cache calls are deprecated no-ops.
     "tensorrt-rtx": Flavor(
-        "tensorrt-rtx", "tensorrt_rtx", graph_kind="portable", plugins=False, timing_cache=False
+        "tensorrt-rtx",
+        "tensorrt_rtx",
+        graph_kind="portable",
+        plugins=False,
+        timing_cache=False,
+        install="pip install 'mhunet-deploy[rtx]'",
     ),
 }
 
@@ -70,7 +90,10 @@ def import_library(flavor: Flavor) -> ModuleType:
     try:
         return importlib.import_module(flavor.module)
     except ImportError:
-        raise BackendError(f"{flavor.name} is not installed (python module {flavor.module!r})") from None
+        raise BackendError(
+            f"{flavor.name} is not installed (python module {flavor.module!r}); {flavor.install}, "
+            "or choose another --backend"
+        ) from None
 
 
 def plugin_library() -> Path | None:
@@ -79,6 +102,70 @@ def plugin_library() -> Path | None:
     if env:
         return Path(env) if Path(env).is_file() else None
     return next((p for p in PLUGIN_LIBRARY_CANDIDATES if p.is_file()), None)
+
+
+#: ELF e_machine values of the CPUs a plugin library is built for, by platform.machine() name.
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64", 3: "x86 (32-bit)", 40: "arm (32-bit)", 21: "ppc64"}
+_HOST_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
+_SHT_DYNSYM = 11
+
+
+def _dynamic_symbols(blob: bytes) -> set[str]:
+    """Names of the symbols a little-endian ELF64 shared library defines in its dynamic table."""
+    shoff = struct.unpack_from("<Q", blob, 0x28)[0]
+    shentsize, shnum = struct.unpack_from("<HH", blob, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", blob, shoff + i * shentsize) for i in range(shnum)]
+    names = set()
+    for _, kind, _, _, offset, size, link, _, _, entsize in sections:
+        if kind != _SHT_DYNSYM:
+            continue
+        strings = sections[link][4]
+        for pos in range(offset, offset + size, entsize or 24):
+            name_at, _, _, section_index = struct.unpack_from("<IBBH", blob, pos)
+            if section_index:  # 0: undefined here, imported from another library
+                start = strings + name_at
+                names.add(blob[start : blob.index(b"\0", start)].decode(errors="replace"))
+    return names
+
+
+def plugin_library_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be this machine's plugin library (not ELF, other CPU, not ours), or None.
+
+    Read from the file rather than by loading it: loading needs TensorRT's own libraries, and a
+    foreign library must be refused with its reason even where TensorRT is absent.
+    """
+    blob = Path(path).read_bytes()
+    if blob[:4] != b"\x7fELF":
+        return "is not a shared library (no ELF header)"
+    machine = _ELF_MACHINES.get(struct.unpack_from("<H", blob, 18)[0], "another CPU")
+    host = _HOST_MACHINE.get(platform.machine().lower(), platform.machine().lower())
+    if blob[4] != 2 or blob[5] != 1 or machine != host:  # EI_CLASS 64-bit, EI_DATA little-endian
+        return f"is built for {machine if blob[4] == 2 else '32-bit ' + machine}, this machine is {host}"
+    try:
+        symbols = _dynamic_symbols(blob)
+    except (struct.error, ValueError, IndexError):
+        return "is a damaged shared library (unreadable ELF sections)"
+    if "getCreators" not in symbols:
+        return "is not the mhunet plugin library (it exports no getCreators)"
+    return None
+
+
+def require_plugin_library() -> Path:
+    """The plugin library, checked to be ours and built for this CPU; BackendError says why not."""
+    env = os.environ.get(PLUGIN_LIBRARY_ENV)
+    lib = plugin_library()
+    if lib is None and env:
+        raise BackendError(
+            f"${PLUGIN_LIBRARY_ENV} is {env}, which does not exist; point it at the built library"
+        )
+    if lib is None:
+        raise BackendError(
+            f"TensorRT plugin library not found; build plugins/ with CMake or set {PLUGIN_LIBRARY_ENV}"
+        )
+    problem = plugin_library_problem(lib)
+    if problem:
+        raise BackendError(f"plugin library {lib} {problem}; build plugins/ on this machine with CMake")
+    return lib
 
 
 def current_gpu() -> dict[str, str]:
@@ -117,19 +204,43 @@ def engine_path(engine_dir: Path, graph: Path, flavor: Flavor) -> Path:
     return Path(engine_dir) / f"{graph.stem}.{flavor.name}.engine"
 
 
+def stored_key(engine: Path) -> dict[str, Any] | None:
+    """The key in an engine's sidecar; None when the engine or a readable sidecar is missing."""
+    if not engine.is_file():
+        return None
+    try:
+        return json.loads(engine.with_suffix(".json").read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict) and "gpu" in value:
+        return f"{value['gpu']} (compute capability {value.get('compute_capability')})"
+    if isinstance(value, dict) and "compute_capabilities" in value:
+        return "+".join(value["compute_capabilities"])
+    return str(value)
+
+
+def foreign_reasons(stored: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """How a stored key's library, version or target differ from this machine's.
+
+    A None in ``here`` means "not known on this machine" (library not installed, no GPU) and is
+    skipped, so a foreign engine is refused for what is known before anything else is required.
+    """
+    return [
+        f"{f}: built for {_describe(stored.get(f))}, this machine has {_describe(here[f])}"
+        for f in FOREIGN_FIELDS
+        if here.get(f) is not None and stored.get(f) != here[f]
+    ]
+
+
 def cache_state(engine: Path, key: dict[str, Any]) -> str:
-    """``fresh``, ``missing``, ``stale`` (rebuild) or ``foreign:<why>`` (refuse) for a cached engine."""
+    """``fresh``, ``missing`` or ``stale`` (rebuild) for an engine that is not foreign."""
+    stored = stored_key(engine)
     if not engine.is_file():
         return "missing"
-    try:
-        stored = json.loads(engine.with_suffix(".json").read_text())["key"]
-    except (OSError, ValueError, KeyError):
-        return "stale"
-    foreign = [f for f in FOREIGN_FIELDS if stored.get(f) != key[f]]
-    if foreign:
-        why = "; ".join(f"{f}: built for {stored.get(f)}, this machine has {key[f]}" for f in foreign)
-        return f"foreign:{why}"
-    if stored.get("engine_sha256") and stored["engine_sha256"] != sha256_file(engine):
+    if stored is None or (stored.get("engine_sha256") and stored["engine_sha256"] != sha256_file(engine)):
         return "stale"
     return "fresh" if {k: stored.get(k) for k in key} == key else "stale"
 
@@ -178,6 +289,14 @@ def build_engine(
     return bytes(serialized)
 
 
+def _attempt(fn: Callable[[], T]) -> tuple[T | None, BackendError | None]:
+    """``fn()``, or None and the BackendError it raised: lets a check use what is known so far."""
+    try:
+        return fn(), None
+    except BackendError as e:
+        return None, e
+
+
 def ensure_engine(
     flavor_name: str,
     checkpoint: Path,
@@ -189,32 +308,34 @@ def ensure_engine(
 ) -> tuple[Path, dict[str, Any]]:
     """The cached engine for this checkpoint's graph, built first if missing or stale.
 
-    With ``compute_capabilities`` (TensorRT-RTX) the target is those GPUs and no GPU is queried.
-    Returns the engine path and its sidecar.
+    Checks run cheapest and most local first: plugin library, exported graph, then a foreign engine
+    (refused on whatever is known here, so even a machine without the library or a GPU learns why),
+    and only then the library and GPU themselves. With ``compute_capabilities`` (TensorRT-RTX) the
+    target is those GPUs and no GPU is queried. Returns the engine path and its sidecar.
     """
     flavor = FLAVORS[flavor_name]
-    trt = import_library(flavor)
-    graph, manifest = find_graph(checkpoint, flavor.graph_kind, precision, export_dir)
-    plugin = None
-    if flavor.plugins:
-        plugin = plugin_library()
-        if plugin is None:
-            raise BackendError(
-                f"TensorRT plugin library not found; build plugins/ with CMake or set {PLUGIN_LIBRARY_ENV}"
-            )
     if compute_capabilities and flavor.plugins:
         raise BackendError("ahead-of-time targets (compute capabilities) are a TensorRT-RTX feature")
-    target: dict[str, Any] = (
-        {"compute_capabilities": list(compute_capabilities)} if compute_capabilities else current_gpu()
-    )
-    key = engine_key(flavor, trt, manifest, plugin, target, profile)
+    plugin = require_plugin_library() if flavor.plugins else None
+    graph, manifest = find_graph(checkpoint, flavor.graph_kind, precision, export_dir)
     engine = engine_path(engine_dir, graph, flavor)
-    state = cache_state(engine, key)
-    if state.startswith("foreign:"):
+    # Refuse a foreign engine on what is known here, before the library or a GPU is required.
+    trt, missing = _attempt(lambda: import_library(flavor))
+    aot = {"compute_capabilities": list(compute_capabilities)} if compute_capabilities else None
+    target, no_gpu = _attempt(lambda: aot or current_gpu())
+    stored = stored_key(engine)
+    here = {"library": flavor.name, "library_version": getattr(trt, "__version__", None), "target": target}
+    foreign = foreign_reasons(stored, here) if stored else []
+    if foreign:
         raise BackendError(
-            f"{engine}: engine belongs to another machine ({state.removeprefix('foreign:')}); "
-            f"move it away or use another --engine-dir"
+            f"{engine}: engine was built for another machine ({'; '.join(foreign)}); "
+            "move it away or pass another --engine-dir"
         )
+    if missing or no_gpu:
+        raise missing or no_gpu
+    key = engine_key(flavor, trt, manifest, plugin, target, profile)
+    state = cache_state(engine, key)
+    log.info("engine %s: %s", engine, "cached, reused" if state == "fresh" else f"{state}, building")
     if state != "fresh":
         blob = build_engine(
             trt,

@@ -36,3 +36,15 @@ def test_doctor_flags_engine_of_another_library_version(tmp_path) -> None:
         assert row["status"] == "fail" and "0.0.1" in row["detail"] and res.returncode == 1
     else:
         assert row["status"] == "warn" and "not installed" in row["detail"]
+
+
+def test_doctor_fails_a_plugin_library_that_is_not_ours(tmp_path) -> None:
+    import _ctypes
+    import os
+
+    env = {**os.environ, "MHUNET_PLUGIN_LIB": _ctypes.__file__}
+    cmd = [sys.executable, "-m", "mhunet_deploy.cli", "doctor", "--json", "--engine-dir", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    row = next(c for c in json.loads(res.stdout) if c["name"] == "plugin library")
+    assert res.returncode == 1 and row["status"] == "fail", row
+    assert "is not the mhunet plugin library" in row["detail"] and "cmake" in row["fix"]

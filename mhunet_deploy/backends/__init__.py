@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BackendError
 from .base import Backend
+
+log = logging.getLogger(__name__)
 
 NAMES = ("auto", "torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
 
@@ -40,10 +43,11 @@ def choose_auto(checkpoint: Path, device: str, precision: str, export_dir: Path)
     tensorrt (library, plugin library and exported plugin graph) > torch on CUDA > onnxruntime with
     the CUDA EP > onnxruntime on the CPU if this checkpoint was exported > torch on the CPU.
     """
-    from ..engine import plugin_library
+    from ..engine import plugin_library, plugin_library_problem
 
     want_gpu = device != "cpu"
-    trt_ready = has_module("tensorrt") and plugin_library() is not None
+    plugin = plugin_library()
+    trt_ready = has_module("tensorrt") and plugin is not None and plugin_library_problem(plugin) is None
     if want_gpu and trt_ready and _has_graph(checkpoint, "plugin", precision, export_dir):
         return "tensorrt", "TensorRT, plugin library and exported plugin graph found"
     if want_gpu and _torch_cuda():
@@ -70,6 +74,7 @@ def load_backend(
     export_dir: Path | None = None,
     onnx_path: Path | None = None,
     on_choice: Callable[[str, str], None] | None = None,
+    engine_dir: Path | None = None,
 ) -> Backend:
     """Load a named backend; ``auto`` picks by ``choose_auto`` and reports its pick to ``on_choice``."""
     from ..checkpoint import default_checkpoint
@@ -81,6 +86,7 @@ def load_backend(
     export_dir = export_dir or DEFAULT_EXPORT_DIR
     if name == "auto":
         name, why = choose_auto(checkpoint, device, precision, export_dir)
+        log.info("--backend auto chose %s: %s", name, why)
         if on_choice:
             on_choice(name, why)
     if name == "torch":
@@ -93,6 +99,7 @@ def load_backend(
         from .onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(checkpoint, device, precision, export_dir, onnx_path)
+    from ..engine import DEFAULT_ENGINE_DIR
     from .tensorrt_backend import TensorRTBackend
 
-    return TensorRTBackend(checkpoint, precision, name, export_dir)
+    return TensorRTBackend(checkpoint, precision, name, export_dir, engine_dir or DEFAULT_ENGINE_DIR)

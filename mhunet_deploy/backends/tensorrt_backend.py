@@ -36,8 +36,8 @@ class TensorRTBackend:
         export_dir: Path = DEFAULT_EXPORT_DIR,
         engine_dir: Path = DEFAULT_ENGINE_DIR,
     ) -> None:
-        trt = import_library(FLAVORS[flavor])
         path, self.sidecar = ensure_engine(flavor, checkpoint, precision, export_dir, engine_dir)
+        trt = import_library(FLAVORS[flavor])  # importable: ensure_engine needed it
         from cuda.bindings import runtime as cudart  # importable: ensure_engine queried the GPU with it
 
         self._cudart = cudart
