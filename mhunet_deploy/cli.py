@@ -5,6 +5,7 @@ non-zero exit code (see README "Exit codes"); only bugs show a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +29,27 @@ out = Console()
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr")
 EXIT_PARTIAL = 6
+
+# One definition of the output-volume options, shared by every command that has them.
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Errors only: no progress, notes or tables.")]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Log each step on stderr: geometry, backend choice, engine cache, timings."
+    ),
+]
+
+
+def _logging(verbose: bool, quiet: bool = False) -> None:
+    """--verbose turns on the package's INFO log on stderr; the log then replaces the progress bar."""
+    if verbose and quiet:
+        raise typer.BadParameter("--quiet and --verbose exclude each other")
+    logger = logging.getLogger("mhunet_deploy")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
 
 
 def _progress(quiet: bool) -> Progress:
@@ -87,15 +109,21 @@ def infer(
     probabilities: Annotated[bool, typer.Option(help="Also write the probability map.")] = False,
     qc: Annotated[bool, typer.Option(help="Also write a QC montage PNG.")] = False,
     volume_index: Annotated[int | None, typer.Option(help="Volume of a 4D series to use.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
+    engine_dir: Annotated[Path, typer.Option(help="Engine cache folder (tensorrt backends).")] = Path(
+        "engines"
+    ),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Segment MS lesions: NIfTI in; mask, lesion report (JSON+CSV), optional probabilities and QC out."""
     from .backends import load_backend
     from .checkpoint import default_checkpoint, read_meta
-    from .pipeline import InferOptions, infer_volume
+    from .pipeline import InferOptions, infer_volume, plan_outputs
     from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD
+    from .volume_io import prepare_output_folder
 
+    _logging(verbose, quiet)
     files = _expand_inputs(inputs)
     ckpt = checkpoint or default_checkpoint()
     meta = read_meta(ckpt)
@@ -111,6 +139,9 @@ def infer(
         volume_index=volume_index,
         model_info={"name": meta["config"]["name"], "sha256": meta["sha256"], "checkpoint": str(ckpt)},
     )
+    # Output problems are found before the model runs, not after minutes of inference.
+    plan_outputs(files, output, options)
+    prepare_output_folder(output)
     engine = load_backend(
         backend,
         ckpt,
@@ -119,11 +150,12 @@ def infer(
         export_dir=export_dir,
         onnx_path=onnx,
         on_choice=None if quiet else lambda name, why: err.print(f"auto: [bold]{name}[/] ({why})"),
+        engine_dir=engine_dir,
     )
     if not quiet:
         err.print(f"backend: [bold]{engine.name}[/] ({engine.precision}), model {meta['config']['name']}")
     results, failures = [], []
-    with _progress(quiet or as_json) as bar:
+    with _progress(quiet or verbose or as_json) as bar:
         for f in files:
             task = bar.add_task(f.name, total=None)
             try:
@@ -144,6 +176,9 @@ def infer(
             finally:
                 bar.remove_task(task)
             results.append(report)
+            if not quiet:
+                for warning in report["warnings"]:
+                    err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"results": results, "failures": failures}, default=str))
     elif not quiet:
@@ -243,7 +278,8 @@ def train(
         float | None, typer.Option(help="Wall-clock budget; the LR schedule spans it.")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from --out/last.safetensors.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train Mamba-HUNet; writes OUT/best.safetensors (+ .json) and OUT/last.* for --resume."""
     from dataclasses import replace
@@ -253,6 +289,7 @@ def train(
     from .train import TrainConfig
     from .train import train as run_train
 
+    _logging(verbose, quiet)
     if model not in CONFIGS:
         raise InputError(f"unknown model {model!r}; choose one of {', '.join(CONFIGS)}")
     mcfg = CONFIGS[model] if embed_dim is None else replace(CONFIGS[model], embed_dim=embed_dim)
@@ -312,11 +349,13 @@ def export_cmd(
         bool, typer.Option("--engine", help="Also build the TensorRT engine (needs TensorRT and a GPU).")
     ] = False,
     engine_dir: Annotated[Path, typer.Option(help="Engine cache folder.")] = Path("engines"),
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Write plugin and portable ONNX graphs, FP32 and FP16, each with a JSON manifest beside it."""
     from .exporting.exporter import export_graphs
 
+    _logging(verbose, quiet)
     paths = export_graphs(checkpoint, out_dir, on_graph=None if quiet else lambda p: err.print(f"wrote {p}"))
     if engine:
         from .checkpoint import default_checkpoint
@@ -342,6 +381,7 @@ def verify(
         int | None, typer.Option(min=1, help="Compare only this many central slices (default: all).")
     ] = None,
     export_dir: Annotated[Path, typer.Option(help="Folder of exported graphs.")] = Path("export"),
+    verbose: Verbose = False,
 ) -> None:
     """Hold every available backend and precision to the FP32 PyTorch reference (logits and task)."""
     from .checkpoint import default_checkpoint
@@ -349,6 +389,7 @@ def verify(
     from .verify import DEFAULT_VOLUME
     from .verify import verify as run_verify
 
+    _logging(verbose)
     rows = run_verify(checkpoint or default_checkpoint(), volume or DEFAULT_VOLUME, slices, export_dir)
     columns = ("backend", "precision", "slices", "max |Δ|", "median |Δ|", "Dice", "lesions", "mL", "result")
     table = Table(*columns)
@@ -382,6 +423,7 @@ def bench(
     volume: Annotated[Path | None, typer.Option(help="FLAIR NIfTI (default: shared patient26).")] = None,
     slices: Annotated[int | None, typer.Option(min=1, help="Time only this many central slices.")] = None,
     export_dir: Annotated[Path, typer.Option(help="Folder of exported graphs.")] = Path("export"),
+    verbose: Verbose = False,
 ) -> None:
     """CPU seconds per volume: PyTorch vs onnxruntime (fp32, fp16), same volume, same preprocessing."""
     from .bench import bench as run_bench
@@ -389,6 +431,7 @@ def bench(
     from .checkpoint import default_checkpoint
     from .verify import DEFAULT_VOLUME
 
+    _logging(verbose)
     pairs = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16")]
     ckpt = checkpoint or default_checkpoint()
     timings = run_bench(ckpt, volume or DEFAULT_VOLUME, pairs, slices, export_dir=export_dir)
@@ -429,10 +472,10 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # Usage errors arrive here in non-standalone mode, as click's ClickException or (typer >= 0.2x)
+        # as the same class of typer's vendored copy of click: match either by name.
+        if any(c.__name__ == "ClickException" for c in type(e).__mro__):
             e.show()
             sys.exit(e.exit_code)
         raise

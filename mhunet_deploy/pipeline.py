@@ -6,12 +6,14 @@ same code serves torch, onnxruntime and TensorRT (and `mhunet serve` later).
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from . import __version__
@@ -20,7 +22,9 @@ from .errors import OutputError
 from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD, lesion_table, segment
 from .preprocess import prepare
 from .report import build_report, write_csv, write_json
-from .volume_io import Volume, load_volume, save_like
+from .volume_io import Volume, load_volume, prepare_output_folder, save_like
+
+log = logging.getLogger(__name__)
 
 #: Logit given to slices with no signal at all: they are never sent to the backend.
 EMPTY_SLICE_LOGIT = -30.0
@@ -56,6 +60,29 @@ def output_paths(input_path: Path, out_dir: Path, options: InferOptions) -> dict
     if options.qc:
         paths["qc"] = out_dir / f"{name}_qc.png"
     return paths
+
+
+def plan_outputs(inputs: Sequence[Path], out_dir: Path, options: InferOptions) -> dict[Path, dict[str, Path]]:
+    """Output paths of every input of a batch, refused up front if two inputs would write the same
+    file or an output would replace an input (only a batch can do that: outputs carry suffixes)."""
+    plan = {Path(f): output_paths(Path(f), Path(out_dir), options) for f in inputs}
+    owner: dict[Path, Path] = {}
+    for f, paths in plan.items():
+        mask = paths["mask"].resolve()
+        if mask in owner:
+            raise OutputError(
+                f"{owner[mask]} and {f} would write the same outputs ({paths['mask'].name}); "
+                "run them with different -o folders"
+            )
+        owner[mask] = f
+    sources = {Path(f).resolve(): Path(f) for f in plan}
+    for paths in plan.values():
+        for out in paths.values():
+            if out.resolve() in sources:
+                raise OutputError(
+                    f"{out} would overwrite the input {sources[out.resolve()]}; choose another -o"
+                )
+    return plan
 
 
 def predict_volume(
@@ -94,11 +121,13 @@ def infer_volume(
     t0 = time.perf_counter()
     input_path = Path(input_path)
     volume: Volume = load_volume(input_path, options.volume_index)
+    log.info("%s: %s", input_path.name, describe_geometry(volume))
     # Output names always differ from the input's (suffixed stems); save_like refuses the input anyway.
     paths = output_paths(input_path, Path(out_dir), options)
     t1 = time.perf_counter()
     slices, geometry = prepare(volume)
     t2 = time.perf_counter()
+    log.info("%s: %d axial slices on a %d x %d model grid", input_path.name, len(slices), *slices.shape[2:])
     if on_start:
         on_start(len(slices))
     logits = predict_volume(backend, slices, options.batch_size, on_batch)
@@ -140,17 +169,35 @@ def infer_volume(
 
         writers["qc"] = lambda: qc_montage(volume.image, labels > 0, report, paths["qc"])
     write_all(writers, paths)
+    log.info(
+        "%s: %s; wrote %s",
+        input_path.name,
+        ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in timings.items()),
+        ", ".join(p.name for p in paths.values()),
+    )
     return report
+
+
+def describe_geometry(volume: Volume) -> str:
+    """One line on the input's grid, for --verbose: shape, voxel size, orientation, obliquity, codes."""
+    affine = volume.image.affine
+    header = volume.image.header
+    oblique = float(np.degrees(nib.affines.obliquity(affine).max()))
+    # The stored scaling lives on the data proxy: nibabel resets it in a loaded image's header.
+    slope, inter = getattr(volume.image.dataobj, "slope", 1.0), getattr(volume.image.dataobj, "inter", 0.0)
+    return (
+        f"shape {'x'.join(map(str, volume.data.shape))}, voxel "
+        f"{'x'.join(f'{z:.3g}' for z in volume.zooms)} mm, {''.join(nib.aff2axcodes(affine))}"
+        f"{f' oblique {oblique:.1f} deg' if oblique > 0.01 else ''}, "
+        f"{'right' if np.linalg.det(affine[:3, :3]) > 0 else 'left'}-handed, "
+        f"qform/sform codes {int(header['qform_code'])}/{int(header['sform_code'])}, "
+        f"{header.get_data_dtype()}{f' scaled x{slope:g} {inter:+g}' if (slope, inter) != (1, 0) else ''}"
+    )
 
 
 def write_all(writers: dict[str, Callable[[], object]], paths: dict[str, Path]) -> None:
     """Write every output or none: on any failure the outputs of this run are removed again."""
-    folder = Path(next(iter(paths.values()))).parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        msg = f"{folder}: cannot create the output folder ({e.strerror}); choose another -o"
-        raise OutputError(msg) from e
+    prepare_output_folder(Path(next(iter(paths.values()))).parent)
     done: list[Path] = []
     try:
         for key, write in writers.items():

@@ -8,6 +8,7 @@ the augmentation.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -25,6 +26,8 @@ from .data import SliceSet
 from .errors import InputError
 from .model.mamba_hunet import CONFIGS, ModelConfig, build_model
 from .volume_io import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -187,6 +190,15 @@ def train(
     model = build_model(model_config or CONFIGS[cfg.model]).to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
+    log.info(
+        "training %s (%d parameters) on %s%s; %d training and %d validation slices",
+        model.config.name,
+        sum(p.numel() for p in model.parameters()),
+        device,
+        " with bf16 autocast" if use_amp else "",
+        len(train_set),
+        len(val_set),
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last, best = out_dir / "last.safetensors", out_dir / "best.safetensors"
@@ -248,6 +260,7 @@ def train(
         if metrics["val_dice"] > best_dice:
             best_dice = metrics["val_dice"]
             save_checkpoint(model, best, {**meta, "best_val_dice": best_dice})
+            log.info("epoch %d: new best val Dice %.4f, wrote %s", epoch, best_dice, best)
         save_checkpoint(model, last, {**meta, "best_val_dice": best_dice})
         _save_optim_state(optim, out_dir)
         if budget_s and time.perf_counter() - started > budget_s:
@@ -261,4 +274,5 @@ def train(
     meta = read_meta(best)
     meta = {k: v for k, v in meta.items() if k not in ("format", "config", "sha256", "git_commit")}
     save_checkpoint(best_model, best, {**meta, "postprocess": post})
+    log.info("post-processing chosen on validation: %s", post)
     return best

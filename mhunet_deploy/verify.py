@@ -14,6 +14,8 @@ TensorRT plugin against the numpy reference on a scan node cut out with `polygra
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,8 @@ from .postprocess import lesion_table, segment
 from .preprocess import Geometry, prepare
 from .scan_numpy import reference_ops, selective_scan_numpy
 from .volume_io import load_volume
+
+log = logging.getLogger(__name__)
 
 #: Parity tolerances, all in one place (DESIGN.md §8).
 FP32_MAX_ABS_LOGIT = 1e-4
@@ -206,6 +210,7 @@ def verify(
     if on_row:
         on_row(rows[0])
     for cand in candidates(checkpoint, export_dir):
+        started = time.perf_counter()
         try:
             backend = cand.load()
         except BackendError as e:
@@ -213,6 +218,13 @@ def verify(
         else:
             subset = index[central_slices(prepared[index], cand.max_slices)]
             row = compare(case, backend, subset)
+        log.info(
+            "%s %s: %s in %.1f s",
+            cand.label,
+            cand.precision,
+            row.note or ("pass" if row.passed else "FAIL"),
+            time.perf_counter() - started,
+        )
         rows.append(row)
         if on_row:
             on_row(row)

@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 import secrets
+import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,7 +107,7 @@ def _check_header(img: nib.Nifti1Pair, path: Path | str, volume_index: int | Non
     if volume_index is None:
         if n_volumes > 1:
             raise InputError(
-                f"{path} is 4D with {n_volumes} volumes; pass a volume index (0..{n_volumes - 1}) to pick one"
+                f"{path} is 4D with {n_volumes} volumes; pick one with --volume-index (0..{n_volumes - 1})"
             )
         volume_index = 0
     elif not 0 <= volume_index < n_volumes:
@@ -177,7 +178,9 @@ def volume_from_image(
             f"{name} has {data.size - int(finite.sum())} NaN or infinite voxels; fix or re-export the scan"
         )
     if data.min() == data.max():
-        raise InputError(f"{name} is constant (every voxel is {data.flat[0]:g}); it holds no image")
+        raise InputError(
+            f"{name} is constant (every voxel is {data.flat[0]:g}); it holds no image, export the scan again"
+        )
 
     if index:  # a 3D image for the chosen volume, with the same header and source files
         img = type(img)(data, img.affine, img.header, extra=img.extra, file_map=img.file_map)
@@ -197,6 +200,29 @@ def _os_error_message(path: Path, exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write to folder {path.parent} ({reason}); choose a writable output folder"
     return f"cannot write {path} ({reason}); check the output folder and free disk space"
+
+
+def prepare_output_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove it writable with a probe file, removed at once.
+
+    Run before any work, so a read-only or full output folder fails in milliseconds, not after
+    minutes of inference; OSError becomes a one-line OutputError.
+    """
+    folder = Path(folder).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} is a file, not a folder; give an output folder with -o")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the message names the folder it could not be created in
+        raise OutputError(_os_error_message(folder, exc)) from exc
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".mhunet-probe-") as probe:
+            probe.write(b"\0")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise OutputError(_os_error_message(folder / ".probe", exc)) from exc
+    return folder
 
 
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], object]) -> Path:
