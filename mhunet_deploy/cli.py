@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -65,16 +66,24 @@ def _progress(quiet: bool) -> Progress:
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders contribute their NIfTI files in name order."""
+    """Files as given; a folder is one DICOM series if it holds DICOM slices, else a batch of its
+    NIfTI files in name order."""
+    from .dicom_io import is_dicom_folder
+
     files: list[Path] = []
     for p in inputs:
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.name.endswith(NIFTI_SUFFIXES))
-            if not found:
-                raise InputError(f"{p}: folder holds no .nii/.nii.gz files")
-            files.extend(found)
-        else:
+        if not p.is_dir():
             files.append(p)
+            continue
+        found = sorted(q for q in p.iterdir() if q.name.endswith(NIFTI_SUFFIXES))
+        dicom = is_dicom_folder(p)
+        if found and dicom:
+            raise InputError(
+                f"{p} holds both NIfTI files and DICOM slices; move the DICOM series into its own folder"
+            )
+        if not found and not dicom:
+            raise InputError(f"{p}: folder holds no .nii/.nii.gz files and no DICOM slices")
+        files.extend(found or [p])
     return files
 
 
@@ -89,7 +98,9 @@ def _root(
 
 @app.command()
 def infer(
-    inputs: Annotated[list[Path], typer.Argument(help="FLAIR NIfTI files or folders of them.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="FLAIR NIfTI files, folders of them, or DICOM series folders.")
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for masks and reports.")] = Path(
         "mhunet-output"
     ),
@@ -109,6 +120,9 @@ def infer(
     probabilities: Annotated[bool, typer.Option(help="Also write the probability map.")] = False,
     qc: Annotated[bool, typer.Option(help="Also write a QC montage PNG.")] = False,
     volume_index: Annotated[int | None, typer.Option(help="Volume of a 4D series to use.")] = None,
+    series: Annotated[
+        str | None, typer.Option(help="SeriesInstanceUID to use when a DICOM folder holds several.")
+    ] = None,
     engine_dir: Annotated[Path, typer.Option(help="Engine cache folder (tensorrt backends).")] = Path(
         "engines"
     ),
@@ -137,6 +151,7 @@ def infer(
         probabilities=probabilities,
         qc=qc,
         volume_index=volume_index,
+        series_uid=series,
         model_info={"name": meta["config"]["name"], "sha256": meta["sha256"], "checkpoint": str(ckpt)},
     )
     # Output problems are found before the model runs, not after minutes of inference.
@@ -149,7 +164,7 @@ def infer(
         precision=precision,
         export_dir=export_dir,
         onnx_path=onnx,
-        on_choice=None if quiet else lambda name, why: err.print(f"auto: [bold]{name}[/] ({why})"),
+        on_choice=None if quiet else lambda name, why: err.print(f"auto: [bold]{name}[/] ({escape(why)})"),
         engine_dir=engine_dir,
     )
     if not quiet:
@@ -171,14 +186,16 @@ def infer(
                 if len(files) == 1:
                     raise
                 failures.append({"input": str(f), "error": str(e), "exit_code": e.exit_code})
-                err.print(f"[red]error:[/] {f.name}: {e}", highlight=False, soft_wrap=True)
+                err.print(
+                    f"[red]error:[/] {escape(f.name)}: {escape(str(e))}", highlight=False, soft_wrap=True
+                )
                 continue
             finally:
                 bar.remove_task(task)
             results.append(report)
             if not quiet:
                 for warning in report["warnings"]:
-                    err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+                    err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"results": results, "failures": failures}, default=str))
     elif not quiet:
@@ -395,9 +412,11 @@ def verify(
     table = Table(*columns)
     for r in rows:
         if r.passed is None and r.note.startswith("skipped"):
-            table.add_row(r.backend, r.precision, "", "", "", "", "", "", r.note)
+            table.add_row(r.backend, r.precision, "", "", "", "", "", "", escape(r.note))
             continue
-        result = r.note or ("[green]pass[/]" if r.passed else f"[red]FAIL[/] {'; '.join(r.failures)}")
+        result = escape(r.note) or (
+            "[green]pass[/]" if r.passed else f"[red]FAIL[/] {escape('; '.join(r.failures))}"
+        )
         table.add_row(
             r.backend,
             r.precision,
@@ -454,7 +473,7 @@ def doctor(
         table = Table("check", "", "detail", "fix")
         marks = {"ok": "[green]ok[/]", "warn": "[yellow]--[/]", "fail": "[red]FAIL[/]"}
         for c in checks:
-            table.add_row(c.name, marks[c.status], c.detail, c.fix)
+            table.add_row(c.name, marks[c.status], escape(c.detail), escape(c.fix))
         out.print(table)
     if any(c.status == "fail" for c in checks):
         raise typer.Exit(1)
@@ -465,7 +484,7 @@ def main() -> None:
     try:
         rc = app(standalone_mode=False)
     except MhunetError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -40,6 +40,7 @@ class InferOptions:
     probabilities: bool = False
     qc: bool = False
     volume_index: int | None = None
+    series_uid: str | None = None
     model_info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,6 +110,15 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
 
 
+def load_input(path: Path, options: InferOptions) -> Volume:
+    """A NIfTI file, or a folder holding one DICOM series (optional extra ``dicom``)."""
+    if path.is_dir():
+        from .dicom_io import load_dicom_series
+
+        return load_dicom_series(path, options.series_uid)
+    return load_volume(path, options.volume_index)
+
+
 def infer_volume(
     input_path: Path,
     out_dir: Path,
@@ -120,7 +130,7 @@ def infer_volume(
     """Segment one volume and write its outputs; returns the report. All or no files are written."""
     t0 = time.perf_counter()
     input_path = Path(input_path)
-    volume: Volume = load_volume(input_path, options.volume_index)
+    volume = load_input(input_path, options)
     log.info("%s: %s", input_path.name, describe_geometry(volume))
     # Output names always differ from the input's (suffixed stems); save_like refuses the input anyway.
     paths = output_paths(input_path, Path(out_dir), options)

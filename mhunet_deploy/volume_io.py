@@ -145,6 +145,10 @@ def load_volume(path: str | os.PathLike, volume_index: int | None = None) -> Vol
         raise InputError(f"{path} does not exist; check the path")
     if path.is_dir():
         raise InputError(f"{path} is a folder; give the path of a .nii or .nii.gz file")
+    from .dicom_io import is_dicom_file  # imports this module: import it late
+
+    if is_dicom_file(path):
+        raise InputError(f"{path} is one DICOM slice; pass the folder that holds its series")
     _check_nifti_magic(path)
     try:
         img = nib.load(path)

@@ -398,6 +398,16 @@ def test_readme_troubleshooting_has_a_row_per_case() -> None:
         "is not a shared library",
         "engine was built for another machine",
         "neither qform nor sform",
+        'reading DICOM needs pydicom; pip install "mhunet-deploy[dicom]"',
+        "pick one with --series UID",
+        "is one DICOM slice; pass the folder",
+        "the slice cannot be placed",
+        "in orientation or size",
+        "pixel spacing differs between slices",
+        "slices are unevenly spaced",
+        "two slices share one position",
+        "is a multi-frame image",
+        "is a colour image",
     ]
     missing = [p for p in phrases if p not in table]
     assert not missing, f"README troubleshooting lacks: {missing}"
