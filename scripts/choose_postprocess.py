@@ -25,6 +25,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -101,32 +102,43 @@ def probability_maps(
     return out
 
 
+_VOLS: list[dict] = []  # the sweep's volumes, shared with forked workers
+
+
+def _score(pair: tuple[float, float]) -> dict:
+    """Mean metrics over the volumes for one (threshold, min size) pair."""
+    thr, size = pair
+    per = []
+    for v in _VOLS:
+        pred = segment(v["prob"], v["zooms"], thr, size) > 0
+        per.append(compute_metrics(pred, v["truth"], v["zooms"]))
+    mean = lambda k: float(np.mean([m[k] for m in per]))  # noqa: E731
+    row = {
+        "threshold": thr,
+        "min_lesion_mm3": size,
+        "dsc": mean("dsc"),
+        "lesion_f1": mean("lesion_f1"),
+        "lesion_precision": mean("lesion_precision"),
+        "lesion_recall": mean("lesion_recall"),
+        "hd95_mm": mean("hd95_mm"),
+        "pred_lesions": mean("pred_lesions"),
+        "truth_lesions": mean("truth_lesions"),
+        "dsc_per_volume": [m["dsc"] for m in per],
+        "f1_per_volume": [m["lesion_f1"] for m in per],
+    }
+    row["objective"] = (row["dsc"] + row["lesion_f1"]) / 2
+    return row
+
+
 def sweep(vols: list[dict]) -> list[dict]:
-    """Mean metrics over volumes for every (threshold, min size) pair."""
-    rows = []
-    for thr in THRESHOLDS:
-        for size in MIN_SIZES_MM3:
-            per = []
-            for v in vols:
-                pred = segment(v["prob"], v["zooms"], thr, size) > 0
-                per.append(compute_metrics(pred, v["truth"], v["zooms"]))
-            mean = lambda k, per=per: float(np.mean([m[k] for m in per]))  # noqa: E731
-            row = {
-                "threshold": thr,
-                "min_lesion_mm3": size,
-                "dsc": mean("dsc"),
-                "lesion_f1": mean("lesion_f1"),
-                "lesion_precision": mean("lesion_precision"),
-                "lesion_recall": mean("lesion_recall"),
-                "hd95_mm": mean("hd95_mm"),
-                "pred_lesions": mean("pred_lesions"),
-                "truth_lesions": mean("truth_lesions"),
-                "dsc_per_volume": [m["dsc"] for m in per],
-                "f1_per_volume": [m["lesion_f1"] for m in per],
-            }
-            row["objective"] = (row["dsc"] + row["lesion_f1"]) / 2
-            rows.append(row)
-    return rows
+    """Mean metrics over volumes for every (threshold, min size) pair, in sweep order; the pairs are
+    scored in parallel processes (forked, so the volumes are shared, not copied)."""
+    import multiprocessing as mp
+
+    _VOLS[:] = vols
+    pairs = [(thr, size) for thr in THRESHOLDS for size in MIN_SIZES_MM3]
+    with mp.get_context("fork").Pool(max(1, min(len(pairs), os.cpu_count() or 1))) as pool:
+        return pool.map(_score, pairs)
 
 
 def table(rows: list[dict], best: dict) -> str:
