@@ -41,12 +41,19 @@ Verbose = Annotated[
 ]
 
 
+class _ConsoleHandler(logging.Handler):
+    """Log records as plain lines on the stderr console, whatever sys.stderr is when they come."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+
+
 def _logging(verbose: bool, quiet: bool = False) -> None:
     """--verbose turns on the package's INFO log on stderr; the log then replaces the progress bar."""
     if verbose and quiet:
         raise typer.BadParameter("--quiet and --verbose exclude each other")
     logger = logging.getLogger("mhunet_deploy")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _ConsoleHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO if verbose else logging.WARNING)

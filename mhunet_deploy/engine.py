@@ -104,7 +104,7 @@ def plugin_library() -> Path | None:
     return next((p for p in PLUGIN_LIBRARY_CANDIDATES if p.is_file()), None)
 
 
-#: ELF e_machine values of the CPUs a plugin library is built for, by platform.machine() name.
+#: ELF e_machine values, named as platform.machine() names the CPU.
 _ELF_MACHINES = {62: "x86_64", 183: "aarch64", 3: "x86 (32-bit)", 40: "arm (32-bit)", 21: "ppc64"}
 _HOST_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
 _SHT_DYNSYM = 11
@@ -134,7 +134,10 @@ def plugin_library_problem(path: Path) -> str | None:
     Read from the file rather than by loading it: loading needs TensorRT's own libraries, and a
     foreign library must be refused with its reason even where TensorRT is absent.
     """
-    blob = Path(path).read_bytes()
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
     if blob[:4] != b"\x7fELF":
         return "is not a shared library (no ELF header)"
     machine = _ELF_MACHINES.get(struct.unpack_from("<H", blob, 18)[0], "another CPU")

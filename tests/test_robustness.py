@@ -262,14 +262,16 @@ def _foreign_arch_library(path: Path) -> Path:
     return path
 
 
+def _text_file(path: Path) -> Path:
+    path.write_text("not a library")
+    return path
+
+
 PLUGIN_CASES = {
     "missing": (lambda tmp: tmp / "nowhere" / "libmhunet_plugins.so", "which does not exist"),
     "other CPU": (lambda tmp: _foreign_arch_library(tmp / "libmhunet_plugins.so"), "is built for"),
     "not a plugin": (lambda tmp: Path(_ctypes.__file__), "is not the mhunet plugin library"),
-    "not a library": (
-        lambda tmp: (tmp / "lib.so").write_text("not elf") and tmp / "lib.so",
-        "is not a shared library",
-    ),
+    "not a library": (lambda tmp: _text_file(tmp / "libmhunet_plugins.so"), "is not a shared library"),
 }
 
 
