@@ -448,19 +448,26 @@ def bench(
     ] = None,
     volume: Annotated[Path | None, typer.Option(help="FLAIR NIfTI (default: shared patient26).")] = None,
     slices: Annotated[int | None, typer.Option(min=1, help="Time only this many central slices.")] = None,
+    device: Annotated[
+        list[str] | None, typer.Option(help="Only backends on this device (cpu, cuda); repeatable.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
     export_dir: Annotated[Path, typer.Option(help="Folder of exported graphs.")] = Path("export"),
     verbose: Verbose = False,
 ) -> None:
-    """CPU seconds per volume: PyTorch vs onnxruntime (fp32, fp16), same volume, same preprocessing."""
+    """Slices/s and seconds per volume for every backend and precision available here, side by side."""
     from .bench import bench as run_bench
-    from .bench import markdown_table
+    from .bench import candidates, markdown_table
     from .checkpoint import default_checkpoint
+    from .errors import BackendError
     from .verify import DEFAULT_VOLUME
 
     _logging(verbose)
-    pairs = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16")]
     ckpt = checkpoint or default_checkpoint()
-    timings = run_bench(ckpt, volume or DEFAULT_VOLUME, pairs, slices, export_dir=export_dir)
+    pairs = candidates(ckpt, export_dir, tuple(device or ("cpu", "cuda")))
+    if not pairs:
+        raise BackendError("nothing to time: no backend available for the requested device(s)")
+    timings = run_bench(ckpt, volume or DEFAULT_VOLUME, pairs, slices, batch_size, export_dir)
     print(markdown_table(timings))
 
 

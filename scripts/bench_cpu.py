@@ -16,9 +16,7 @@ from pathlib import Path
 from mhunet_deploy.bench import bench, graph_table, markdown_table
 from mhunet_deploy.checkpoint import default_checkpoint, save_checkpoint
 from mhunet_deploy.exporting.exporter import export_graphs
-from mhunet_deploy.preprocess import prepare
-from mhunet_deploy.verify import DEFAULT_VOLUME, central_slices
-from mhunet_deploy.volume_io import load_volume
+from mhunet_deploy.verify import DEFAULT_VOLUME
 
 
 def main() -> None:
@@ -38,15 +36,10 @@ def main() -> None:
     export_dir = args.export_dir or work / "export"
     if not args.export_dir:
         export_graphs(ckpt, export_dir)
-    pairs = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16")]
+    pairs = [("torch", "cpu", "fp32"), ("onnxruntime", "cpu", "fp32"), ("onnxruntime", "cpu", "fp16")]
     timings = bench(ckpt, args.volume, pairs, args.slices, export_dir=export_dir)
-    busy = len(central_slices(prepare(load_volume(args.volume))[0], None))
-    print(f"volume {args.volume}: {busy} slices with signal; batch 8; CPU\n")
+    print(f"volume {args.volume}: {timings[0].volume_slices} slices with signal; batch 8; CPU\n")
     print(markdown_table(timings))
-    if args.slices:
-        print("\n| backend | precision | seconds per volume (extrapolated) |\n| --- | --- | ---: |")
-        for t in timings:
-            print(f"| {t.backend} | {t.precision} | {t.seconds / t.slices * busy:.1f} |")
     print()
     print(graph_table(export_dir))
 

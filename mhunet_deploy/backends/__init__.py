@@ -19,7 +19,7 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _torch_cuda() -> bool:
+def torch_cuda() -> bool:
     if not has_module("torch"):
         return False
     import torch
@@ -27,7 +27,7 @@ def _torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _has_graph(checkpoint: Path, kind: str, precision: str, export_dir: Path) -> bool:
+def has_graph(checkpoint: Path, kind: str, precision: str, export_dir: Path) -> bool:
     from ..exporting.manifest import find_graph
 
     try:
@@ -48,11 +48,11 @@ def choose_auto(checkpoint: Path, device: str, precision: str, export_dir: Path)
     want_gpu = device != "cpu"
     plugin = plugin_library()
     trt_ready = has_module("tensorrt") and plugin is not None and plugin_library_problem(plugin) is None
-    if want_gpu and trt_ready and _has_graph(checkpoint, "plugin", precision, export_dir):
+    if want_gpu and trt_ready and has_graph(checkpoint, "plugin", precision, export_dir):
         return "tensorrt", "TensorRT, plugin library and exported plugin graph found"
-    if want_gpu and _torch_cuda():
+    if want_gpu and torch_cuda():
         return "torch", "PyTorch sees a CUDA GPU"
-    if has_module("onnxruntime") and _has_graph(checkpoint, "portable", precision, export_dir):
+    if has_module("onnxruntime") and has_graph(checkpoint, "portable", precision, export_dir):
         from .onnxruntime_backend import cuda_ep_available
 
         if want_gpu and cuda_ep_available():

@@ -1,0 +1,51 @@
+"""`mhunet bench`: one table row per backend/precision available here, real timings, skips with reasons."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mhunet_deploy.bench import bench, candidates
+from tests.test_cli import small_volume
+from tests.tiny_model import tiny_export
+
+
+def test_candidates_follow_what_is_installed_and_exported(tmp_path) -> None:
+    ckpt, export_dir = tiny_export()
+    found = candidates(ckpt, export_dir, ("cpu",))
+    assert ("torch", "cpu", "fp32") in found
+    assert ("onnxruntime", "cpu", "fp32") in found and ("onnxruntime", "cpu", "fp16") in found
+    # nothing exported there: onnxruntime is not a candidate
+    assert all(name != "onnxruntime" for name, _, _ in candidates(ckpt, tmp_path, ("cpu",)))
+
+
+def test_bench_times_each_backend_and_reports_what_cannot_load(tmp_path) -> None:
+    ckpt, export_dir = tiny_export()
+    vol = small_volume(tmp_path / "v.nii.gz")
+    pairs = [("torch", "cpu", "fp32"), ("onnxruntime", "cpu", "fp32"), ("onnxruntime", "cpu", "fp16")]
+    timings = bench(ckpt, vol, pairs, batch_size=4, export_dir=tmp_path)
+    # tmp_path holds no graphs: the onnxruntime rows carry the reason, the torch row a time
+    assert timings[0].seconds is not None and timings[0].seconds > 0
+    assert timings[0].seconds_per_volume >= timings[0].seconds * 0.99
+    assert all(t.seconds is None and "skipped" in t.note for t in timings[1:])
+    timed = bench(ckpt, vol, pairs, slices=3, batch_size=2, export_dir=export_dir)
+    assert [t.seconds is not None for t in timed] == [True, True, True]
+    assert all(t.slices == 3 and t.volume_slices >= 3 for t in timed)
+
+
+@pytest.mark.slow
+def test_cli_bench_prints_a_row_per_backend(tmp_path) -> None:
+    ckpt, export_dir = tiny_export()
+    vol = small_volume(tmp_path / "v.nii.gz")
+    args = ["bench", "--checkpoint", str(ckpt), "--volume", str(vol), "--export-dir", str(export_dir)]
+    res = subprocess.run(
+        [sys.executable, "-m", "mhunet_deploy.cli", *args, "--device", "cpu", "--slices", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if line.startswith(("| torch", "| onnx"))]
+    assert len(rows) == 3, res.stdout
