@@ -48,23 +48,24 @@ def segment(
 
 
 def lesion_table(labels: np.ndarray, affine: np.ndarray, zooms: Sequence[float]) -> list[dict]:
-    """One row per label 1..K: id, voxels, volume_ml, centroid_mm (world), bbox (voxel min/max, inclusive)."""
+    """One row per label 1..K: id, voxels, volume_ml, centroid_mm (world), bbox (voxel min/max, inclusive).
+
+    Each lesion is measured inside its bounding box (``find_objects``), so the cost follows the lesions'
+    size, not the volume's (whole-volume ``center_of_mass`` took ~1 s per 7 M-voxel volume)."""
     voxel_ml = _voxel_mm3(zooms) / 1000.0
-    n = int(labels.max(initial=0))
-    ids = np.arange(1, n + 1)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    centroids = np.asarray(ndimage.center_of_mass(labels > 0, labels, ids), dtype=np.float64).reshape(-1, 3)
-    world = apply_affine(affine, centroids)
     rows = []
-    for label, count, centre, box in zip(ids, counts, world, ndimage.find_objects(labels), strict=True):
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:  # a label number with no voxels (labels not from `segment`)
             continue
+        coords = np.nonzero(labels[box] == label)
+        count = coords[0].size
+        centre = [c.mean() + s.start for c, s in zip(coords, box, strict=True)]
         rows.append(
             {
-                "id": int(label),
+                "id": label,
                 "voxels": int(count),
                 "volume_ml": float(count * voxel_ml),
-                "centroid_mm": [float(c) for c in centre],
+                "centroid_mm": [float(c) for c in apply_affine(affine, centre)],
                 "bbox": {"min": [s.start for s in box], "max": [s.stop - 1 for s in box]},
             }
         )
