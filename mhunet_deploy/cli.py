@@ -123,7 +123,9 @@ def infer(
     onnx: Annotated[Path | None, typer.Option(help="Run this portable .onnx (onnxruntime backend).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Lesion probability threshold.")] = None,
     min_lesion_mm3: Annotated[float | None, typer.Option(help="Drop lesions smaller than this.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Slices per backend call.")] = 8,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Slices per backend call (default: GPU 32, CPU 8).")
+    ] = None,
     probabilities: Annotated[bool, typer.Option(help="Also write the probability map.")] = False,
     qc: Annotated[bool, typer.Option(help="Also write a QC montage PNG.")] = False,
     volume_index: Annotated[int | None, typer.Option(help="Volume of a 4D series to use.")] = None,
@@ -154,7 +156,6 @@ def infer(
         min_lesion_mm3=min_lesion_mm3
         if min_lesion_mm3 is not None
         else post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
-        batch_size=batch_size,
         probabilities=probabilities,
         qc=qc,
         volume_index=volume_index,
@@ -174,6 +175,7 @@ def infer(
         on_choice=None if quiet else lambda name, why: err.print(f"auto: [bold]{name}[/] ({escape(why)})"),
         engine_dir=engine_dir,
     )
+    options.batch_size = batch_size or engine.batch_size
     if not quiet:
         err.print(f"backend: [bold]{engine.name}[/] ({engine.precision}), model {meta['config']['name']}")
     results, failures = [], []

@@ -57,6 +57,7 @@ class PluginGraphReference:
         self.evaluator = ReferenceEvaluator(onnx.load(str(path)), new_ops=reference_ops())
         self.name = "onnx-reference (plugin graph)"
         self.precision = "fp32"
+        self.batch_size = 8
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         (logits,) = self.evaluator.run(None, {INPUT_NAME: slices})

@@ -12,6 +12,9 @@ class Backend(Protocol):
 
     name: str
     precision: str
+    #: Slices per ``predict`` call that suits the runtime: a GPU wants large batches (H200, light model:
+    #: 32 slices run the model stage 2.5x faster than 8, BENCHMARKS.md), a CPU gains nothing past ~8.
+    batch_size: int
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         """Map float32 slices (S, 1, 256, 256) to float32 lesion logits of the same shape."""

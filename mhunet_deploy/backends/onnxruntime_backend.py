@@ -58,6 +58,7 @@ class OnnxRuntimeBackend:
         self.input_dtype = np.float16 if precision == "fp16" else np.float32
         self.precision = precision
         self.name = f"onnxruntime-{'cuda' if use_cuda else 'cpu'}"
+        self.batch_size = 32 if use_cuda else 8
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: slices.astype(self.input_dtype, copy=False)})

@@ -48,6 +48,7 @@ class TensorRTBackend:
             raise BackendError(f"{path}: {flavor} could not deserialise the engine; delete it to rebuild")
         self.context = self.engine.create_execution_context()
         self.max_batch = BatchProfile(**self.sidecar["key"]["profile"]).max
+        self.batch_size = self.max_batch
         io = (INPUT_NAME, OUTPUT_NAME)
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in io}
         self.stream = _check(cudart.cudaStreamCreate())
