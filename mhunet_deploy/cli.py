@@ -454,6 +454,7 @@ def bench(
         list[str] | None, typer.Option(help="Only backends on this device (cpu, cuda); repeatable.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed passes after a warm-up; the best is shown.")] = 3,
     export_dir: Annotated[Path, typer.Option(help="Folder of exported graphs.")] = Path("export"),
     verbose: Verbose = False,
 ) -> None:
@@ -469,7 +470,7 @@ def bench(
     pairs = candidates(ckpt, export_dir, tuple(device or ("cpu", "cuda")))
     if not pairs:
         raise BackendError("nothing to time: no backend available for the requested device(s)")
-    timings = run_bench(ckpt, volume or DEFAULT_VOLUME, pairs, slices, batch_size, export_dir)
+    timings = run_bench(ckpt, volume or DEFAULT_VOLUME, pairs, slices, batch_size, export_dir, repeats)
     print(markdown_table(timings))
 
 
