@@ -47,7 +47,9 @@ def _softplus(x: torch.Tensor) -> torch.Tensor:
     ONNX ``Softplus`` has no threshold and is ``log(exp(x) + 1)`` in some runtimes; the Where keeps
     x itself where x > threshold, which also matches torch and mamba-ssm exactly.
     """
-    return torch.where(x > contract.SOFTPLUS_THRESHOLD, x, F.softplus(x))
+    if torch.jit.is_tracing():
+        return torch.where(x > contract.SOFTPLUS_THRESHOLD, x, F.softplus(x))
+    return F.softplus(x, threshold=contract.SOFTPLUS_THRESHOLD)  # the same function in one op
 
 
 def _delta(
@@ -87,13 +89,17 @@ def selective_scan_loop(
     return y.to(u.dtype)
 
 
-#: Most elements (Bt * D * L * N) one chunked call holds per full-size temporary; larger batches are
-#: split in halves (the temporaries are first-touched per call, and page faults cost as much as math).
+#: Most elements (Bt * D * L * N) the parallel-chunk path holds per full-size temporary; larger batches
+#: are split in halves (the temporaries are first-touched per call, and page faults cost as much as math).
 CHUNKED_BLOCK = 1 << 24
+
+#: Most elements (steps * Bt * D * N) one block of the sequential path materialises: 2 MiB in fp32, so
+#: a block's decays and inputs are still in cache when the step loop and the C matmul read them.
+SEQUENTIAL_BLOCK = 1 << 19
 
 
 def _default_chunk(length: int) -> int:
-    """A power of two near sqrt(L), in [16, 64]: measured fastest on CPU for L = 64 .. 4096."""
+    """A power of two near sqrt(L), in [16, 64]: measured fastest for the parallel-chunk path on CPU."""
     return min(64, max(16, 1 << round(math.log2(math.sqrt(max(length, 1))))))
 
 
@@ -108,75 +114,94 @@ def selective_scan_chunked(
     delta_softplus: bool = True,
     chunk: int | None = None,
 ) -> torch.Tensor:
-    """Chunked scan: a Python loop over the T steps of a chunk only, vectorised over all chunks.
+    """Chunks of T steps side by side, each a loop over its steps run block by block, time-major.
 
-    Pass 1 runs the recurrence from a zero state inside every chunk at once and emits its part of y;
-    the chunk carries are then propagated (a loop over the L/T chunks on tiny tensors); pass 2 adds
-    ``<C_t, exp(A * cumsum(dt)) * carry_in>``. The full (Bt, D, L, N) state is never materialised,
-    and autograd works through it (training uses it). Without autograd (inference) every step works
-    in place in preallocated buffers, and the C contraction is a batched matmul either way.
+    On CPU without autograd (inference) there is one chunk, T = L, run in blocks of a few steps whose
+    decays and inputs stay in cache: every element is computed once, nothing (Bt, D, L, N)-sized is
+    held, and the per-step ops are state-sized (Bt, D, N), large enough for op overhead not to matter
+    (4x faster than parallel chunks there, which were memory-bound). Otherwise (autograd, GPU) ~sqrt(L)
+    chunks run in parallel from a zero state, each materialised whole (few long ops); the chunk
+    carries are then propagated (a loop over L/T chunks on tiny tensors) and
+    ``<C_t, exp(A * cumsum(dt)) * carry_in>`` is added. The C contraction is a batched matmul.
     """
     cd = _compute_dtype(u)
     bsz, d, length = u.shape
     g, n = B.shape[1], A.shape[1]
-    if bsz > 1 and bsz * d * length * n > CHUNKED_BLOCK:  # bound the full-size temporaries
-        half = bsz // 2
-        parts = [(x[:half], x[half:]) for x in (u, delta, B, C)]
-        args = [(*(p[i] for p in parts[:2]), A, *(p[i] for p in parts[2:]), D) for i in (0, 1)]
-        return torch.cat([selective_scan_chunked(*a, delta_bias, delta_softplus, chunk) for a in args])
-    dg = d // g
-    t_len = chunk or _default_chunk(length)
-    nc = -(-length // t_len)
-    pad = nc * t_len - length
     inplace = not (
         torch.is_grad_enabled()
         and any(x is not None and x.requires_grad for x in (u, delta, A, B, C, D, delta_bias))
     )
-
-    uc = u.to(cd)
-    dt = _delta(delta, delta_bias, delta_softplus, cd)
-    du = dt * uc
-    Bc, Cc = B.to(cd), C.to(cd)
-    if pad:  # dt = 0 and zero input leave the state unchanged; the padded outputs are dropped.
-        dt, du, Bc, Cc = (F.pad(x, (0, pad)) for x in (dt, du, Bc, Cc))
+    t_len = min(chunk or (length if inplace and u.device.type == "cpu" else _default_chunk(length)), length)
+    nc = -(-length // t_len)
+    if nc > 1 and bsz > 1 and bsz * d * nc * t_len * n > CHUNKED_BLOCK:  # bound the full-size temporaries
+        half = bsz // 2
+        parts = [(x[:half], x[half:]) for x in (u, delta, B, C)]
+        args = [(*(p[i] for p in parts[:2]), A, *(p[i] for p in parts[2:]), D) for i in (0, 1)]
+        return torch.cat([selective_scan_chunked(*a, delta_bias, delta_softplus, t_len) for a in args])
+    dg = d // g
+    pad = nc * t_len - length
+    steps = min(t_len, max(1, SEQUENTIAL_BLOCK // (bsz * d * n))) if nc == 1 and inplace else t_len
 
     def time_major(x: torch.Tensor, inner: int) -> torch.Tensor:
-        """(Bt, G, inner, nc*T) -> contiguous (T, Bt, G, nc, inner), so each step reads one block."""
-        return x.reshape(bsz, g, inner, nc, t_len).permute(4, 0, 1, 3, 2).contiguous()
+        """(Bt, G * inner, L) -> a new contiguous (T, Bt, G, nc, inner), zero-padded to nc * T steps.
 
-    dt_t = time_major(dt, dg)[..., None]  # (T, Bt, G, nc, Dg, 1)
-    du_t = time_major(du, dg)[..., None]
-    B_t = time_major(Bc, n)[..., None, :]  # (T, Bt, G, nc, 1, N)
-    C_t = time_major(Cc, n)[..., None]  # (T, Bt, G, nc, N, 1): y_t = h_t @ C_t
-    Ag = A.to(cd).reshape(g, 1, dg, n)
+        With one chunk this is a plain 2-D transpose, which torch copies in cache-sized tiles.
+        """
+        if nc == 1:
+            xt = x.reshape(-1, t_len).t()
+        else:
+            xt = F.pad(x, (0, pad)).reshape(bsz, g, inner, nc, t_len).permute(4, 0, 1, 3, 2)
+        return xt.clone(memory_format=torch.contiguous_format).view(t_len, bsz, g, nc, inner)
 
-    # Every step's decay and input at once (one op each, not 2T small ones): (T, Bt, G, nc, Dg, N).
-    a = (dt_t * Ag).exp_()
-    x = du_t * B_t
-    if inplace:  # x[t] becomes the zero-start state h_t, one fused op per step
-        for t in range(1, t_len):
-            x[t].addcmul_(a[t], x[t - 1])
-        h = x
-    else:
-        hs = [x[0]]
-        for t in range(1, t_len):
-            hs.append(torch.addcmul(x[t], a[t], hs[-1]))
-        h = torch.stack(hs)
-    y = h @ C_t  # (T, Bt, G, nc, Dg, 1), one batched matmul
-    if nc > 1:
-        # P_t = exp(A * cumsum(dt)) inside each chunk (into a's buffer when in place); P_T is the
-        # whole-chunk decay that carries the state from one chunk to the next.
-        cum_a = torch.mul(dt_t.cumsum(0), Ag, out=a) if inplace else dt_t.cumsum(0) * Ag
-        p = cum_a.exp_() if inplace else cum_a.exp()
-        carry = uc.new_zeros(bsz, g, dg, n)
+    # Padded steps (last chunk only) come after every real one, so they need no neutral values.
+    uc = u.to(cd)
+    dt = time_major(delta.to(cd), dg)
+    if delta_bias is not None:
+        dt += delta_bias.to(cd).view(g, 1, dg)
+    if delta_softplus:
+        dt = _softplus(dt)
+    du = time_major(uc, dg).mul_(dt)
+    B_t = time_major(B.to(cd), n)[..., None]  # (T, Bt, G, nc, N, 1)
+    C_t = time_major(C.to(cd), n)[..., None, :]  # (T, Bt, G, nc, 1, N): y_t = C_t @ h_t
+    Ag = A.to(cd).reshape(g, dg, n).transpose(1, 2).contiguous().view(g, 1, n, dg)  # state (N, Dg)
+    # In place, each block's decays and inputs go to two reused buffers, and y overwrites du's steps
+    # once their block has read them.
+    bufs = [uc.new_empty(steps, bsz, g, nc, n, dg) for _ in range(2)] if inplace else [None, None]
+    y = du if inplace else torch.empty_like(du)
+    h = uc.new_zeros(bsz, g, nc, n, dg)
+    for t0 in range(0, t_len, steps):
+        k = min(steps, t_len - t0)
+        a_out, x_out = (b if b is None else b[:k] for b in bufs)
+        a = torch.mul(dt[t0 : t0 + k, ..., None, :], Ag, out=a_out).exp_()  # (k, Bt, G, nc, N, Dg)
+        x = torch.mul(du[t0 : t0 + k, ..., None, :], B_t[t0 : t0 + k], out=x_out)
+        if inplace:  # x[t] becomes the state h_t, one fused op per step
+            x[0].addcmul_(a[0], h)
+            for t in range(1, k):
+                x[t].addcmul_(a[t], x[t - 1])
+            h.copy_(x[-1])  # the buffers are reused by the next block
+        else:
+            hs = [torch.addcmul(x[0], a[0], h)]
+            for t in range(1, k):
+                hs.append(torch.addcmul(x[t], a[t], hs[-1]))
+            x = torch.stack(hs)
+            h = hs[-1]
+        y[t0 : t0 + k] = (C_t[t0 : t0 + k] @ x)[..., 0, :]
+    if nc > 1:  # one block: h holds the chunks' zero-start end states
+        # P_t = exp(A * cumsum(dt)) inside each chunk (into a's buffer when in place); P_T carries the
+        # state from one chunk to the next.
+        p = torch.mul(dt.cumsum(0)[..., None, :], Ag, out=bufs[0]).exp_()
+        carry = uc.new_zeros(bsz, g, n, dg)
         carries = []
         for c in range(nc):
             carries.append(carry)
-            carry = torch.addcmul(h[-1, :, :, c], p[-1, :, :, c], carry)
+            carry = torch.addcmul(h[:, :, c], p[-1, :, :, c], carry)
         carry_in = torch.stack(carries, dim=2)
-        y = y + (p.mul_(carry_in) if inplace else p * carry_in) @ C_t
-    y = y[..., 0].permute(1, 2, 4, 3, 0).reshape(bsz, d, nc * t_len)
-    return (y[..., :length] + D.to(cd)[:, None] * uc).to(u.dtype)
+        y = y + (C_t @ (p.mul_(carry_in) if inplace else p * carry_in))[..., 0, :]
+    if nc == 1:  # back to (Bt, D, L): the same tiled 2-D transpose
+        out = y.view(t_len, -1).t().clone(memory_format=torch.contiguous_format).view(bsz, d, length)
+    else:
+        out = y.permute(1, 2, 4, 3, 0).reshape(bsz, d, nc * t_len)[..., :length]
+    return out.addcmul_(D.to(cd)[:, None], uc).to(u.dtype)
 
 
 def static_dims(x: torch.Tensor) -> tuple[int, ...]:
