@@ -143,7 +143,7 @@ def infer_volume(
     logits = predict_volume(backend, slices, options.batch_size, on_batch)
     t3 = time.perf_counter()
     prob = geometry.to_input_grid(sigmoid(logits))
-    zooms = tuple(float(z) for z in volume.image.header.get_zooms()[:3])
+    zooms = volume.zooms
     labels = segment(prob, zooms, options.threshold, options.min_lesion_mm3)
     lesions = lesion_table(labels, volume.image.affine, zooms)
     t4 = time.perf_counter()

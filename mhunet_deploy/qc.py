@@ -70,7 +70,8 @@ def _to_canonical(
     labels = np.squeeze(np.asanyarray(mask_c.dataobj)) > 0
     if data.ndim != 3 or labels.shape != data.shape:
         raise InputError(f"QC needs a single 3D volume, got image shape {image.shape}")
-    zooms = tuple(float(z) for z in img_c.header.get_zooms()[:3])
+    # From the affine, like the pipeline: pixdim may be 0 or differ beside a valid sform.
+    zooms = tuple(float(z) for z in np.linalg.norm(img_c.affine[:3, :3], axis=0))
     return np.nan_to_num(data), labels, zooms, img_c.affine
 
 

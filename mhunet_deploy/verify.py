@@ -32,7 +32,7 @@ from .pipeline import EMPTY_SLICE_LOGIT, predict_volume, sigmoid
 from .postprocess import lesion_table, segment
 from .preprocess import Geometry, prepare
 from .scan_numpy import reference_ops, selective_scan_numpy
-from .volume_io import load_volume
+from .volume_io import Volume, load_volume
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def judge(row: Row) -> Row:
 class Case:
     """A volume prepared once and the reference's logits on it."""
 
-    volume: Any
+    volume: Volume
     slices: np.ndarray
     geometry: Geometry
     reference: np.ndarray
@@ -111,7 +111,7 @@ class Case:
         """Mask and lesions of the volume when only slices ``index`` carry logits (others empty)."""
         full = np.full(self.slices.shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
         full[index] = logits
-        zooms = tuple(float(z) for z in self.volume.image.header.get_zooms()[:3])
+        zooms = self.volume.zooms
         prob = self.geometry.to_input_grid(sigmoid(full))
         labels = segment(prob, zooms, self.threshold, self.min_lesion_mm3)
         return labels > 0, lesion_table(labels, self.volume.image.affine, zooms)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno
 import gzip
+import logging
 import math
 import os
 import secrets
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +55,9 @@ class Volume:
 
     @property
     def zooms(self) -> tuple[float, float, float]:
-        """Voxel size in mm from the header (pixdim), as used for lesion volumes."""
-        return tuple(float(z) for z in self.image.header.get_zooms()[:3])
+        """Voxel size in mm along each voxel axis, from the affine: the geometry the pipeline resamples
+        with, so lesion volumes agree with it even where pixdim does not (e.g. pixdim 0 beside an sform)."""
+        return tuple(float(z) for z in np.linalg.norm(self.image.affine[:3, :3], axis=0))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -70,8 +73,9 @@ def _header_file(path: Path) -> Path:
     return path
 
 
-def _check_nifti_magic(path: Path) -> None:
-    """Refuse anything whose header is not NIfTI-1/2, whatever its extension says."""
+def _check_nifti_magic(path: Path) -> np.ndarray:
+    """Refuse anything whose header is not NIfTI-1/2, whatever its extension says; return pixdim[1:4]
+    as stored, because nibabel's loader alters it (0 becomes 1, a negative its absolute value)."""
     hdr_path = _header_file(path)
     if not hdr_path.is_file():
         raise InputError(f"{path}: header file {hdr_path.name} is missing; keep the .hdr next to the .img")
@@ -85,14 +89,28 @@ def _check_nifti_magic(path: Path) -> None:
             f"{path}: cannot read the header ({_one_line(exc)}); the gzip file is corrupt or truncated, "
             "copy it again"
         ) from exc
-    sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")}
-    if (348 in sizes and head[344:348] in _NIFTI1_MAGICS) or (540 in sizes and head[4:8] in _NIFTI2_MAGICS):
-        return
+    for byteorder, code in (("little", "<"), ("big", ">")):
+        size = int.from_bytes(head[:4], byteorder)
+        if size == 348 and head[344:348] in _NIFTI1_MAGICS:  # pixdim: float32[8] at byte 76
+            return np.frombuffer(head, f"{code}f4", count=3, offset=80).astype(np.float64)
+        if size == 540 and head[4:8] in _NIFTI2_MAGICS:  # pixdim: float64[8] at byte 104
+            return np.frombuffer(head, f"{code}f8", count=3, offset=112).astype(np.float64)
     raise InputError(f"{path} is not a NIfTI file (no NIfTI header magic); convert the scan to .nii.gz first")
 
 
-def _check_header(img: nib.Nifti1Pair, path: Path | str, volume_index: int | None) -> tuple[int, ...]:
-    """Validate shape, dtype, size, zooms and affine from the header; return the voxel index prefix."""
+def _mm(sizes: np.ndarray) -> str:
+    return " x ".join(f"{z:g}" for z in sizes)
+
+
+def _check_header(
+    img: nib.Nifti1Pair, path: Path | str, volume_index: int | None, pixdim: np.ndarray
+) -> tuple[int, ...]:
+    """Validate shape, dtype, size, voxel sizes and affine from the header; return the voxel index prefix.
+
+    ``pixdim`` is the stored pixdim[1:4]. Without an sform the affine (qform, or the fallback) is built
+    from it, so a zero, negative or non-finite voxel size there leaves no trustworthy geometry: nibabel
+    would read 0 as 1 mm and -2 as 2 mm, the NIfTI reference C library (ITK, AFNI) both as 1 mm.
+    """
     shape = img.shape
     if len(shape) < 3 or min(shape[:3]) < 2:
         raise InputError(f"{path} is 2D (shape {shape}); mhunet needs a 3D volume")
@@ -123,9 +141,11 @@ def _check_header(img: nib.Nifti1Pair, path: Path | str, volume_index: int | Non
             "(integer or float) intensity image, convert RGB/complex/bool data first"
         )
 
-    zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
-    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
-        raise InputError(f"{path} has invalid voxel sizes {zooms.tolist()} mm; fix pixdim in the header")
+    if img.header["sform_code"] == 0 and not np.all(np.isfinite(pixdim) & (pixdim > 0)):
+        raise InputError(
+            f"{path} has voxel size {_mm(pixdim)} mm (pixdim) and no sform to take the geometry from; "
+            "fix pixdim in the header, e.g. convert the scan again with dcm2niix"
+        )
     affine = img.affine
     rzs = affine[:3, :3]
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(rzs)) <= SINGULAR_AFFINE_RTOL * math.prod(
@@ -136,6 +156,23 @@ def _check_header(img: nib.Nifti1Pair, path: Path | str, volume_index: int | Non
             "(e.g. fslorient) before segmenting"
         )
     return (slice(None),) * 3 + (volume_index,) + (0,) * (len(shape) - 4) if len(shape) > 3 else ()
+
+
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextmanager
+def _header_repairs_unprinted() -> Iterator[None]:
+    """Keep nibabel from printing the header repairs it makes on load ("setting 0 dims to 1") on
+    stderr, which would break one-line errors: the stored header is judged here instead."""
+    drop = _DropAll()  # one per call, so concurrent loads each remove only their own
+    nib.imageglobals.logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        nib.imageglobals.logger.removeFilter(drop)
 
 
 def load_volume(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
@@ -149,26 +186,34 @@ def load_volume(path: str | os.PathLike, volume_index: int | None = None) -> Vol
 
     if is_dicom_file(path):
         raise InputError(f"{path} is one DICOM slice; pass the folder that holds its series")
-    _check_nifti_magic(path)
+    pixdim = _check_nifti_magic(path)
     try:
-        img = nib.load(path)
+        with _header_repairs_unprinted():
+            img = nib.load(path)
     except _READ_ERRORS as exc:
         raise InputError(
             f"{path}: cannot read the NIfTI header ({_one_line(exc)}); copy the file again"
         ) from exc
     if not isinstance(img, nib.Nifti1Pair):
         raise InputError(f"{path} is not a NIfTI image; convert the scan to .nii.gz first")
-    return volume_from_image(img, volume_index, path)
+    return volume_from_image(img, volume_index, path, pixdim)
 
 
 def volume_from_image(
-    img: nib.Nifti1Pair, volume_index: int | None = None, path: Path | None = None
+    img: nib.Nifti1Pair,
+    volume_index: int | None = None,
+    path: Path | None = None,
+    stored_pixdim: np.ndarray | None = None,
 ) -> Volume:
-    """Validate a NIfTI image (from disk or built in memory, e.g. synthetic data) into a Volume."""
+    """Validate a NIfTI image (from disk or built in memory, e.g. synthetic data) into a Volume.
+
+    ``stored_pixdim``: pixdim[1:4] as in the file, when nibabel's loader has altered the header's.
+    """
     filename = img.get_filename()
     path = path or (Path(filename) if filename else None)
     name = path or "in-memory image"
-    index = _check_header(img, name, volume_index)
+    pixdim = np.asarray(img.header["pixdim"][1:4] if stored_pixdim is None else stored_pixdim, np.float64)
+    index = _check_header(img, name, volume_index, pixdim)
     try:
         data = np.asarray(img.dataobj[index] if index else img.dataobj, dtype=np.float32)
     except _READ_ERRORS as exc:
@@ -188,11 +233,18 @@ def volume_from_image(
 
     if index:  # a 3D image for the chosen volume, with the same header and source files
         img = type(img)(data, img.affine, img.header, extra=img.extra, file_map=img.file_map)
+    label = path.name if path else name
     warnings = []
     if img.header["qform_code"] == 0 and img.header["sform_code"] == 0:
         warnings.append(
-            f"{path.name if path else name} has neither qform nor sform (both codes 0): world positions "
+            f"{label} has neither qform nor sform (both codes 0): world positions "
             "use the voxel sizes only, so orientation and mm centroids may be wrong"
+        )
+    if not np.all(np.isfinite(pixdim) & (pixdim != 0)):  # only reached with an sform (_check_header)
+        sform_mm = np.linalg.norm(img.affine[:3, :3], axis=0)
+        warnings.append(
+            f"{label} stores voxel size {_mm(pixdim)} mm (pixdim); the sform's {_mm(sform_mm)} mm is used, "
+            "tools that read pixdim may measure other volumes"
         )
     return Volume(image=img, data=data, path=path, warnings=warnings)
 

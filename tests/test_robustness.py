@@ -75,6 +75,7 @@ CORPUS = {
     "absurd dimensions": ("axis too long", "declares an implausible size"),
     "RGB": ("rgb", "has voxel type RGB"),
     "complex": ("complex", "has voxel type complex"),
+    "zero voxel size, no sform": ("zero voxel size, qform only", "no sform to take the geometry from"),
 }
 
 
@@ -400,6 +401,7 @@ def test_readme_troubleshooting_has_a_row_per_case() -> None:
         "is not a shared library",
         "engine was built for another machine",
         "neither qform nor sform",
+        "tools that read pixdim may measure other volumes",
         'reading DICOM needs pydicom; pip install "mhunet-deploy[dicom]"',
         "pick one with --series UID",
         "is one DICOM slice; pass the folder",

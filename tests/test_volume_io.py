@@ -40,12 +40,16 @@ def _saved(tmp_path: Path, img: nib.Nifti1Image, name: str = "scan.nii.gz") -> P
     return path
 
 
-def _raw_header_file(tmp_path: Path, edit: Callable[[nib.Nifti1Header], None]) -> Path:
-    """A small valid .nii whose header is then edited; the voxel block stays small."""
-    hdr = _image(_noise((4, 4, 4))).header
+def _raw_header_file(
+    tmp_path: Path, edit: Callable[[nib.Nifti1Header], None], shape: tuple[int, int, int] = (4, 4, 4)
+) -> Path:
+    """A small valid .nii whose header is then edited and written as is (nibabel's save would repair
+    pixdim); the voxel block stays small."""
+    hdr = _image(_noise(shape)).header
     edit(hdr)
+    hdr["vox_offset"] = 352  # the voxels follow the header and its 4-byte extension flag
     path = tmp_path / "scan.nii"
-    path.write_bytes(hdr.binaryblock + b"\0" * 4 + _noise((4, 4, 4)).tobytes())
+    path.write_bytes(hdr.binaryblock + b"\0" * 4 + _noise(shape).tobytes(order="F"))
     return path
 
 
@@ -90,17 +94,27 @@ def _bad_structured(code: int) -> Callable[[Path], Path]:
     return make
 
 
-def _bad_pixdim(value: float, qform_only: bool) -> Callable[[Path], Path]:
-    def make(tmp_path: Path) -> Path:
-        def edit(hdr: nib.Nifti1Header) -> None:
-            if qform_only:
-                hdr.set_qform(np.eye(4), code=1)
-                hdr.set_sform(None, code=0)
-            hdr["pixdim"][2] = value
+#: The voxel size the affines of `scan_with_pixdim` give, whatever its stored pixdim says.
+TRUE_ZOOMS = (2.0, 3.0, 4.0)
 
-        return _raw_header_file(tmp_path, edit)
 
-    return make
+def scan_with_pixdim(
+    tmp_path: Path, value: float, forms: str, shape: tuple[int, int, int] = (4, 4, 4)
+) -> Path:
+    """A valid .nii of 2 x 3 x 4 mm voxels whose one defect is the stored y voxel size (pixdim[2]);
+    ``forms`` names the codes set: "qform", "sform", "qform+sform" or "" (neither)."""
+
+    def edit(hdr: nib.Nifti1Header) -> None:
+        affine = np.diag([*TRUE_ZOOMS, 1.0])
+        hdr.set_qform(affine, code=1 if "qform" in forms else 0)
+        hdr.set_sform(affine, code=1 if "sform" in forms else 0)
+        hdr["pixdim"][2] = value
+
+    return _raw_header_file(tmp_path, edit, shape)
+
+
+def _bad_pixdim(value: float, forms: str) -> Callable[[Path], Path]:
+    return lambda tmp_path: scan_with_pixdim(tmp_path, value, forms)
 
 
 def _bad_shape(shape: tuple[int, ...]) -> Callable[[Path], Path]:
@@ -147,9 +161,12 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], int | None]] = {
     "all zero": (lambda tmp_path: _saved(tmp_path, _image(np.zeros((8, 8, 8), np.int16))), None),
     "axis too long": (_bad_shape((MAX_AXIS_VOXELS + 1, 4, 4)), None),
     "too many voxels": (_bad_shape((2048, 2048, 128)), None),
-    "nan zoom": (_bad_pixdim(np.nan, qform_only=False), None),
-    "zero zoom": (_bad_pixdim(0.0, qform_only=False), None),
-    "negative zoom in qform": (_bad_pixdim(-1.0, qform_only=True), None),
+    "zero voxel size, qform only": (_bad_pixdim(0.0, "qform"), None),
+    "zero voxel size, no qform nor sform": (_bad_pixdim(0.0, ""), None),
+    "nan voxel size, qform only": (_bad_pixdim(np.nan, "qform"), None),
+    "infinite voxel size, no qform nor sform": (_bad_pixdim(np.inf, ""), None),
+    # nibabel would read -3 as 3 mm, the NIfTI C library as 1 mm: the mask would not overlay the scan.
+    "negative voxel size, qform only": (_bad_pixdim(-3.0, "qform"), None),
     "singular affine": (_bad_singular, None),
 }
 
@@ -161,6 +178,40 @@ def test_bad_input_is_one_line_input_error(tmp_path: Path, case: str) -> None:
         load_volume(make(tmp_path), volume_index)
     message = str(info.value)
     assert message and "\n" not in message and ";" in message, message
+
+
+def test_raw_header_file_is_valid_apart_from_its_edit(tmp_path: Path) -> None:
+    """The corpus generator writes a loadable file, so each case fails for its own defect only."""
+    volume = load_volume(_raw_header_file(tmp_path, lambda hdr: None))
+    np.testing.assert_array_equal(volume.data, _noise((4, 4, 4)))
+    assert volume.zooms == (1.0, 1.0, 1.0) and volume.warnings == []
+
+
+@pytest.mark.parametrize("case", [c for c in BAD_INPUTS if "voxel size," in c])
+def test_voxel_size_without_sform_is_refused_for_itself(tmp_path: Path, case: str) -> None:
+    make, _ = BAD_INPUTS[case]
+    with pytest.raises(InputError, match=r"has voxel size 2 x \S+ x 4 mm \(pixdim\) and no sform"):
+        load_volume(make(tmp_path))
+
+
+@pytest.mark.parametrize("forms", ["sform", "qform+sform"])
+@pytest.mark.parametrize("value", [0.0, np.nan, np.inf, -3.0])
+def test_voxel_size_defect_beside_an_sform_takes_the_sform(tmp_path: Path, value: float, forms: str) -> None:
+    """The sform alone places the voxels: zooms (hence mm3) come from it, not from nibabel's repaired
+    pixdim (0 read as 1 mm); a zero or non-finite pixdim is worth a warning, a negative one is not."""
+    path = scan_with_pixdim(tmp_path, value, forms)
+    volume = load_volume(path)
+    assert volume.zooms == TRUE_ZOOMS
+    np.testing.assert_array_equal(volume.image.affine, np.diag([*TRUE_ZOOMS, 1.0]))
+    if value < 0:
+        assert volume.warnings == []
+    else:
+        assert volume.warnings == [
+            f"scan.nii stores voxel size 2 x {value:g} x 4 mm (pixdim); the sform's 2 x 3 x 4 mm is used, "
+            "tools that read pixdim may measure other volumes"
+        ]
+    mask = save_like(volume.image, np.ones((4, 4, 4), np.uint8), tmp_path / "mask.nii.gz", np.uint8)
+    np.testing.assert_array_equal(nib.load(mask).affine, nib.load(path).affine)
 
 
 def test_absurd_shape_refused_before_reading_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

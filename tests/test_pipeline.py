@@ -1,0 +1,43 @@
+"""pipeline.infer_volume: the report's numbers come from the geometry the pipeline resamples with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mhunet_deploy.pipeline import InferOptions, infer_volume
+from tests.test_volume_io import TRUE_ZOOMS, scan_with_pixdim
+
+SHAPE = (12, 10, 6)
+
+
+class EverywhereLesion:
+    """A backend that calls every voxel lesion, so the report's one lesion is the whole scan."""
+
+    name = "everywhere"
+    precision = "fp32"
+    batch_size = 8
+
+    def predict(self, slices: np.ndarray) -> np.ndarray:
+        return np.full(slices.shape, 30.0, dtype=np.float32)
+
+
+def _infer(tmp_path: Path, scan: Path, backend: EverywhereLesion) -> dict:
+    options = InferOptions(model_info={"name": "test", "sha256": "0" * 64})
+    return infer_volume(scan, tmp_path / "out", backend, options)
+
+
+@pytest.mark.parametrize("value", [0.0, -3.0])
+def test_lesion_volume_uses_the_sform_voxel_size_when_pixdim_is_off(tmp_path: Path, value: float) -> None:
+    """nibabel reads a stored pixdim of 0 as 1 mm; the sform says 3 mm and the pipeline resamples
+    with the sform, so mm3 (minimum lesion size, volumes) must use 3 mm too."""
+    report = _infer(tmp_path, scan_with_pixdim(tmp_path, value, "sform", SHAPE), EverywhereLesion())
+    voxel_ml = float(np.prod(TRUE_ZOOMS)) / 1000
+    assert report["input"]["zooms"] == list(TRUE_ZOOMS)
+    assert report["lesion_count"] == 1 and report["lesions"][0]["voxels"] == np.prod(SHAPE)
+    assert report["total_volume_ml"] == pytest.approx(np.prod(SHAPE) * voxel_ml)
+    written = json.loads(Path(report["outputs"]["report"]).read_text())
+    assert written["total_volume_ml"] == pytest.approx(report["total_volume_ml"])
