@@ -162,6 +162,7 @@ def infer_volume(
         backend=backend.name,
         precision=backend.precision,
         model=options.model_info,
+        engine_key=backend.engine_key,
         timings=timings,
         warnings=list(volume.warnings),
         version=__version__,

@@ -92,7 +92,8 @@ class LesionReport:
     precision: str
     #: At least ``name`` and ``sha256`` (of the weights); extra keys (e.g. ``checkpoint``) are kept.
     model: Mapping[str, Any]
-    engine_key: str | None = None
+    #: The sidecar key of the engine that ran (TensorRT backends), else None.
+    engine_key: Mapping[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
@@ -144,7 +145,7 @@ def build_report(
     backend: str,
     precision: str,
     model: Mapping[str, Any],
-    engine_key: str | None = None,
+    engine_key: Mapping[str, Any] | None = None,
     timings: dict[str, float] | None = None,
     warnings: list[str] | None = None,
     outputs: dict[str, str] | None = None,

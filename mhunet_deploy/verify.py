@@ -58,6 +58,7 @@ class PluginGraphReference:
         self.name = "onnx-reference (plugin graph)"
         self.precision = "fp32"
         self.batch_size = 8
+        self.engine_key = None
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         (logits,) = self.evaluator.run(None, {INPUT_NAME: slices})

@@ -1,4 +1,5 @@
-"""pipeline.infer_volume: the report's numbers come from the geometry the pipeline resamples with."""
+"""pipeline.infer_volume: the report's numbers come from the geometry the pipeline resamples with,
+and its provenance from the backend that ran."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ class EverywhereLesion:
     precision = "fp32"
     batch_size = 8
 
+    def __init__(self, engine_key: dict | None = None) -> None:
+        self.engine_key = engine_key
+
     def predict(self, slices: np.ndarray) -> np.ndarray:
         return np.full(slices.shape, 30.0, dtype=np.float32)
 
@@ -41,3 +45,27 @@ def test_lesion_volume_uses_the_sform_voxel_size_when_pixdim_is_off(tmp_path: Pa
     assert report["total_volume_ml"] == pytest.approx(np.prod(SHAPE) * voxel_ml)
     written = json.loads(Path(report["outputs"]["report"]).read_text())
     assert written["total_volume_ml"] == pytest.approx(report["total_volume_ml"])
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        None,  # torch, onnxruntime: no engine
+        {
+            "library": "tensorrt-rtx",
+            "library_version": "1.7.1.116",
+            "onnx_sha256": "1" * 64,
+            "plugin_sha256": None,
+            "target": {"compute_capabilities": ["SM86"]},
+            "precision": "fp16",
+            "profile": {"min": 1, "opt": 8, "max": 32},
+            "engine_sha256": "2" * 64,
+        },
+    ],
+)
+def test_report_carries_the_engine_key_of_the_backend(tmp_path: Path, key: dict | None) -> None:
+    """TensorRT backends expose their engine's sidecar key (the TensorRT run itself needs a GPU);
+    the report, returned and written, carries exactly that key, or null."""
+    report = _infer(tmp_path, scan_with_pixdim(tmp_path, 3.0, "sform", SHAPE), EverywhereLesion(key))
+    assert report["engine_key"] == key
+    assert json.loads(Path(report["outputs"]["report"]).read_text())["engine_key"] == key

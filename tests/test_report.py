@@ -53,14 +53,15 @@ def report(lesions: list[dict] | None = None, **kw) -> LesionReport:
 
 
 def test_report_dict_layout_and_totals() -> None:
-    d = report(engine_key="k123", timings={"model_s": 1.5}, warnings=["w"]).to_dict()
+    key = {"library": "tensorrt-rtx", "target": {"compute_capabilities": ["SM86"]}, "engine_sha256": "ab"}
+    d = report(engine_key=key, timings={"model_s": 1.5}, warnings=["w"]).to_dict()
     assert d["lesion_count"] == 2
     assert d["total_volume_ml"] == pytest.approx(0.015)
     assert d["disclaimer"] == DISCLAIMER
     assert d["tool_version"] == __version__
     assert d["input"] == {"path": "/data/scan.nii.gz", "shape": [64, 64, 20], "zooms": [1.0, 1.0, 3.0]}
     assert d["model"] == MODEL
-    assert (d["backend"], d["precision"], d["engine_key"]) == ("onnxruntime", "fp32", "k123")
+    assert (d["backend"], d["precision"], d["engine_key"]) == ("onnxruntime", "fp32", key)
     assert d["timings"] == {"model_s": 1.5}
     assert d["warnings"] == ["w"]
     assert d["lesions"][0]["centroid_mm"] == pytest.approx([-8.5, 2.5, 15.0])

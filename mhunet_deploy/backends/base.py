@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -15,6 +15,9 @@ class Backend(Protocol):
     #: Slices per ``predict`` call that suits the runtime: a GPU wants large batches (H200, light model:
     #: 32 slices run the model stage 2.5x faster than 8, BENCHMARKS.md), a CPU gains nothing past ~8.
     batch_size: int
+    #: The sidecar key of the engine that runs (TensorRT, TensorRT-RTX; see engine.py), copied into
+    #: each report so a result can be traced to its engine; None for backends without an engine.
+    engine_key: dict[str, Any] | None
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         """Map float32 slices (S, 1, 256, 256) to float32 lesion logits of the same shape."""

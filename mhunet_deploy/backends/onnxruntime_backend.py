@@ -59,6 +59,7 @@ class OnnxRuntimeBackend:
         self.precision = precision
         self.name = f"onnxruntime-{'cuda' if use_cuda else 'cpu'}"
         self.batch_size = 32 if use_cuda else 8
+        self.engine_key = None
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: slices.astype(self.input_dtype, copy=False)})

@@ -37,6 +37,7 @@ class TensorRTBackend:
         engine_dir: Path = DEFAULT_ENGINE_DIR,
     ) -> None:
         path, self.sidecar = ensure_engine(flavor, checkpoint, precision, export_dir, engine_dir)
+        self.engine_key = self.sidecar["key"]
         trt = import_library(FLAVORS[flavor])  # importable: ensure_engine needed it
         from cuda.bindings import runtime as cudart  # importable: ensure_engine queried the GPU with it
 

@@ -45,6 +45,7 @@ class TorchBackend:
         self.scan_impl = self._pick_scan_impl(scan)
         self.name = f"torch-{self.device.type}"
         self.batch_size = 32 if self.device.type == "cuda" else 8
+        self.engine_key = None
 
     def _pick_scan_impl(self, scan: str) -> str:
         """The name passed to ``use_scan_impl`` around every forward pass."""
