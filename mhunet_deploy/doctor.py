@@ -148,14 +148,21 @@ def check_graphs(export_dir: Path) -> Check:
     return Check("onnx graphs", "ok", ", ".join(g.name for g in graphs))
 
 
-def check_engines(engine_dir: Path) -> list[Check]:
-    """Each cached engine: the key it was built with, and whether this machine may run it."""
-    from .engine import FLAVORS, current_gpu, foreign_reasons, stored_key
+def this_gpu() -> dict[str, str] | None:
+    """This machine's GPU as engine keys describe it, or None when there is none (or no cuda-python)."""
+    from .engine import current_gpu
 
     try:
-        gpu = current_gpu()
+        return current_gpu()
     except MhunetError:
-        gpu = None
+        return None
+
+
+def check_engines(engine_dir: Path, gpu: dict[str, str] | None) -> list[Check]:
+    """Each cached engine: the key it was built with, and whether it may run with this machine's
+    libraries on ``gpu`` (see :func:`this_gpu`; None: unknown, the target is not judged)."""
+    from .engine import FLAVORS, foreign_reasons, stored_key
+
     checks = []
     for engine in sorted(Path(engine_dir).glob("*.engine")):
         name = f"engine {engine.name}"
@@ -198,7 +205,7 @@ def run_checks(export_dir: Path, engine_dir: Path) -> list[Check]:
             checks.append(fn())
         except Exception as e:  # a doctor must report, not crash
             checks.append(Check(getattr(fn, "__name__", "check"), "fail", f"check crashed: {e!r}"))
-    return checks + check_engines(engine_dir)
+    return checks + check_engines(engine_dir, this_gpu())
 
 
 def to_json(checks: list[Check]) -> str:

@@ -225,17 +225,43 @@ def _describe(value: Any) -> str:
     return str(value)
 
 
+def target_covers(stored: Any, here: Any) -> bool:
+    """Whether an engine built for target ``stored`` may run on target ``here``.
+
+    Equal targets, or an ahead-of-time TensorRT-RTX target (a list of compute capabilities such as
+    ["SM86", "SM89"]) that holds the compute capability of the GPU ``here`` ("8.6" is "SM86").
+    """
+    if isinstance(stored, dict) and isinstance(here, dict) and "compute_capability" in here:
+        listed = stored.get("compute_capabilities")
+        if isinstance(listed, list):
+            return "SM" + str(here["compute_capability"]).replace(".", "") in listed
+    return stored == here
+
+
 def foreign_reasons(stored: dict[str, Any], here: dict[str, Any]) -> list[str]:
-    """How a stored key's library, version or target differ from this machine's.
+    """How a stored key's library, version or target differ from this machine's; the one comparison
+    `mhunet infer` and `mhunet doctor` make.
 
     A None in ``here`` means "not known on this machine" (library not installed, no GPU) and is
     skipped, so a foreign engine is refused for what is known before anything else is required.
     """
-    return [
-        f"{f}: built for {_describe(stored.get(f))}, this machine has {_describe(here[f])}"
-        for f in FOREIGN_FIELDS
-        if here.get(f) is not None and stored.get(f) != here[f]
-    ]
+    reasons = []
+    for f in FOREIGN_FIELDS:
+        if here.get(f) is None:
+            continue
+        runs_here = target_covers(stored.get(f), here[f]) if f == "target" else stored.get(f) == here[f]
+        if not runs_here:
+            reasons.append(
+                f"{f}: built for {_describe(stored.get(f))}, this machine has {_describe(here[f])}"
+            )
+    return reasons
+
+
+def engine_target(stored: dict[str, Any] | None, here: dict[str, Any]) -> dict[str, Any]:
+    """The target to key (and build) this machine's engine for: ``here``, or the stored ahead-of-time
+    target when it covers this GPU, so a prebuilt engine is reused rather than rebuilt for one GPU
+    (which would make it foreign to the other GPUs it was built for)."""
+    return stored["target"] if stored and target_covers(stored.get("target"), here) else here
 
 
 def cache_state(engine: Path, key: dict[str, Any]) -> str:
@@ -336,6 +362,8 @@ def ensure_engine(
         )
     if missing or no_gpu:
         raise missing or no_gpu
+    target = engine_target(stored, target)
+    compute_capabilities = tuple(target.get("compute_capabilities", ()))
     key = engine_key(flavor, trt, manifest, plugin, target, profile)
     state = cache_state(engine, key)
     log.info("engine %s: %s", engine, "cached, reused" if state == "fresh" else f"{state}, building")
