@@ -103,6 +103,10 @@ def _root(
         raise typer.Exit()
 
 
+def _announce_choice(name: str, why: str) -> None:
+    err.print(f"auto: [bold]{name}[/] ({escape(why)})")
+
+
 @app.command()
 def infer(
     inputs: Annotated[
@@ -144,7 +148,7 @@ def infer(
     from .checkpoint import default_checkpoint, read_meta
     from .pipeline import InferOptions, infer_volume, plan_outputs
     from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD
-    from .volume_io import prepare_output_folder
+    from .volume_io import output_folder
 
     _logging(verbose, quiet)
     files = _expand_inputs(inputs)
@@ -164,47 +168,48 @@ def infer(
     )
     # Output problems are found before the model runs, not after minutes of inference.
     plan_outputs(files, output, options)
-    prepare_output_folder(output)
-    engine = load_backend(
-        backend,
-        ckpt,
-        device=device,
-        precision=precision,
-        export_dir=export_dir,
-        onnx_path=onnx,
-        on_choice=None if quiet else lambda name, why: err.print(f"auto: [bold]{name}[/] ({escape(why)})"),
-        engine_dir=engine_dir,
-    )
-    options.batch_size = batch_size or engine.batch_size
-    if not quiet:
-        err.print(f"backend: [bold]{engine.name}[/] ({engine.precision}), model {meta['config']['name']}")
-    results, failures = [], []
-    with _progress(quiet or verbose or as_json) as bar:
-        for f in files:
-            task = bar.add_task(f.name, total=None)
-            try:
-                report = infer_volume(
-                    f,
-                    output,
-                    engine,
-                    options,
-                    on_start=lambda n, t=task: bar.update(t, total=n),
-                    on_batch=lambda k, t=task: bar.advance(t, k),
-                )
-            except MhunetError as e:
-                if len(files) == 1:
-                    raise
-                failures.append({"input": str(f), "error": str(e), "exit_code": e.exit_code})
-                err.print(
-                    f"[red]error:[/] {escape(f.name)}: {escape(str(e))}", highlight=False, soft_wrap=True
-                )
-                continue
-            finally:
-                bar.remove_task(task)
-            results.append(report)
-            if not quiet:
-                for warning in report["warnings"]:
-                    err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    # A folder this run creates is removed again if nothing is written into it (all inputs bad).
+    with output_folder(output):
+        engine = load_backend(
+            backend,
+            ckpt,
+            device=device,
+            precision=precision,
+            export_dir=export_dir,
+            onnx_path=onnx,
+            on_choice=None if quiet else _announce_choice,
+            engine_dir=engine_dir,
+        )
+        options.batch_size = batch_size or engine.batch_size
+        if not quiet:
+            err.print(f"backend: [bold]{engine.name}[/] ({engine.precision}), model {meta['config']['name']}")
+        results, failures = [], []
+        with _progress(quiet or verbose or as_json) as bar:
+            for f in files:
+                task = bar.add_task(f.name, total=None)
+                try:
+                    report = infer_volume(
+                        f,
+                        output,
+                        engine,
+                        options,
+                        on_start=lambda n, t=task: bar.update(t, total=n),
+                        on_batch=lambda k, t=task: bar.advance(t, k),
+                    )
+                except MhunetError as e:
+                    if len(files) == 1:
+                        raise
+                    failures.append({"input": str(f), "error": str(e), "exit_code": e.exit_code})
+                    err.print(
+                        f"[red]error:[/] {escape(f.name)}: {escape(str(e))}", highlight=False, soft_wrap=True
+                    )
+                    continue
+                finally:
+                    bar.remove_task(task)
+                results.append(report)
+                if not quiet:
+                    for warning in report["warnings"]:
+                        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"results": results, "failures": failures}, default=str))
     elif not quiet:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import itertools
 import logging
 import math
 import os
@@ -279,6 +280,28 @@ def prepare_output_folder(folder: str | os.PathLike) -> Path:
     except OSError as exc:
         raise OutputError(_os_error_message(folder / ".probe", exc)) from exc
     return folder
+
+
+@contextmanager
+def output_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """:func:`prepare_output_folder` for one run, which leaves nothing behind when nothing was written.
+
+    On exit, the folders this call created (``folder`` and any missing parents) are removed again if
+    they are still empty, e.g. when every input was refused; a folder that existed before is never
+    removed, and ``rmdir`` never removes a folder that holds anything.
+    """
+    folder = Path(folder).absolute()
+    created = list(itertools.takewhile(lambda p: not p.exists(), (folder, *folder.parents)))
+    try:
+        yield prepare_output_folder(folder)
+    finally:
+        for path in created:  # deepest first
+            try:
+                path.rmdir()
+            except FileNotFoundError:  # never made (mkdir failed on the way)
+                continue
+            except OSError:  # holds outputs (or is not ours after all): keep it and its parents
+                break
 
 
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], object]) -> Path:

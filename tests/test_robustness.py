@@ -100,7 +100,32 @@ def test_batch_over_the_bad_input_corpus(tmp_path: Path, tiny: Path) -> None:
     lines = _lines(res.stderr)
     assert len(lines) == len(CORPUS) + 1 and lines[-1] == f"{len(CORPUS)} of {len(CORPUS)} inputs failed"
     assert all(ln.startswith("error: ") for ln in lines[:-1])
-    assert not any(out.iterdir())  # no partial output of any file
+    assert not out.exists()  # no partial output of any file, nor the folder this run created
+
+
+@pytest.mark.parametrize("inputs", [1, 2])
+@pytest.mark.parametrize("folder", ["new nested", "existing empty", "existing with a file"])
+def test_all_bad_inputs_leave_no_folder_behind(tmp_path: Path, tiny: Path, inputs: int, folder: str) -> None:
+    """The output folder is created before the inputs are read; if none of them wrote anything, a
+    folder this run created (parents too) is removed, one that existed stays as it was."""
+    bad = [
+        _save(tmp_path / f"zero{i}.nii.gz", nib.Nifti1Image(np.zeros((8, 8, 4)), np.eye(4)))
+        for i in range(inputs)
+    ]
+    root = tmp_path / "runs"
+    out = root / "today" if folder == "new nested" else root
+    if folder != "new nested":
+        root.mkdir()
+    if folder == "existing with a file":
+        (root / "notes.txt").write_text("keep me")
+    res = mhunet("infer", *map(str, bad), "-o", str(out), "--checkpoint", str(tiny), "--quiet")
+    assert res.returncode == (2 if inputs == 1 else 6), res.stderr
+    if folder == "new nested":
+        assert not root.exists()
+    else:
+        expected = ["notes.txt"] if folder == "existing with a file" else []
+        assert sorted(p.name for p in root.iterdir()) == expected
+        assert folder == "existing empty" or (root / "notes.txt").read_text() == "keep me"
 
 
 # --- odd but valid inputs: accepted, geometry kept, --verbose says what it saw ---------------------
@@ -291,7 +316,7 @@ def test_bad_plugin_library_is_refused_before_tensorrt(tmp_path: Path, tiny: Pat
         timeout=300,
     )
     _assert_one_error_line(res, 4, words)
-    assert not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()  # created for the run, removed again: nothing was written
 
 
 def test_plugin_library_not_found_anywhere(tmp_path: Path, tiny: Path) -> None:
@@ -303,6 +328,7 @@ def test_plugin_library_not_found_anywhere(tmp_path: Path, tiny: Path) -> None:
         [*cmd, "--checkpoint", str(tiny)], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     _assert_one_error_line(res, 4, "TensorRT plugin library not found")
+    assert not (tmp_path / "mhunet-output").exists()  # the default -o, created and removed again
 
 
 def test_plugin_check_reads_the_exported_symbol(tmp_path: Path) -> None:
