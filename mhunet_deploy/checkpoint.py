@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError
+from .errors import InputError, MhunetError
 from .volume_io import atomic_write
 
 if TYPE_CHECKING:
@@ -39,6 +39,21 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_tagged_json(path: Path, fmt: str, kind: str, fix: str, error: type[MhunetError]) -> dict[str, Any]:
+    """Read one of our JSON sidecars (checkpoint sidecar, graph manifest) and check its ``format`` tag;
+    every failure is one ``error`` line naming the file, the problem and ``fix``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {kind} missing; {fix}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: {kind} is not valid JSON ({e.msg}); {fix}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise error(f"{path}: not an mhunet {kind} (format {found!r}); {fix}")
+    return data
+
+
 def git_commit() -> str | None:
     """The commit of the source tree that trained a model, or None outside a git checkout."""
     try:
@@ -61,16 +76,8 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: a checkpoint is a .safetensors file with a .json beside it")
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found; pass --checkpoint PATH to a .safetensors file")
-    meta_path = sidecar(path)
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{meta_path}: checkpoint sidecar missing; it holds the model config") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{meta_path}: not valid JSON ({e.msg}); restore it from the training run") from None
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{meta_path}: not an mhunet checkpoint (format {meta.get('format')!r})")
-    return meta
+    fix = "restore it from the training run (it holds the model config)"
+    return read_tagged_json(sidecar(path), FORMAT, "checkpoint sidecar", fix, InputError)
 
 
 def save_checkpoint(model: MambaHUNet, path: Path, meta: dict[str, Any]) -> Path:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import read_meta, sha256_file
+from ..checkpoint import read_meta, read_tagged_json, sha256_file
 from ..errors import BackendError
 from ..volume_io import atomic_write
 
@@ -46,15 +46,9 @@ def read_manifest(onnx_path: Path) -> dict[str, Any]:
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise BackendError(f"{onnx_path}: no exported graph; run `mhunet export` first")
-    path = manifest_path(onnx_path)
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BackendError(f"{path}: graph manifest missing; re-run `mhunet export`") from None
-    except json.JSONDecodeError as e:
-        raise BackendError(f"{path}: manifest is not valid JSON ({e.msg}); re-run `mhunet export`") from None
-    if manifest.get("format") != FORMAT:
-        raise BackendError(f"{path}: not an mhunet graph manifest (format {manifest.get('format')!r})")
+    manifest = read_tagged_json(
+        manifest_path(onnx_path), FORMAT, "graph manifest", "re-run `mhunet export`", BackendError
+    )
     if sha256_file(onnx_path) != manifest.get("onnx_sha256"):
         raise BackendError(f"{onnx_path}: file changed since export (sha256 differs); re-run `mhunet export`")
     return manifest
