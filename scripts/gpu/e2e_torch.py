@@ -52,6 +52,7 @@ def main() -> int:
     from mhunet_deploy.backends.torch_backend import TorchBackend
     from mhunet_deploy.metrics import dice
     from mhunet_deploy.pipeline import InferOptions, infer_volume
+    from mhunet_deploy.postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD
 
     src = Path(args.input)
     truth_path = Path(args.truth) if args.truth else src.parent / "lesions.nii.gz"
@@ -76,7 +77,10 @@ def main() -> int:
             if cfg["scan"] == "auto" and backend.scan_impl != "cuda":
                 log(t0, f"WARNING {name}: our kernel is not in use (scan impl {backend.scan_impl!r})")
             meta = backend.meta
+            post = meta.get("postprocess", {})  # the checkpoint's own post-processing, as `mhunet infer`
             options = InferOptions(
+                threshold=post.get("threshold", DEFAULT_THRESHOLD),
+                min_lesion_mm3=post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
                 batch_size=args.batch_size,
                 probabilities=True,
                 model_info={"name": meta["config"]["name"], "sha256": meta["sha256"]},
