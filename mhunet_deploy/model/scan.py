@@ -4,7 +4,8 @@ Four implementations share one signature ``(u, delta, A, B, C, D, delta_bias, de
 
 - ``selective_scan_loop``: a per-step Python loop, kept only as the test oracle;
 - ``selective_scan_chunked``: the eager path (CPU inference, GPU training without mamba-ssm);
-- ``selective_scan_logstep``: traceable by ``torch.onnx.export`` into plain ONNX ops (no Loop/Scan);
+- ``selective_scan_logstep``: traceable by ``torch.onnx.export`` into plain ONNX ops (no Loop/Scan),
+  in log2(L) levels of an odd-even reduction;
 - the mamba-ssm CUDA kernel, picked by ``selective_scan`` on CUDA tensors when it imports.
 
 Shapes: u, delta (Bt, D, L); A (D, N); B, C (Bt, G, N, L), channel d reads group d // (D // G);
@@ -29,11 +30,6 @@ from mhunet_deploy import contract
 
 #: The common signature: (u, delta, A, B, C, D, delta_bias, delta_softplus) -> y.
 ScanFn = Callable[..., torch.Tensor]
-
-#: Chunk length of the log-step variant: log2(16) = 4 full-size combine steps per chunk, the rest
-#: of the sequence is combined at chunk level (1/16 of the data); the exported graph does not depend
-#: on anything but L, which the image size fixes at export time.
-LOGSTEP_CHUNK = 16
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -223,21 +219,42 @@ def _shift(x: torch.Tensor, k: int, dim: int, fill: float) -> torch.Tensor:
     return F.pad(x, (0, 0) * (-dim - 1) + (k, -k), value=fill)
 
 
-def _logstep_scan(
-    a: torch.Tensor, x: torch.Tensor, size: int, dim: int, need_a: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inclusive Hillis-Steele scan of the pairs (a, x) along dim with (a1,x1)o(a2,x2) = (a1a2, a2x1+x2).
+def _halves(*xs: torch.Tensor) -> list[torch.Tensor]:
+    """The even and odd steps (last axis) of each x, padded by one zero step first if L is odd."""
+    out = []
+    for x in xs:
+        if static_dims(x)[-1] % 2:
+            x = F.pad(x, (0, 1))
+        out += [x[..., 0::2], x[..., 1::2]]
+    return out
 
-    Every product is of values in [0, 1] (a) or of such a value with x, so fp32 is safe. When
-    ``need_a`` is False the cumulative a of the last step is not computed (it would go unused).
+
+def _interleave(even: torch.Tensor, odd: torch.Tensor, length: int) -> torch.Tensor:
+    """The inverse of ``_halves``: steps 0, 1, 2, ... of a length-L sequence (static reshape)."""
+    *dims, half = static_dims(even)
+    x = torch.stack([even, odd], dim=-1).reshape(-1, *dims[1:], 2 * half)
+    return x[..., :length] if length < 2 * half else x
+
+
+def _odd_even_scan(
+    a_even: torch.Tensor, a_odd: torch.Tensor, x_even: torch.Tensor, x_odd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """h_t = a_t h_{t-1} + x_t (h_{-1} = 0) along the last axis, given as even and odd steps.
+
+    Odd-even reduction: each pair of steps is combined, (a1, x1) o (a2, x2) = (a1 a2, a2 x1 + x2),
+    the half-length sequence of pairs is scanned the same way (log2(L) levels, unrolled at trace time
+    because L is static), and the even steps are filled in from the odd ones. O(L) work on tensors
+    that halve every level, where a log-step (Hillis-Steele) scan does O(L log L) on full-size ones;
+    only values in [0, 1] are multiplied, so fp32 cannot overflow. Returns (h_even, h_odd).
     """
-    k = 1
-    while k < size:
-        x = x + a * _shift(x, k, dim, 0.0)
-        if need_a or 2 * k < size:
-            a = a * _shift(a, k, dim, 1.0)
-        k *= 2
-    return a, x
+    half = static_dims(x_odd)[-1]
+    h_odd = a_odd * x_even + x_odd  # the pair's own state: right when half == 1
+    if half > 1:
+        a_pair = a_even * a_odd
+        if half % 2:  # a padded step (a = 1, x = 0) keeps the state
+            a_pair = F.pad(a_pair, (0, 1), value=1.0)
+        h_odd = _interleave(*_odd_even_scan(*_halves(a_pair), *_halves(h_odd)), half)
+    return a_even * _shift(h_odd, 1, -1, 0.0) + x_even, h_odd
 
 
 def selective_scan_logstep(
@@ -250,38 +267,29 @@ def selective_scan_logstep(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True,
 ) -> torch.Tensor:
-    """ONNX-exportable scan: chunks of LOGSTEP_CHUNK, log-step scans inside and across chunks.
+    """ONNX-exportable scan: an odd-even reduction in log2(L) levels, standard ops only.
 
-    Only pad/slice/mul/add/exp/reshape/reduce ops, no value-dependent control flow and no Loop/Scan:
-    the number of combine steps is log2 of the (export-time static) L. Batch stays dynamic because
-    every reshape uses -1 for it.
+    Only pad/slice/mul/add/exp/reshape/reduce/concat ops, no value-dependent control flow and no
+    Loop/Scan: the levels are unrolled for the (export-time static) L. The full-size (Bt, G, Dg, N,
+    L/2) decays and inputs are built from the even and odd steps of the small inputs, and C is
+    contracted before the outputs are interleaved, so no full-size tensor is sliced or interleaved.
+    Batch stays dynamic because every reshape uses -1 for it.
     """
     cd = _compute_dtype(u)
     _, d, length = static_dims(u)
     g, n = static_dims(B)[1], static_dims(A)[1]
     dg = d // g
-    t_len = LOGSTEP_CHUNK
-    nc = -(-length // t_len)
-    pad = nc * t_len - length
-
     uc = u.to(cd)
     dt = _delta(delta, delta_bias, delta_softplus, cd)
-    du = dt * uc
-    Bc, Cc = B.to(cd), C.to(cd)
-    if pad:
-        dt, du, Bc, Cc = (F.pad(x, (0, pad)) for x in (dt, du, Bc, Cc))
-
-    # (Bt, G, Dg, N, nc, T): the scan axes are the last two.
-    a = torch.exp(dt.reshape(-1, g, dg, 1, nc, t_len) * A.to(cd).reshape(g, dg, n, 1, 1))
-    x = du.reshape(-1, g, dg, 1, nc, t_len) * Bc.reshape(-1, g, 1, n, nc, t_len)
-    a, x = _logstep_scan(a, x, t_len, -1, need_a=True)
-    if nc > 1:
-        _, ends = _logstep_scan(a[..., t_len - 1 :], x[..., t_len - 1 :], nc, -2, need_a=False)
-        x = x + a * _shift(ends, 1, -2, 0.0)
-    y = (x * Cc.reshape(-1, g, 1, n, nc, t_len)).sum(3).reshape(-1, d, nc * t_len)
-    if pad:
-        y = y[..., :length]
-    return (y + D.to(cd)[:, None] * uc).to(u.dtype)
+    # A padded last step (odd L) has dt = 0 and no input: it keeps the state, and its output is dropped.
+    dt_e, dt_o, du_e, du_o = _halves(
+        dt.reshape(-1, g, dg, 1, length), (dt * uc).reshape(-1, g, dg, 1, length)
+    )
+    B_e, B_o, C_e, C_o = _halves(B.to(cd).reshape(-1, g, 1, n, length), C.to(cd).reshape(-1, g, 1, n, length))
+    Ag = A.to(cd).reshape(g, dg, n, 1)
+    h_e, h_o = _odd_even_scan(torch.exp(dt_e * Ag), torch.exp(dt_o * Ag), du_e * B_e, du_o * B_o)
+    y = _interleave((h_e * C_e).sum(3), (h_o * C_o).sum(3), length)  # (Bt, G, Dg, L)
+    return (y.reshape(-1, d, length) + D.to(cd)[:, None] * uc).to(u.dtype)
 
 
 @functools.cache
