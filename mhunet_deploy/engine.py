@@ -372,7 +372,7 @@ def ensure_engine(
             trt,
             graph,
             profile,
-            Path(engine_dir) / f"{flavor.name}.timing.cache",
+            Path(engine_dir) / f"{flavor.name}.timing.cache" if flavor.timing_cache else None,
             plugin,
             compute_capabilities,
         )
