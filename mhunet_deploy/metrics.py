@@ -189,7 +189,8 @@ def _load(path: str | Path, role: str) -> tuple[np.ndarray, np.ndarray, tuple[fl
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{role} {path} must be a 3D volume, got shape {data.shape}")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    # voxel sizes from the affine, as `mhunet infer` measures lesions (volume_io.Volume.zooms)
+    zooms = tuple(float(z) for z in np.linalg.norm(img.affine[:3, :3], axis=0))
     return data, img.affine, zooms
 
 
