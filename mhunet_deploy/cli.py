@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from . import __version__
 from .errors import InputError, MhunetError
+
+if TYPE_CHECKING:
+    from .pipeline import InferOptions
 
 app = typer.Typer(
     help="Mamba-HUNet MS-lesion segmentation on FLAIR MRI: train, export, verify, infer.",
@@ -107,6 +110,28 @@ def _announce_choice(name: str, why: str) -> None:
     err.print(f"auto: [bold]{name}[/] ({escape(why)})")
 
 
+def infer_options(
+    ckpt: Path, threshold: float | None, min_lesion_mm3: float | None, **choices: Any
+) -> tuple[InferOptions, dict[str, Any]]:
+    """The options `infer` and `serve` run the pipeline with: the checkpoint's packaged post-processing
+    unless overridden, and its name and hash for the report. Also returns the checkpoint's metadata."""
+    from .checkpoint import read_meta
+    from .pipeline import InferOptions
+    from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD
+
+    meta = read_meta(ckpt)
+    post = meta.get("postprocess", {})
+    options = InferOptions(
+        threshold=threshold if threshold is not None else post.get("threshold", DEFAULT_THRESHOLD),
+        min_lesion_mm3=min_lesion_mm3
+        if min_lesion_mm3 is not None
+        else post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
+        model_info={"name": meta["config"]["name"], "sha256": meta["sha256"], "checkpoint": str(ckpt)},
+        **choices,
+    )
+    return options, meta
+
+
 @app.command()
 def infer(
     inputs: Annotated[
@@ -145,26 +170,21 @@ def infer(
 ) -> None:
     """Segment MS lesions: NIfTI in; mask, lesion report (JSON+CSV), optional probabilities and QC out."""
     from .backends import load_backend
-    from .checkpoint import default_checkpoint, read_meta
-    from .pipeline import InferOptions, infer_volume, plan_outputs
-    from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD
+    from .checkpoint import default_checkpoint
+    from .pipeline import infer_volume, plan_outputs
     from .volume_io import output_folder
 
     _logging(verbose, quiet)
     files = _expand_inputs(inputs)
     ckpt = checkpoint or default_checkpoint()
-    meta = read_meta(ckpt)
-    post = meta.get("postprocess", {})
-    options = InferOptions(
-        threshold=threshold if threshold is not None else post.get("threshold", DEFAULT_THRESHOLD),
-        min_lesion_mm3=min_lesion_mm3
-        if min_lesion_mm3 is not None
-        else post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
+    options, meta = infer_options(
+        ckpt,
+        threshold,
+        min_lesion_mm3,
         probabilities=probabilities,
         qc=qc,
         volume_index=volume_index,
         series_uid=series,
-        model_info={"name": meta["config"]["name"], "sha256": meta["sha256"], "checkpoint": str(ckpt)},
     )
     # Output problems are found before the model runs, not after minutes of inference.
     plan_outputs(files, output, options)
@@ -226,6 +246,90 @@ def infer(
     if failures:
         err.print(f"[red]{len(failures)} of {len(files)} inputs failed[/]")
         raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; beyond loopback an API key is required.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8000,
+    backend: Annotated[str, typer.Option(help="auto, torch, onnxruntime or tensorrt.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (torch backend).")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = "fp32",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
+    ] = None,
+    export_dir: Annotated[
+        Path, typer.Option(help="Where `mhunet export` wrote the graphs (onnxruntime, tensorrt).")
+    ] = Path("export"),
+    engine_dir: Annotated[Path, typer.Option(help="Engine cache folder (tensorrt backends).")] = Path(
+        "engines"
+    ),
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="MHUNET_API_KEY", help="Require this key in the X-API-Key header of /v1 calls."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Allow a non-loopback --host without an API key (anyone who reaches it).")
+    ] = False,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest upload accepted, in MB.")] = 512.0,
+    store: Annotated[
+        Path | None, typer.Option(help="Folder for job files (default: a temporary folder, removed on exit).")
+    ] = None,
+    max_jobs: Annotated[
+        int, typer.Option(min=1, help="Jobs kept (finished ones evicted oldest first).")
+    ] = 100,
+    max_store_mb: Annotated[float, typer.Option(min=1, help="Bytes kept in the store, in MB.")] = 10_000.0,
+    expire_s: Annotated[
+        float, typer.Option(min=1, help="Seconds a finished job's results are kept.")
+    ] = 3600.0,
+    verbose: Verbose = False,
+) -> None:
+    """Serve the segmentation as an HTTP API and a web page (same pipeline and report as `infer`)."""
+    try:
+        from .serve.app import create_app
+        from .serve.server import bind, is_loopback, run, url_of
+        from .serve.store import JobStore
+    except ImportError as e:
+        raise InputError(f'mhunet serve needs {e.name}; pip install "mhunet-deploy[serve]"') from e
+    from .backends import load_backend
+    from .checkpoint import default_checkpoint
+    from .report import DISCLAIMER
+
+    _logging(verbose)
+    if not api_key and not is_loopback(host) and not insecure:
+        raise InputError(
+            f"--host {host} can be reached from other machines; set an API key (--api-key or "
+            "MHUNET_API_KEY), or pass --insecure to serve without one"
+        )
+    ckpt = checkpoint or default_checkpoint()
+    options, meta = infer_options(ckpt, None, None, probabilities=True, qc=True)
+    sock = bind(host, port)  # before the model loads: a port in use fails at once
+    engine = load_backend(
+        backend,
+        ckpt,
+        device=device,
+        precision=precision,
+        export_dir=export_dir,
+        on_choice=_announce_choice,
+        engine_dir=engine_dir,
+    )
+    options.batch_size = engine.batch_size
+    jobs = JobStore(store, max_jobs, int(max_store_mb * 1e6), expire_s)
+    web = create_app(
+        engine, options, jobs, api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 1e6)
+    )
+    auth = "API key required (X-API-Key)" if api_key else "no API key"
+    if insecure and not api_key and not is_loopback(host):
+        err.print(f"[yellow]warning:[/] --insecure: anyone who reaches {escape(host)} can use this server")
+    err.print(
+        f"mhunet serve: {url_of(sock)} - backend [bold]{engine.name}[/] ({engine.precision}), model "
+        f"{meta['config']['name']} sha256 {meta['sha256'][:12]}, {auth}; {DISCLAIMER}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    run(web, sock, log_level="info" if verbose else "warning")
 
 
 @app.command()
