@@ -43,7 +43,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--scans", type=int, default=10, help="distinct scans, cycled over the requests")
+    parser.add_argument("--scans", type=int, default=5, help="distinct scans, cycled over the requests")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
 

@@ -263,13 +263,15 @@ def create_app(
             content_disposition_type="inline" if kind == "qc" else "attachment",
         )
 
-    @app.get("/healthz", response_model=Health)
-    def healthz() -> Any:
+    @app.get("/healthz", response_model=Health, responses=_error(503, "the worker thread has stopped"))
+    def healthz(response: Response) -> Any:
         """Backend, model hash and engine key of the loaded model; queue length."""
         counts = store.counts()
         model = options.model_info
+        alive = worker.thread.is_alive()
+        response.status_code = 200 if alive else 503
         return Health(
-            status="ok" if worker.thread.is_alive() else "worker stopped",
+            status="ok" if alive else "worker stopped",
             version=__version__,
             backend=backend.name,
             precision=backend.precision,

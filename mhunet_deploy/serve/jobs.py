@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend
-from ..errors import BackendError, InputError, MhunetError, OutputError
+from ..errors import BackendError, InputError, MhunetError
 from ..pipeline import InferOptions, infer_volume
 from .store import Job, JobStore
 
@@ -48,14 +48,12 @@ def _is_nifti(path: Path) -> bool:
 def http_status(exc: MhunetError, upload: Path) -> int:
     """InputError: 400 when the bytes cannot be read (truncated, corrupt: raised from a read error),
     415 when they are not NIfTI, 422 for a readable NIfTI that mhunet cannot use (2D, constant, ...).
-    OutputError (the server cannot write results): 500; BackendError: 503."""
+    BackendError: 503; anything else (OutputError: the server cannot write results): 500."""
     if isinstance(exc, InputError):
         if exc.__cause__ is not None:
             return 400
         return 422 if _is_nifti(upload) else 415
-    if isinstance(exc, BackendError):
-        return 503
-    return 500 if isinstance(exc, OutputError) else 400
+    return 503 if isinstance(exc, BackendError) else 500
 
 
 def user_message(exc: BaseException, job: Job) -> str:
@@ -80,14 +78,16 @@ class Worker:
     def __init__(self, backend: Backend, options: InferOptions, store: JobStore) -> None:
         self.backend, self.options, self.store = backend, options, store
         self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="mhunet-worker", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the running job (up to ``timeout``), then stop; queued jobs are dropped."""
-        self.queue.put(None)
+        """Finish the running job (up to ``timeout``), then stop; queued jobs are not run."""
+        self.stopping.set()
+        self.queue.put(None)  # wakes an idle worker
         self.thread.join(timeout)
 
     def submit(self, job: Job) -> None:
@@ -101,7 +101,7 @@ class Worker:
             except queue.Empty:
                 self.store.expire()
                 continue
-            if job is None:
+            if job is None or self.stopping.is_set():
                 return
             self.run(job)
 
