@@ -175,6 +175,23 @@ def test_bad_uploads_get_the_cli_message_and_leave_nothing(server, tiny, tmp_pat
     assert job_folders(store) == before
 
 
+def test_error_classes_map_to_http_statuses(tmp_path) -> None:
+    """The rule behind the statuses above, for the classes a client cannot provoke on purpose."""
+    from mhunet_deploy.errors import BackendError, InputError, OutputError
+    from mhunet_deploy.serve.jobs import http_status
+
+    nifti = varied_volume(tmp_path / "scan.nii.gz", seed=0)
+    text = tmp_path / "text.nii.gz"
+    text.write_text("not a scan")
+    unreadable = InputError("cannot read")
+    unreadable.__cause__ = EOFError("truncated")
+    assert http_status(unreadable, nifti) == 400
+    assert http_status(InputError("not NIfTI"), text) == 415
+    assert http_status(InputError("2D"), nifti) == 422
+    assert http_status(OutputError("disk full"), nifti) == 500
+    assert http_status(BackendError("no GPU"), nifti) == 503
+
+
 def test_refused_before_or_while_receiving(server, tmp_path) -> None:
     url, store = server
     before = job_folders(store)
