@@ -111,7 +111,7 @@ def test_page_uploads_and_shows_the_result(tmp_path) -> None:
             "Emulation.setDeviceMetricsOverride", width=WIDTH, height=900, deviceScaleFactor=1, mobile=False
         )
         page.call("Page.navigate", url=url + "/")
-        page.until("document.getElementById('meta').textContent.includes('sha256')")
+        page.until("document.getElementById('meta')?.textContent.includes('sha256')")  # loaded
         banner = page.js("document.getElementById('banner').getBoundingClientRect().height")
         assert banner > 0 and page.js("document.getElementById('banner').textContent") == (
             "Research use only - not for clinical use"
