@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -312,19 +313,32 @@ def test_store_evicts_oldest_then_expires(keyed_server, tmp_path) -> None:
     assert unknown.status == 404 and "no job" in unknown.json()["detail"]
 
 
-def test_refuses_to_start_open_beyond_loopback() -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "mhunet_deploy.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+def serve_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mhunet_deploy.cli", "serve", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+
+
+def test_refuses_to_start_open_beyond_loopback_or_on_a_busy_port() -> None:
+    res = serve_cli("--host", "0.0.0.0", "--port", "0")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "error: --host 0.0.0.0 can be reached from other machines; set an API key (--api-key or "
         "MHUNET_API_KEY), or pass --insecure to serve without one"
+    ]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = serve_cli("--port", str(port))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port"
     ]
 
 

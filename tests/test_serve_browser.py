@@ -144,6 +144,10 @@ def test_page_uploads_and_shows_the_result(tmp_path) -> None:
             assert row[:3] == [str(lesion["id"]), f"{lesion['volume_ml']:.3f}", str(lesion["voxels"])]
         assert page.js("document.getElementById('count').textContent") == str(report["lesion_count"])
         assert page.js("document.getElementById('qc').naturalWidth") > 1000  # the montage, decoded
+        # The page's download path (with the key): the mask under the server's file name.
+        assert page.js("fetchFile('mask').then((f) => f.name + ' ' + f.blob.size)").startswith(
+            "patient26_crop_mask.nii.gz "
+        )
         text = page.js("document.body.innerText").lower()
         assert not any(word in text for word in ("diagnos", "treat", "therap"))
 
