@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from importlib import resources
@@ -112,7 +113,7 @@ def create_app(
     )
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):  # noqa: ANN202 (FastAPI's lifespan protocol)
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         worker.start()
         try:
             yield
