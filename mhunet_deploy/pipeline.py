@@ -39,6 +39,9 @@ class InferOptions:
     batch_size: int = 8
     probabilities: bool = False
     qc: bool = False
+    #: The input's name in the report and QC page when its path is not for users' eyes (a server's job
+    #: folder); None shows the path as given.
+    display_name: str | None = None
     volume_index: int | None = None
     series_uid: str | None = None
     model_info: dict[str, Any] = field(default_factory=dict)
@@ -155,7 +158,7 @@ def infer_volume(
         "total_s": t4 - t0,
     }
     report = build_report(
-        input_path=input_path,
+        input_path=Path(options.display_name) if options.display_name else input_path,
         shape=volume.data.shape,
         zooms=zooms,
         lesions=lesions,

@@ -69,3 +69,17 @@ def test_report_carries_the_engine_key_of_the_backend(tmp_path: Path, key: dict 
     report = _infer(tmp_path, scan_with_pixdim(tmp_path, 3.0, "sform", SHAPE), EverywhereLesion(key))
     assert report["engine_key"] == key
     assert json.loads(Path(report["outputs"]["report"]).read_text())["engine_key"] == key
+
+
+def test_display_name_replaces_the_input_path_in_report_and_qc(tmp_path: Path) -> None:
+    """A server runs uploads from its job folder; that path must not reach the report or QC page."""
+    scan = scan_with_pixdim(tmp_path, 3.0, "sform", SHAPE)
+    model = {"name": "t", "sha256": "0" * 64}
+    options = InferOptions(qc=True, display_name="upload.nii.gz", model_info=model)
+    report = infer_volume(scan, tmp_path / "out", EverywhereLesion(), options)
+    assert report["input"]["path"] == "upload.nii.gz"
+    written = Path(report["outputs"]["report"]).read_text()
+    assert str(tmp_path) not in json.dumps(json.loads(written)["input"])
+    assert Path(report["outputs"]["qc"]).stat().st_size > 0
+    plain = infer_volume(scan, tmp_path / "out2", EverywhereLesion(), InferOptions(model_info=model))
+    assert plain["input"]["path"] == str(scan)

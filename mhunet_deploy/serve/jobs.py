@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,8 @@ class Worker:
             job.slices_done += k
 
         try:
-            report = infer_volume(job.input, job.out_dir, self.backend, self.options, on_start, on_batch)
+            options = replace(self.options, display_name=job.name)  # no server paths in report or QC page
+            report = infer_volume(job.input, job.out_dir, self.backend, options, on_start, on_batch)
         except MhunetError as exc:
             job.status, job.error = http_status(exc, job.input), user_message(exc, job)
             job.state = "failed"
