@@ -1,10 +1,11 @@
 """Selective scan on CPU at the `light` model's four stage shapes: torch chunked and ONNX portable.
 
-    python scripts/bench_scan_cpu.py [--batch 8] [--repeats 5] [--baseline OLD_SCAN.py] [--onnx]
+    python scripts/bench_scan_cpu.py [--batch 8] [--repeats 5] [--threads 2] [--baseline OLD.py] [--onnx]
 
-Times ``selective_scan_chunked`` (torch, inference mode, 2 threads) per shape, median of --repeats
-runs; with --onnx also the traced ``selective_scan_logstep`` graph on onnxruntime CPU (2 threads) and
-its node count. --baseline names another copy of ``mhunet_deploy/model/scan.py`` (e.g. from
+Times ``selective_scan_chunked`` (torch, inference mode) per shape, median of --repeats runs; with
+--onnx also the traced ``selective_scan_logstep`` graph on onnxruntime CPU and its node count (not
+constant-folded: more nodes than the exported model has per scan). Both use --threads threads.
+--baseline names another copy of ``mhunet_deploy/model/scan.py`` (e.g. from
 ``git show HEAD~1:mhunet_deploy/model/scan.py > /tmp/old_scan.py``) whose functions are timed in the
 same run, interleaved, so a shared machine's load hits both alike.
 """
@@ -59,7 +60,7 @@ class _Logstep(torch.nn.Module):
         return self.fn(*args, True)
 
 
-def ort_session(fn: Callable[..., torch.Tensor], args: tuple[torch.Tensor, ...]):
+def ort_session(fn: Callable[..., torch.Tensor], args: tuple[torch.Tensor, ...], threads: int):
     """onnxruntime CPU session of fn traced at args' shapes, and the graph's node count."""
     import onnx
     import onnxruntime as ort
@@ -72,7 +73,7 @@ def ort_session(fn: Callable[..., torch.Tensor], args: tuple[torch.Tensor, ...])
             _Logstep(fn), args, buf, dynamo=False, opset_version=17, input_names=names, output_names=["y"]
         )
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
     feed = {k: v.numpy() for k, v in zip(names, args, strict=True)}
     return (lambda: sess.run(None, feed)), len(onnx.load_from_string(buf.getvalue()).graph.node)
@@ -82,12 +83,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baseline", type=Path, help="another scan.py to time side by side")
     ap.add_argument("--onnx", action="store_true", help="also time the logstep graph on onnxruntime")
     ap.add_argument("--shapes", type=int, nargs="*", help="indices into the four stage shapes")
-    ap.add_argument("--chunks", type=int, nargs="*", help="also time the new chunked at these chunk lengths")
+    ap.add_argument("--chunks", type=int, nargs="*", help="also time the new chunked, parallel chunks of T")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     mods = {"new": scan}
     if args.baseline:
         mods = {"old": load_module(args.baseline), **mods}
@@ -106,7 +108,7 @@ def main() -> None:
         if args.onnx:
             for tag, mod in mods.items():
                 key = f"ort logstep ({tag})"
-                runs[key], nodes[key] = ort_session(mod.selective_scan_logstep, xs)
+                runs[key], nodes[key] = ort_session(mod.selective_scan_logstep, xs, args.threads)
         times: dict[str, list[float]] = {k: [] for k in runs}
         with torch.inference_mode():
             ref = scan.selective_scan_chunked(*xs, True)

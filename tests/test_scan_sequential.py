@@ -76,3 +76,10 @@ def test_one_chunk_matches_parallel_chunks() -> None:
         one = scan.selective_scan_chunked(*xs, True)
         parallel = scan.selective_scan_chunked(*xs, True, chunk=32)
     assert _rel(one, parallel) < 1e-12
+
+
+def test_intra_op_threads_restored() -> None:
+    before = torch.get_num_threads()
+    with torch.inference_mode():
+        scan.selective_scan_chunked(*_inputs(1, 8, 4, 4, 9, torch.float32), True)
+    assert torch.get_num_threads() == before

@@ -94,6 +94,23 @@ CHUNKED_BLOCK = 1 << 24
 SEQUENTIAL_BLOCK = 1 << 19
 
 
+@contextlib.contextmanager
+def _one_intra_op_thread() -> Iterator[None]:
+    """torch's intra-op threads set to 1 for the block, then restored (~1 ms per use).
+
+    The sequential path issues thousands of short ops; on several threads each is an OpenMP parallel
+    region whose end waits for every thread, so on a loaded machine every op waits for a descheduled
+    worker. On the shared 2-core VM, forward passes ran 3-20x slower with 2 threads than with 1 in
+    the scan, and only ~12 % faster when the machine was idle.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _default_chunk(length: int) -> int:
     """A power of two near sqrt(L), in [16, 64]: measured fastest for the parallel-chunk path on CPU."""
     return min(64, max(16, 1 << round(math.log2(math.sqrt(max(length, 1))))))
@@ -112,13 +129,14 @@ def selective_scan_chunked(
 ) -> torch.Tensor:
     """Chunks of T steps side by side, each a loop over its steps run block by block, time-major.
 
-    On CPU without autograd (inference) there is one chunk, T = L, run in blocks of a few steps whose
-    decays and inputs stay in cache: every element is computed once, nothing (Bt, D, L, N)-sized is
-    held, and the per-step ops are state-sized (Bt, D, N), large enough for op overhead not to matter
-    (4x faster than parallel chunks there, which were memory-bound). Otherwise (autograd, GPU) ~sqrt(L)
-    chunks run in parallel from a zero state, each materialised whole (few long ops); the chunk
-    carries are then propagated (a loop over L/T chunks on tiny tensors) and
-    ``<C_t, exp(A * cumsum(dt)) * carry_in>`` is added. The C contraction is a batched matmul.
+    On CPU without autograd (inference) there is one chunk, T = L, run on one intra-op thread (see
+    ``_one_intra_op_thread``) in blocks of a few steps whose decays and inputs stay in cache: every
+    element is computed once, nothing (Bt, D, L, N)-sized is held, and the per-step ops are
+    state-sized (Bt, D, N), large enough for op overhead not to matter (parallel chunks were
+    memory-bound there). Otherwise (autograd, GPU) ~sqrt(L) chunks run in parallel from a zero
+    state, each materialised whole (few long ops); the chunk carries are then propagated (a loop
+    over L/T chunks on tiny tensors) and ``<C_t, exp(A * cumsum(dt)) * carry_in>`` is added. The C
+    contraction is a batched matmul.
     """
     cd = _compute_dtype(u)
     bsz, d, length = u.shape
@@ -134,9 +152,13 @@ def selective_scan_chunked(
         parts = [(x[:half], x[half:]) for x in (u, delta, B, C)]
         args = [(*(p[i] for p in parts[:2]), A, *(p[i] for p in parts[2:]), D) for i in (0, 1)]
         return torch.cat([selective_scan_chunked(*a, delta_bias, delta_softplus, t_len) for a in args])
+    sequential = nc == 1 and inplace
+    if sequential and u.device.type == "cpu" and torch.get_num_threads() > 1:
+        with _one_intra_op_thread():
+            return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus, t_len)
     dg = d // g
     pad = nc * t_len - length
-    steps = min(t_len, max(1, SEQUENTIAL_BLOCK // (bsz * d * n))) if nc == 1 and inplace else t_len
+    steps = min(t_len, max(1, SEQUENTIAL_BLOCK // (bsz * d * n))) if sequential else t_len
 
     def time_major(x: torch.Tensor, inner: int) -> torch.Tensor:
         """(Bt, G * inner, L) -> a new contiguous (T, Bt, G, nc, inner), zero-padded to nc * T steps.
