@@ -129,10 +129,10 @@ def selective_scan_chunked(
 ) -> torch.Tensor:
     """Chunks of T steps side by side, each a loop over its steps run block by block, time-major.
 
-    On CPU without autograd (inference) there is one chunk, T = L, run on one intra-op thread (see
-    ``_one_intra_op_thread``) in blocks of a few steps whose decays and inputs stay in cache: every
-    element is computed once, nothing (Bt, D, L, N)-sized is held, and the per-step ops are
-    state-sized (Bt, D, N), large enough for op overhead not to matter (parallel chunks were
+    On CPU without autograd (inference) there is one chunk, T = L, its step loop run on one intra-op
+    thread (see ``_one_intra_op_thread``) in blocks of a few steps whose decays and inputs stay in
+    cache: every element is computed once, nothing (Bt, D, L, N)-sized is held, and the per-step ops
+    are state-sized (Bt, D, N), large enough for op overhead not to matter (parallel chunks were
     memory-bound there). Otherwise (autograd, GPU) ~sqrt(L) chunks run in parallel from a zero
     state, each materialised whole (few long ops); the chunk carries are then propagated (a loop
     over L/T chunks on tiny tensors) and ``<C_t, exp(A * cumsum(dt)) * carry_in>`` is added. The C
@@ -153,9 +153,6 @@ def selective_scan_chunked(
         args = [(*(p[i] for p in parts[:2]), A, *(p[i] for p in parts[2:]), D) for i in (0, 1)]
         return torch.cat([selective_scan_chunked(*a, delta_bias, delta_softplus, t_len) for a in args])
     sequential = nc == 1 and inplace
-    if sequential and u.device.type == "cpu" and torch.get_num_threads() > 1:
-        with _one_intra_op_thread():
-            return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus, t_len)
     dg = d // g
     pad = nc * t_len - length
     steps = min(t_len, max(1, SEQUENTIAL_BLOCK // (bsz * d * n))) if sequential else t_len
@@ -187,23 +184,25 @@ def selective_scan_chunked(
     bufs = [uc.new_empty(steps, bsz, g, nc, n, dg) for _ in range(2)] if inplace else [None, None]
     y = du if inplace else torch.empty_like(du)
     h = uc.new_zeros(bsz, g, nc, n, dg)
-    for t0 in range(0, t_len, steps):
-        k = min(steps, t_len - t0)
-        a_out, x_out = (b if b is None else b[:k] for b in bufs)
-        a = torch.mul(dt[t0 : t0 + k, ..., None, :], Ag, out=a_out).exp_()  # (k, Bt, G, nc, N, Dg)
-        x = torch.mul(du[t0 : t0 + k, ..., None, :], B_t[t0 : t0 + k], out=x_out)
-        if inplace:  # x[t] becomes the state h_t, one fused op per step
-            x[0].addcmul_(a[0], h)
-            for t in range(1, k):
-                x[t].addcmul_(a[t], x[t - 1])
-            h.copy_(x[-1])  # the buffers are reused by the next block
-        else:
-            hs = [torch.addcmul(x[0], a[0], h)]
-            for t in range(1, k):
-                hs.append(torch.addcmul(x[t], a[t], hs[-1]))
-            x = torch.stack(hs)
-            h = hs[-1]
-        y[t0 : t0 + k] = (C_t[t0 : t0 + k] @ x)[..., 0, :]
+    one_thread = sequential and u.device.type == "cpu" and torch.get_num_threads() > 1
+    with _one_intra_op_thread() if one_thread else contextlib.nullcontext():
+        for t0 in range(0, t_len, steps):
+            k = min(steps, t_len - t0)
+            a_out, x_out = (b if b is None else b[:k] for b in bufs)
+            a = torch.mul(dt[t0 : t0 + k, ..., None, :], Ag, out=a_out).exp_()  # (k, Bt, G, nc, N, Dg)
+            x = torch.mul(du[t0 : t0 + k, ..., None, :], B_t[t0 : t0 + k], out=x_out)
+            if inplace:  # x[t] becomes the state h_t, one fused op per step
+                x[0].addcmul_(a[0], h)
+                for t in range(1, k):
+                    x[t].addcmul_(a[t], x[t - 1])
+                h.copy_(x[-1])  # the buffers are reused by the next block
+            else:
+                hs = [torch.addcmul(x[0], a[0], h)]
+                for t in range(1, k):
+                    hs.append(torch.addcmul(x[t], a[t], hs[-1]))
+                x = torch.stack(hs)
+                h = hs[-1]
+            y[t0 : t0 + k] = (C_t[t0 : t0 + k] @ x)[..., 0, :]
     if nc > 1:  # one block: h holds the chunks' zero-start end states
         # P_t = exp(A * cumsum(dt)) inside each chunk (into a's buffer when in place); P_T carries the
         # state from one chunk to the next.
