@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
 import warnings
 from pathlib import Path
 
@@ -16,6 +18,23 @@ from ..model.scan import use_scan_impl
 #: mamba-ssm when installed, else the chunked torch scan); "cuda" = our kernel or an error;
 #: "reference" = the chunked torch scan everywhere (the FP32 reference path).
 SCAN_CHOICES = ("auto", "cuda", "reference")
+
+#: glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default glibc maps large blocks (all above 32 MiB) afresh and unmaps them on free, so every
+    forward pass page-faults its large temporaries again (8-32 MiB each at batch 8). On the 2-core VM
+    of BENCHMARKS.md that made CPU forward passes 1.4-1.8x slower. Serving every block from the heap,
+    never trimmed, keeps the peak resident instead. Process-wide; nothing happens outside glibc.
+    """
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 class TorchBackend:
@@ -39,6 +58,8 @@ class TorchBackend:
         if scan not in SCAN_CHOICES:
             raise BackendError(f"torch backend: unknown scan {scan!r}; use one of {', '.join(SCAN_CHOICES)}")
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.model, self.meta = load_checkpoint(checkpoint, device=device)
         self.precision = precision
         self.scan = scan
