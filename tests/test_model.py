@@ -26,6 +26,19 @@ def test_forward_shape_any_batch() -> None:
             assert model(torch.randn(b, 1, 96, 64)).shape == (b, 1, 96, 64)
 
 
+def test_brain_output_is_a_second_channel_and_old_configs_load_lesion_only() -> None:
+    two = build_model(ModelConfig(**{**TINY.to_dict(), "outputs": ("lesion", "brain")})).eval()
+    with torch.no_grad():
+        out = two(torch.randn(2, 1, 64, 64))
+    assert out.shape == (2, 2, 64, 64)
+    # lesion starts at its rare-class prior, brain at p = 0.5
+    assert two.head.out.bias[0] < -3 and two.head.out.bias[1] == 0
+    legacy = {k: v for k, v in TINY.to_dict().items() if k != "outputs"}
+    assert ModelConfig.from_dict(legacy).outputs == ("lesion",)
+    with pytest.raises(ValueError, match="must start with 'lesion'"):
+        ModelConfig(outputs=("brain", "lesion"))
+
+
 def test_light_within_budget_and_paper_is_mamba_unet_sized() -> None:
     light = count_parameters(build_model("light"))
     paper = count_parameters(build_model("paper"))

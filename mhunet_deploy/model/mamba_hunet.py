@@ -18,7 +18,9 @@ No public Mamba-HUNet code exists; the paper's text is the spec. Choices it leav
   BatchNorm -> ReLU -> Dropout2d, then a 1x1 conv to one lesion logit. The conv stem (two 3x3 conv+BN+
   ReLU layers at 256 and 128 px) is our addition: MS lesions can be a few voxels wide, finer than the
   4x4 patch grid, and a cheap full-resolution path keeps their edges.
-- Output: one logit channel (lesion vs background) trained with Dice + BCE; sigmoid at inference.
+- Output: one logit channel per entry of ``ModelConfig.outputs``, sigmoid at inference: channel 0 is
+  the lesion logit (Dice + BCE), channel 1, when present, the brain logit, so brain extraction costs no
+  second network, engine or pass (issue #12: skull-on clinical scans put lesions on the scalp otherwise).
 - Stochastic depth rises linearly over the encoder blocks (as in Swin/VMamba), decoder blocks reuse it.
 """
 
@@ -53,6 +55,9 @@ class ModelConfig:
     img_size: int = 256
     patch_size: int = 4
     in_chans: int = 1
+    #: One logit channel each, in this order; "lesion" is always first. ("lesion", "brain") adds the
+    #: brain-extraction output. Checkpoints that predate the field load as lesion-only.
+    outputs: tuple[str, ...] = ("lesion",)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +66,12 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["depths"] = tuple(d["depths"])
+        d["outputs"] = tuple(d.get("outputs", ("lesion",)))
         return cls(**d)
+
+    def __post_init__(self) -> None:
+        if not self.outputs or self.outputs[0] != "lesion" or len(set(self.outputs)) != len(self.outputs):
+            raise ValueError(f"outputs must start with 'lesion' and not repeat, got {self.outputs}")
 
 
 CONFIGS: dict[str, ModelConfig] = {
@@ -208,17 +218,20 @@ def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class HUNetHead(nn.Module):
     """Two transposed-conv x2 stages fused with the conv stem: 64x64 tokens -> 256x256 logits."""
 
-    def __init__(self, dim: int, stem: int, dropout: float) -> None:
+    def __init__(self, dim: int, stem: int, dropout: float, out_channels: int = 1) -> None:
         super().__init__()
         c1, c2 = max(dim // 2, stem), max(dim // 4, stem)
         self.up1 = nn.ConvTranspose2d(dim, c1, 2, stride=2)
         self.fuse1 = nn.Sequential(conv_bn_relu(c1 + stem, c1), nn.Dropout2d(dropout))
         self.up2 = nn.ConvTranspose2d(c1, c2, 2, stride=2)
         self.fuse2 = nn.Sequential(conv_bn_relu(c2 + stem, c2), nn.Dropout2d(dropout))
-        self.out = nn.Conv2d(c2, 1, 1)
+        self.out = nn.Conv2d(c2, out_channels, 1)
         # Lesions are ~0.1-1 % of voxels: start at that prior instead of p = 0.5, so early steps
-        # learn lesions rather than spend themselves pushing every pixel to background.
-        nn.init.constant_(self.out.bias, LESION_PRIOR_LOGIT)
+        # learn lesions rather than spend themselves pushing every pixel to background. The brain
+        # fills a large part of a slice: its channel starts at p = 0.5.
+        nn.init.zeros_(self.out.bias)
+        with torch.no_grad():
+            self.out.bias[0] = LESION_PRIOR_LOGIT
 
     def forward(self, x: torch.Tensor, s_half: torch.Tensor, s_full: torch.Tensor) -> torch.Tensor:
         x = self.fuse1(torch.cat([self.up1(x), s_half], dim=1))
@@ -227,7 +240,7 @@ class HUNetHead(nn.Module):
 
 
 class MambaHUNet(nn.Module):
-    """Slices (B, 1, 256, 256) -> lesion logits (B, 1, 256, 256)."""
+    """Slices (B, 1, 256, 256) -> logits (B, len(config.outputs), 256, 256): lesion, then brain."""
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -255,7 +268,7 @@ class MambaHUNet(nn.Module):
         self.fuses = nn.ModuleList(nn.Linear(2 * dims[i], dims[i], bias=False) for i in range(n - 1))
         self.decoder = nn.ModuleList(blocks(i) for i in range(n - 1))
         self.dec_norm = nn.LayerNorm(dims[0])
-        self.head = HUNetHead(dims[0], cfg.stem_channels, cfg.head_dropout)
+        self.head = HUNetHead(dims[0], cfg.stem_channels, cfg.head_dropout, len(cfg.outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s_full = self.stem_full(x)
