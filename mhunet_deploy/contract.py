@@ -1,7 +1,7 @@
 """The SelectiveScan op contract: the one definition every other part imports.
 
 The ONNX exporter, the ONNX reference-evaluator op, the Polygraphy plugin reference, the C++ TensorRT
-plugin (through the generated header ``plugins/selective_scan/selective_scan_contract.h``) and the
+plugin (through the generated header ``mhunet_deploy/kernels/selective_scan_contract.h``) and the
 tests all read these constants, so a drift between them fails a test instead of a deployment.
 No torch here: the runtime side imports it too.
 """

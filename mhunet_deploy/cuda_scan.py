@@ -1,10 +1,11 @@
-"""Our CUDA selective-scan kernel as a PyTorch op (forward only), JIT-built from ``plugins/selective_scan``.
+"""Our CUDA selective-scan kernel as a PyTorch op (forward only), JIT-built from ``mhunet_deploy/kernels``.
 
-The same ``selective_scan.cu`` that the TensorRT plugin links is compiled here with
-``torch.utils.cpp_extension.load`` (about 45 s on the H200 the first time; cached afterwards in torch's
-extension directory, ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, keyed by the module name and
-a hash of the sources, so a second process on the same machine only loads it). Torch side only: runtime
-modules must not import this module.
+The same ``selective_scan.cu`` that the TensorRT plugin links (``plugins/CMakeLists.txt`` builds it from
+this package's ``kernels/``, which ships in the wheel so an installed package can build it too) is compiled
+here with ``torch.utils.cpp_extension.load`` (about 45 s on the H200 the first time; cached afterwards in
+torch's extension directory, ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, keyed by the module
+name and a hash of the sources, so a second process on the same machine only loads it). Torch side only:
+runtime modules must not import this module.
 
 ``register_cuda_scan()`` adds the scan implementation ``"cuda"`` to ``mhunet_deploy.model.scan`` (our kernel
 for CUDA tensors without autograd, the chunked torch scan otherwise); ``TorchBackend(scan="auto")`` uses it.
@@ -22,11 +23,11 @@ import torch
 #: The name under which ``register_cuda_scan`` registers our kernel with ``mhunet_deploy.model.scan``.
 SCAN_IMPL_NAME = "cuda"
 
-_SRC_DIR = Path(__file__).resolve().parent.parent / "plugins" / "selective_scan"
+_SRC_DIR = Path(__file__).resolve().parent / "kernels"
 
 
 def source_dir() -> Path:
-    """Where the kernel sources live (``plugins/selective_scan`` of the repository)."""
+    """Where the kernel sources live (``kernels/`` inside this package, installed or not)."""
     return _SRC_DIR
 
 

@@ -16,7 +16,7 @@ import pytest
 from mhunet_deploy import contract
 
 REPO = Path(__file__).resolve().parent.parent
-SCAN = REPO / "plugins" / "selective_scan"
+SCAN = REPO / "mhunet_deploy" / "kernels"
 TRT_INC = REPO / "third_party" / "TensorRT" / "include"
 NVCC = shutil.which("nvcc")
 
@@ -24,8 +24,8 @@ NVCC = shutil.which("nvcc")
 def test_contract_header_is_generated_text():
     committed = (SCAN / "selective_scan_contract.h").read_text()
     assert committed == contract.c_header(), (
-        "plugins/selective_scan/selective_scan_contract.h is stale: regenerate it with "
-        "`python -m mhunet_deploy.contract > plugins/selective_scan/selective_scan_contract.h`"
+        "mhunet_deploy/kernels/selective_scan_contract.h is stale: regenerate it with "
+        "`python -m mhunet_deploy.contract > mhunet_deploy/kernels/selective_scan_contract.h`"
     )
 
 
@@ -72,7 +72,7 @@ def test_kernel_compiles_with_nvcc(tmp_path):
 @pytest.mark.skipif(NVCC is None or shutil.which("cmake") is None, reason="nvcc or cmake not found")
 @pytest.mark.skipif(
     not (TRT_INC / "NvInferRuntime.h").exists(),
-    reason="TensorRT headers not present at third_party/TensorRT/include (fetch them; see plugins/selective_scan/NOTES.md)",
+    reason="TensorRT headers not present at third_party/TensorRT/include (fetch them; see mhunet_deploy/kernels/NOTES.md)",
 )
 def test_plugin_library_and_harness_build(tmp_path):
     t0 = time.time()
