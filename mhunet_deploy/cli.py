@@ -161,6 +161,9 @@ def infer(
     series: Annotated[
         str | None, typer.Option(help="SeriesInstanceUID to use when a DICOM folder holds several.")
     ] = None,
+    dicom_seg: Annotated[
+        bool, typer.Option(help="Also write a DICOM SEG on the source slices (DICOM series inputs).")
+    ] = True,
     engine_dir: Annotated[Path, typer.Option(help="Engine cache folder (tensorrt backends).")] = Path(
         "engines"
     ),
@@ -168,7 +171,8 @@ def infer(
     verbose: Verbose = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
-    """Segment MS lesions: NIfTI in; mask, lesion report (JSON+CSV), optional probabilities and QC out."""
+    """Segment MS lesions: NIfTI or a DICOM series in; mask, lesion report (JSON+CSV), DICOM SEG (DICOM
+    input), optional probabilities and QC out."""
     from .backends import load_backend
     from .checkpoint import default_checkpoint
     from .pipeline import infer_volume, plan_outputs
@@ -185,6 +189,7 @@ def infer(
         qc=qc,
         volume_index=volume_index,
         series_uid=series,
+        dicom_seg=dicom_seg,
     )
     # Output problems are found before the model runs, not after minutes of inference.
     plan_outputs(files, output, options)

@@ -161,6 +161,7 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     pydicom = _pydicom(folder)
     affine, files, (rows, cols) = series_affine(_pick_series(folder, _read_headers(folder), series_uid))
     data = np.empty((cols, rows, len(files)), dtype=np.float32)
+    headers = []
     for k, path in enumerate(files):
         try:
             ds = pydicom.dcmread(path)
@@ -172,8 +173,12 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
             ) from e
         slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
         data[:, :, k] = (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)).T
+        del ds.PixelData
+        headers.append(ds)
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
-    return volume_from_image(img, path=folder)
+    volume = volume_from_image(img, path=folder)
+    volume.dicom = headers
+    return volume

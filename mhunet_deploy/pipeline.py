@@ -44,6 +44,8 @@ class InferOptions:
     display_name: str | None = None
     volume_index: int | None = None
     series_uid: str | None = None
+    #: A DICOM series input also gets a DICOM SEG of the mask on its own slices.
+    dicom_seg: bool = True
     model_info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,6 +61,8 @@ def output_paths(input_path: Path, out_dir: Path, options: InferOptions) -> dict
         "report": out_dir / f"{name}_report.json",
         "csv": out_dir / f"{name}_lesions.csv",
     }
+    if options.dicom_seg and input_path.is_dir():  # a folder input is a DICOM series
+        paths["seg"] = out_dir / f"{name}_seg.dcm"
     if options.probabilities:
         paths["probabilities"] = out_dir / f"{name}_prob.nii.gz"
     if options.qc:
@@ -114,12 +118,18 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def load_input(path: Path, options: InferOptions) -> Volume:
-    """A NIfTI file, or a folder holding one DICOM series (optional extra ``dicom``)."""
-    if path.is_dir():
-        from .dicom_io import load_dicom_series
+    """A NIfTI file, or a folder holding one DICOM series (optional extra ``dicom``); a series that
+    a DICOM SEG could not reference is refused here, before the model runs, unless no SEG is asked."""
+    if not path.is_dir():
+        return load_volume(path, options.volume_index)
+    from .dicom_io import load_dicom_series
 
-        return load_dicom_series(path, options.series_uid)
-    return load_volume(path, options.volume_index)
+    volume = load_dicom_series(path, options.series_uid)
+    if options.dicom_seg:
+        from .dicom_out import check_seg_sources
+
+        check_seg_sources(volume)
+    return volume
 
 
 def infer_volume(
@@ -178,6 +188,11 @@ def infer_volume(
     }
     if "probabilities" in paths:
         writers["probabilities"] = lambda: save_like(volume.image, prob, paths["probabilities"], np.float32)
+    if "seg" in paths:
+        from .dicom_out import LESION, write_seg
+
+        segments = {"MS lesion": (LESION, labels > 0)}
+        writers["seg"] = lambda: write_seg(volume, segments, paths["seg"], options.model_info)
     if "qc" in paths:
         from .qc import qc_montage
 

@@ -53,6 +53,9 @@ class Volume:
     data: np.ndarray
     path: Path | None
     warnings: list[str] = field(default_factory=list)
+    #: A DICOM series input's slice headers (pydicom datasets, pixel data dropped) in slice order k:
+    #: what a DICOM SEG references. Empty for NIfTI.
+    dicom: list = field(default_factory=list)
 
     @property
     def zooms(self) -> tuple[float, float, float]:

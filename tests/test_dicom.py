@@ -8,7 +8,6 @@ axis reversed: the same voxels at the same world positions, which is what these 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,77 +18,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from dicom_helpers import expected_image, needs_pydicom, write_series
 from tiny_model import PATIENT26, save_tiny
 
 from mhunet_deploy.errors import InputError
-
-needs_pydicom = pytest.mark.skipif(
-    importlib.util.find_spec("pydicom") is None,
-    reason='pydicom not installed: pip install "mhunet-deploy[dicom]" to test DICOM input',
-)
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def write_series(
-    folder: Path,
-    data: np.ndarray,
-    affine: np.ndarray,
-    *,
-    series_uid: str | None = None,
-    description: str = "FLAIR",
-    rescale: tuple[float, float] = (1.0, 0.0),
-    edit: Callable[[int, Any], None] | None = None,
-) -> list[Path]:
-    """One MR slice file per k of ``data`` (stored as int16 = (value - intercept) / slope), placed by
-    ``affine`` (RAS); files are named in a shuffled order, as exports do. ``edit(k, ds)`` may spoil one."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    lps = LPS_TO_RAS @ affine
-    row_step, col_step = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
-    series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
-    names = np.random.default_rng(len(data.ravel())).permutation(data.shape[2])
-    slope, intercept = rescale
-    paths = []
-    for k in range(data.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "MR", description, k + 1
-        ds.ImageOrientationPatient = [float(v) for v in (*lps[:3, 0] / row_step, *lps[:3, 1] / col_step)]
-        ds.ImagePositionPatient = [float(v) for v in lps[:3, 3] + k * lps[:3, 2]]
-        ds.PixelSpacing = [float(col_step), float(row_step)]  # between rows, between columns
-        ds.SliceThickness = float(np.linalg.norm(lps[:3, 2]))
-        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        stored = np.round((data[:, :, k].T - intercept) / slope).astype(np.int16)
-        ds.PixelData = stored.tobytes()
-        if edit:
-            edit(k, ds)
-        path = folder / f"{description}{names[k]:04d}"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def expected_image(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The (data, affine) a reader sorting along the DICOM slice normal must return."""
-    lps = LPS_TO_RAS @ affine
-    if lps[:3, 2] @ np.cross(lps[:3, 0], lps[:3, 1]) > 0:
-        return data, affine
-    flipped = affine.copy()
-    flipped[:3, 3] += affine[:3, 2] * (data.shape[2] - 1)
-    flipped[:3, 2] *= -1
-    return data[:, :, ::-1], flipped
 
 
 def _rotation(axis: int, degrees: float) -> np.ndarray:
@@ -238,7 +170,7 @@ def test_infer_on_dicom_writes_the_mask_on_the_nifti_geometry(tmp_path: Path) ->
     tiny = save_tiny(tmp_path / "tiny.safetensors")
     cmd = [sys.executable, "-m", "mhunet_deploy.cli", "infer", str(tmp_path / "p26_dicom"), str(nifti)]
     res = subprocess.run(
-        [*cmd, "-o", str(out), "--checkpoint", str(tiny), "--json", "--quiet"],
+        [*cmd, "-o", str(out), "--checkpoint", str(tiny), "--no-dicom-seg", "--json", "--quiet"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -253,6 +185,7 @@ def test_infer_on_dicom_writes_the_mask_on_the_nifti_geometry(tmp_path: Path) ->
     np.testing.assert_allclose(from_dicom.affine, from_nifti.affine, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(from_dicom.dataobj), np.asarray(from_nifti.dataobj))
     assert from_dicom.header["qform_code"] == from_dicom.header["sform_code"] == 1
+    assert not list(out.glob("*_seg.dcm"))  # --no-dicom-seg
 
 
 @needs_pydicom

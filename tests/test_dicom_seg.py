@@ -1,0 +1,195 @@
+"""DICOM SEG out of `mhunet infer` on a DICOM series: a standard reader places it exactly on the source.
+
+The series are made from the real oblique clinical FLAIR (256x256 in plane, 0.9 mm, 8.1 mm slices,
+tilted ~18 degrees), once as stored and once with its rows flipped so that the slices run against
+the DICOM slice normal; file names are shuffled, never in slice order. One `mhunet infer` batch
+segments both; each SEG is then read back two ways, by highdicom's own geometry (its volume and
+affine) and by plain pydicom per-frame references, and compared voxel for voxel with the NIfTI
+mask of the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from dicom_helpers import CLINICAL, LPS_TO_RAS, clinical_crop, needs_highdicom, write_series
+from tiny_model import save_tiny
+
+from mhunet_deploy.errors import InputError
+
+pytestmark = [
+    needs_highdicom,
+    pytest.mark.skipif(not CLINICAL.exists(), reason=f"{CLINICAL} is absent (shared data not mounted)"),
+]
+#: The tiny random model's lesion probabilities lie near 0.018: this threshold makes input-dependent lesions.
+TINY_THRESHOLD = "0.019"
+SLICES = slice(7, 12)
+SERIES = ("oblique", "against_normal")
+
+
+def _flip_rows(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same voxels in the same places with voxel axis 1 reversed: the slice normal flips."""
+    flipped = affine.copy()
+    flipped[:3, 3] += affine[:3, 1] * (data.shape[1] - 1)
+    flipped[:3, 1] *= -1
+    return data[:, ::-1, :], flipped
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """One `mhunet infer` batch over both series; returns the folder holding series and outputs."""
+    root = tmp_path_factory.mktemp("seg")
+    data, affine = clinical_crop(SLICES)
+    write_series(root / "oblique", data, affine)
+    write_series(root / "against_normal", *_flip_rows(data, affine))
+    tiny = save_tiny(root / "tiny.safetensors")
+    cmd = [sys.executable, "-m", "mhunet_deploy.cli", "infer", *(str(root / s) for s in SERIES)]
+    res = subprocess.run(
+        [*cmd, "-o", str(root / "out"), "--checkpoint", str(tiny), "--threshold", TINY_THRESHOLD, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    return root
+
+
+def _sources(folder: Path) -> dict[str, object]:
+    import pydicom
+
+    return {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in sorted(folder.iterdir()))}
+
+
+def _nifti_index(mask: nib.Nifti1Image, lps_point: np.ndarray) -> np.ndarray:
+    return (np.linalg.inv(mask.affine) @ LPS_TO_RAS @ np.append(lps_point, 1.0))[:3]
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_highdicom_places_the_seg_on_the_nifti_mask(run: Path, name: str) -> None:
+    """highdicom rebuilds the SEG as a volume with its own affine; every voxel of it lands on an
+    integer voxel of the NIfTI mask of the same run, with the same value."""
+    import highdicom as hd
+
+    mask = nib.load(run / "out" / f"{name}_mask.nii.gz")
+    want = np.asarray(mask.dataobj)
+    assert 0 < want.sum() < want.size / 4, "the tiny model should find some lesions, not everything"
+    volume = hd.seg.segread(run / "out" / f"{name}_seg.dcm").get_volume()
+    assert volume.array.shape == (want.shape[2], want.shape[1], want.shape[0], 1)
+    index = np.indices(volume.array.shape[:3]).reshape(3, -1)
+    world = LPS_TO_RAS @ volume.affine @ np.vstack([index, np.ones(index.shape[1])])
+    ijk = (np.linalg.inv(mask.affine) @ world)[:3]
+    np.testing.assert_allclose(ijk, np.round(ijk), atol=1e-3)  # exactly on the grid, not interpolated
+    i, j, k = np.round(ijk).astype(int)
+    np.testing.assert_array_equal(volume.array[..., 0].reshape(-1), want[i, j, k])
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_every_frame_references_its_source_slice(run: Path, name: str) -> None:
+    """Read with pydicom alone: each frame names a source SOP instance and carries that slice's
+    position; its pixels are the NIfTI mask's slice at that position. Study, patient and frame of
+    reference are the source's; the segment is coded and names the algorithm."""
+    import pydicom
+
+    sources = _sources(run / name)
+    mask = nib.load(run / "out" / f"{name}_mask.nii.gz")
+    want = np.asarray(mask.dataobj)
+    seg = pydicom.dcmread(run / "out" / f"{name}_seg.dcm")
+    first = next(iter(sources.values()))
+    assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "PatientID", "PatientName", "AccessionNumber"):
+        assert seg[keyword].value == first[keyword].value, keyword
+    assert seg.SeriesInstanceUID != first.SeriesInstanceUID
+    assert seg.ContentQualification == "RESEARCH"
+    assert int(seg.NumberOfFrames) == len(sources)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    np.testing.assert_allclose(
+        shared.PlaneOrientationSequence[0].ImageOrientationPatient, first.ImageOrientationPatient
+    )
+    np.testing.assert_allclose(shared.PixelMeasuresSequence[0].PixelSpacing, first.PixelSpacing)
+    frames = seg.pixel_array
+    seen = set()
+    for f, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        uid = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        source = sources[str(uid)]
+        position = np.asarray(group.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        np.testing.assert_allclose(position, source.ImagePositionPatient, atol=1e-4)
+        _, _, k = np.round(_nifti_index(mask, position)).astype(int)
+        np.testing.assert_array_equal(frames[f], want[:, :, k].T)
+        seen.add(str(uid))
+    assert seen == set(sources)
+    (segment,) = seg.SegmentSequence
+    assert segment.SegmentLabel == "MS lesion" and segment.SegmentAlgorithmType == "AUTOMATIC"
+    category = segment.SegmentedPropertyCategoryCodeSequence[0]
+    kind = segment.SegmentedPropertyTypeCodeSequence[0]
+    assert (category.CodingSchemeDesignator, category.CodeValue) == ("SCT", "49755003")
+    assert (kind.CodingSchemeDesignator, kind.CodeValue) == ("SCT", "52988006")
+    assert segment.AnatomicRegionSequence[0].CodeValue == "12738006"  # brain
+    algo = segment.SegmentationAlgorithmIdentificationSequence[0]
+    sha = json.loads((run / "out" / f"{name}_report.json").read_text())["model"]["sha256"]
+    assert algo.AlgorithmName == "mhunet" and sha[:12] in algo.AlgorithmVersion
+    assert sha in algo.AlgorithmParameters
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy absent: apt-get install dicom3tools")
+def test_dciodvfy_finds_no_error_in_the_seg(run: Path) -> None:
+    for name in SERIES:
+        res = subprocess.run(
+            ["dciodvfy", str(run / "out" / f"{name}_seg.dcm")], capture_output=True, text=True, timeout=60
+        )
+        errors = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]
+        assert res.returncode == 0 and not errors, "\n".join(errors)
+        assert "Segmentation" in res.stdout + res.stderr  # it recognised the IOD it checked
+
+
+def test_a_series_without_frame_of_reference_is_refused_unless_no_seg(tmp_path: Path) -> None:
+    from mhunet_deploy.pipeline import InferOptions, load_input
+
+    data = np.random.default_rng(6).integers(1, 500, (8, 9, 4)).astype(np.float32)
+    write_series(
+        tmp_path / "s",
+        data,
+        np.diag([0.9, 0.9, 5.0, 1.0]),
+        edit=lambda k, ds: delattr(ds, "FrameOfReferenceUID"),
+    )
+    with pytest.raises(InputError) as info:
+        load_input(tmp_path / "s", InferOptions())
+    message = str(info.value)
+    assert "lack FrameOfReferenceUID" in message and "--no-dicom-seg" in message and "\n" not in message
+    assert load_input(tmp_path / "s", InferOptions(dicom_seg=False)).data.shape == data.shape
+
+
+def test_without_highdicom_one_line_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
+    from mhunet_deploy.pipeline import InferOptions, load_input
+
+    data = np.random.default_rng(7).integers(1, 500, (8, 9, 3)).astype(np.float32)
+    write_series(tmp_path / "s", data, np.diag([0.9, 0.9, 5.0, 1.0]))
+    monkeypatch.setitem(sys.modules, "highdicom", None)
+    with pytest.raises(InputError, match=r'needs highdicom; pip install "mhunet-deploy\[dicom\]", or pass'):
+        load_input(tmp_path / "s", InferOptions())
+    assert load_input(tmp_path / "s", InferOptions(dicom_seg=False)).dicom
+
+
+def test_a_seg_that_cannot_be_written_takes_the_other_outputs_with_it(tmp_path: Path) -> None:
+    from mhunet_deploy.errors import OutputError
+    from mhunet_deploy.pipeline import InferOptions, infer_volume
+    from tests.test_pipeline import EverywhereLesion
+
+    data = np.random.default_rng(8).integers(1, 500, (8, 9, 3)).astype(np.float32)
+    write_series(tmp_path / "s", data, np.diag([0.9, 0.9, 5.0, 1.0]))
+    out = tmp_path / "out"
+    (out / "s_seg.dcm").mkdir(parents=True)  # the SEG's name is taken by a folder
+    with pytest.raises(OutputError, match="is a folder"):
+        infer_volume(
+            tmp_path / "s",
+            out,
+            EverywhereLesion(),
+            InferOptions(model_info={"name": "test", "sha256": "0" * 64}),
+        )
+    assert [p.name for p in out.iterdir()] == ["s_seg.dcm"]  # mask, report and csv were removed again
