@@ -438,6 +438,8 @@ def test_readme_troubleshooting_has_a_row_per_case() -> None:
         "two slices share one position",
         "is a multi-frame image",
         "is a colour image",
+        "lack FrameOfReferenceUID, so a DICOM SEG cannot be placed on them",
+        'writing a DICOM SEG needs highdicom; pip install "mhunet-deploy[dicom]", or pass --no-dicom-seg',
     ]
     missing = [p for p in phrases if p not in table]
     assert not missing, f"README troubleshooting lacks: {missing}"
