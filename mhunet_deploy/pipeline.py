@@ -99,8 +99,10 @@ def predict_volume(
     batch_size: int,
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Run the backend over slices in batches; constant slices (no signal) are skipped."""
-    logits = np.full(slices.shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
+    """Logits (S, len(backend.outputs), H, W) of slices (S, 1, H, W), run in batches; constant slices
+    (no signal) are skipped and get EMPTY_SLICE_LOGIT in every channel (no lesion, no brain)."""
+    shape = (len(slices), len(backend.outputs), *slices.shape[2:])
+    logits = np.full(shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
     flat = slices.reshape(len(slices), -1)
     busy = np.flatnonzero(flat.max(axis=1) - flat.min(axis=1) > 1e-6)
     for i in range(0, len(busy), batch_size):
@@ -155,7 +157,7 @@ def infer_volume(
         on_start(len(slices))
     logits = predict_volume(backend, slices, options.batch_size, on_batch)
     t3 = time.perf_counter()
-    prob = geometry.to_input_grid(sigmoid(logits))
+    prob = geometry.to_input_grid(sigmoid(logits[:, :1]))  # channel 0: lesion
     zooms = volume.zooms
     labels = segment(prob, zooms, options.threshold, options.min_lesion_mm3)
     lesions = lesion_table(labels, volume.image.affine, zooms)

@@ -26,7 +26,7 @@ import numpy as np
 from . import contract
 from .backends.base import Backend
 from .errors import BackendError
-from .exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, find_graph
+from .exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, find_graph, output_channels
 from .metrics import dice
 from .pipeline import EMPTY_SLICE_LOGIT, predict_volume, sigmoid
 from .postprocess import lesion_table, segment
@@ -53,7 +53,8 @@ class PluginGraphReference:
         import onnx
         from onnx.reference import ReferenceEvaluator
 
-        path, _ = find_graph(checkpoint, "plugin", "fp32", export_dir)
+        path, manifest = find_graph(checkpoint, "plugin", "fp32", export_dir)
+        self.outputs = output_channels(manifest)
         self.evaluator = ReferenceEvaluator(onnx.load(str(path)), new_ops=reference_ops())
         self.name = "onnx-reference (plugin graph)"
         self.precision = "fp32"
@@ -111,7 +112,7 @@ class Case:
     def task(self, logits: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, list[dict]]:
         """Mask and lesions of the volume when only slices ``index`` carry logits (others empty)."""
         full = np.full(self.slices.shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
-        full[index] = logits
+        full[index] = logits[:, :1]  # channel 0: lesion
         zooms = self.volume.zooms
         prob = self.geometry.to_input_grid(sigmoid(full))
         labels = segment(prob, zooms, self.threshold, self.min_lesion_mm3)
@@ -197,7 +198,8 @@ def verify(
     prepared, geometry = prepare(vol)
     index = central_slices(prepared, slices)
     reference = TorchBackend(checkpoint, device="cpu", precision="fp32")
-    ref_logits = np.full(prepared.shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
+    shape = (len(prepared), len(reference.outputs), *prepared.shape[2:])
+    ref_logits = np.full(shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
     ref_logits[index] = predict_volume(reference, prepared[index], 8)
     case = Case(
         vol,

@@ -73,7 +73,7 @@ def probability_maps(
             t1 = time.perf_counter()
             slices, geometry = prepare(volume)
             logits = predict_volume(backend, slices, batch)
-            prob = geometry.to_input_grid(sigmoid(logits))
+            prob = geometry.to_input_grid(sigmoid(logits[:, :1]))  # channel 0: lesion
             t2 = time.perf_counter()
             zooms = np.array([float(z) for z in image.header.get_zooms()[:3]])
             np.savez_compressed(

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny_model import tiny_export
+from tiny_model import TWO, tiny_export
 
 from mhunet_deploy.engine import ensure_engine
 from mhunet_deploy.errors import BackendError
@@ -50,6 +50,23 @@ def test_stale_engine_is_rebuilt(tmp_path: Path) -> None:
     stale.write_bytes(b"not an engine")  # no sidecar: cannot be trusted
     path, sidecar = aot_build(tmp_path)
     assert path == stale and sidecar["rebuilt_because"] == "stale" and path.read_bytes() != b"not an engine"
+
+
+@needs_rtx
+def test_rtx_network_carries_every_output_channel() -> None:
+    """The network TensorRT-RTX parses from a lesion + brain graph outputs both channels, which is the
+    engine output shape the TensorRT backend sizes its buffers from (running it needs an RTX GPU)."""
+    import tensorrt_rtx as trt
+
+    from mhunet_deploy.exporting.manifest import graph_filename
+
+    _, export = tiny_export(TWO)
+    logger = trt.Logger(trt.Logger.ERROR)
+    network = trt.Builder(logger).create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse_from_file(str(export / graph_filename("light", "portable", "fp16")))
+    out = network.get_output(0)
+    assert out.name == "logits" and tuple(out.shape) == (-1, 2, 256, 256)
 
 
 def test_tensorrt_needs_tensorrt() -> None:

@@ -6,7 +6,7 @@ import json
 
 import onnx
 import pytest
-from tiny_model import tiny_export
+from tiny_model import ONE, TWO, tiny_export
 
 from mhunet_deploy import contract
 from mhunet_deploy.exporting.manifest import graph_filename
@@ -16,8 +16,8 @@ GRAPHS = [(k, p) for k in ("plugin", "portable") for p in ("fp32", "fp16")]
 PORTABLE_NODE_LIMIT = 5000
 
 
-def load(kind: str, precision: str) -> tuple[onnx.ModelProto, dict]:
-    _, export = tiny_export()
+def load(kind: str, precision: str, outputs: tuple[str, ...] = ONE) -> tuple[onnx.ModelProto, dict]:
+    _, export = tiny_export(outputs)
     path = export / graph_filename("light", kind, precision)
     return onnx.load(str(path)), json.loads(path.with_suffix(".json").read_text())
 
@@ -29,12 +29,14 @@ def types(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
+@pytest.mark.parametrize("outputs", [ONE, TWO])
 @pytest.mark.parametrize(("kind", "precision"), GRAPHS)
-def test_manifest_describes_graph(kind: str, precision: str) -> None:
+def test_manifest_describes_graph(kind: str, precision: str, outputs: tuple[str, ...]) -> None:
     from mhunet_deploy.checkpoint import sha256_file
+    from mhunet_deploy.exporting.manifest import output_channels
 
-    ckpt, export = tiny_export()
-    model, manifest = load(kind, precision)
+    ckpt, export = tiny_export(outputs)
+    model, manifest = load(kind, precision, outputs)
     assert manifest["kind"] == kind and manifest["precision"] == precision
     assert manifest["checkpoint"]["sha256"] == sha256_file(ckpt)
     assert manifest["onnx_sha256"] == sha256_file(export / manifest["graph"])
@@ -42,7 +44,10 @@ def test_manifest_describes_graph(kind: str, precision: str) -> None:
     assert sum(manifest["op_histogram"].values()) == manifest["node_count"]
     dtype = "float16" if precision == "fp16" else "float32"
     assert manifest["inputs"] == [{"name": "slices", "shape": ["batch", 1, 256, 256], "dtype": dtype}]
-    assert manifest["outputs"] == [{"name": "logits", "shape": ["batch", 1, 256, 256], "dtype": dtype}]
+    # One logit channel per model output, in the order the manifest names them.
+    k = len(outputs)
+    assert manifest["outputs"] == [{"name": "logits", "shape": ["batch", k, 256, 256], "dtype": dtype}]
+    assert manifest["io"]["output_channels"] == list(outputs) and output_channels(manifest) == outputs
     assert manifest["model_config"]["embed_dim"] == 8
     onnx.checker.check_model(model)
 
@@ -74,9 +79,10 @@ def test_portable_graph_is_standard_ops_without_loops(precision: str) -> None:
     assert manifest["node_count"] < PORTABLE_NODE_LIMIT
 
 
-def test_fp16_graphs_keep_fp32_islands() -> None:
+@pytest.mark.parametrize("outputs", [ONE, TWO])
+def test_fp16_graphs_keep_fp32_islands(outputs: tuple[str, ...]) -> None:
     for kind in ("plugin", "portable"):
-        model, _ = load(kind, "fp16")
+        model, _ = load(kind, "fp16", outputs)
         t = types(model)
         for node in model.graph.node:
             if node.op_type in ("LayerNormalization", "BatchNormalization"):
@@ -84,6 +90,19 @@ def test_fp16_graphs_keep_fp32_islands() -> None:
         floats = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
         halves = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
         assert halves and floats  # weights in fp16; norm parameters and the scan's A/D/delta_bias in fp32
+
+
+def test_manifest_without_output_channels_is_lesion_only_and_checked() -> None:
+    """Manifests from before the field are one-channel exports; a count that disagrees is refused."""
+    from mhunet_deploy.errors import BackendError
+    from mhunet_deploy.exporting.manifest import output_channels
+
+    _, manifest = load("portable", "fp32")
+    old = {**manifest, "io": {k: v for k, v in manifest["io"].items() if k != "output_channels"}}
+    assert output_channels(old) == ("lesion",)
+    _, two = load("portable", "fp32", TWO)
+    with pytest.raises(BackendError, match="names 1 output channel.*graph has 2"):
+        output_channels({**two, "io": old["io"]})
 
 
 def test_light_portable_graph_fits_node_budget(tmp_path) -> None:

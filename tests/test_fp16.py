@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from tiny_model import PATIENT26, tiny_export
+from tiny_model import ONE, PATIENT26, TWO, tiny_export
 
 from mhunet_deploy import contract
 from mhunet_deploy.exporting.fp16 import SCAN_MERGE_OPS
@@ -29,8 +29,9 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def test_scan_and_its_merge_are_an_fp32_island() -> None:
-    _, export = tiny_export()
+@pytest.mark.parametrize("outputs", [ONE, TWO])
+def test_scan_and_its_merge_are_an_fp32_island(outputs: tuple[str, ...]) -> None:
+    _, export = tiny_export(outputs)
     model = onnx.load(str(export / graph_filename("light", "plugin", "fp16")))
     t = _types(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -68,7 +69,7 @@ class _Session:
 
         self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         self.dtype = np.float16 if precision == "fp16" else np.float32
-        self.name, self.precision = "onnxruntime-cpu", precision
+        self.name, self.precision, self.outputs = "onnxruntime-cpu", precision, ("lesion",)
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: slices.astype(self.dtype)})
@@ -99,7 +100,7 @@ def test_packaged_weights_fp16_portable_graph_matches_fp32_on_patient26() -> Non
     volume = load_volume(PATIENT26)
     slices, geometry = prepare(volume)
     index = central_slices(slices, SLICES)
-    reference = np.full(slices.shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
+    reference = np.full(slices.shape, EMPTY_SLICE_LOGIT, dtype=np.float32)  # lesion-only weights
     reference[index] = predict_volume(TorchBackend(ckpt, device="cpu"), slices[index], SLICES)
     post = read_meta(ckpt).get("postprocess", {})
     case = Case(

@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from tiny_model import save_tiny, tiny_export
+from tiny_model import ONE, TWO, save_tiny, tiny_export
 
 from mhunet_deploy.backends import choose_auto, load_backend
 from mhunet_deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -48,13 +48,28 @@ def test_plugin_graph_path_is_refused() -> None:
         OnnxRuntimeBackend(ckpt, onnx_path=export / "light_plugin_fp32.onnx")
 
 
+@pytest.mark.parametrize("outputs", [ONE, TWO])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_predict_shape_dtype_and_name(precision: str) -> None:
-    ckpt, export = tiny_export()
+def test_predict_shape_dtype_and_name(precision: str, outputs: tuple[str, ...]) -> None:
+    ckpt, export = tiny_export(outputs)
     backend = load_backend("onnxruntime", ckpt, "cpu", precision, export_dir=export)
     y = backend.predict(np.zeros((1, 1, 256, 256), np.float32))
-    assert y.shape == (1, 1, 256, 256) and y.dtype == np.float32
+    assert y.shape == (1, len(outputs), 256, 256) and y.dtype == np.float32
     assert backend.name == "onnxruntime-cpu" and backend.precision == precision
+    assert backend.outputs == outputs
+
+
+def test_two_output_model_every_channel_matches_torch() -> None:
+    """Both channels (lesion, brain) come through the portable graph as PyTorch computes them."""
+    ckpt, export = tiny_export(TWO)
+    x = np.random.default_rng(0).standard_normal((2, 1, 256, 256)).astype(np.float32)
+    torch_backend = load_backend("torch", ckpt, "cpu", "fp32")
+    ort_backend = load_backend("onnxruntime", ckpt, "cpu", "fp32", export_dir=export)
+    assert torch_backend.outputs == ort_backend.outputs == TWO
+    ref, got = torch_backend.predict(x), ort_backend.predict(x)
+    assert ref.shape == got.shape == (2, 2, 256, 256)
+    assert not np.allclose(ref[:, 0], ref[:, 1])  # two distinct channels, not one copied
+    np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
 def test_auto_prefers_exported_graph_over_torch_cpu(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ class EverywhereLesion:
 
     name = "everywhere"
     precision = "fp32"
+    outputs = ("lesion",)
     batch_size = 8
 
     def __init__(self, engine_key: dict | None = None) -> None:

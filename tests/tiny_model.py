@@ -1,6 +1,7 @@
-"""One tiny checkpoint exported once per test session, shared by the export/backend/verify tests.
+"""Tiny checkpoints exported once per test session, shared by the export/backend/verify tests.
 
-Exporting costs ~10 s on two cores, so every test that needs graphs reuses this one export.
+Exporting costs ~10 s on two cores, so every test that needs graphs reuses one export per output
+layout: lesion-only (``ONE``, what the packaged weights have) and lesion + brain (``TWO``).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import tempfile
 from pathlib import Path
 
 TINY = {"embed_dim": 8, "depths": (1, 1, 1, 1), "stem_channels": 4}
+ONE = ("lesion",)
+TWO = ("lesion", "brain")
 PATIENT26 = Path(__file__).resolve().parent.parent.parent / "shared/data/open_ms/patient26/FLAIR.nii.gz"
 
 
-def save_tiny(path: Path, seed: int = 0) -> Path:
+def save_tiny(path: Path, seed: int = 0, outputs: tuple[str, ...] = ONE) -> Path:
     """A freshly initialised tiny model saved as a checkpoint (eval-mode BatchNorm statistics)."""
     import torch
 
@@ -21,15 +24,16 @@ def save_tiny(path: Path, seed: int = 0) -> Path:
     from mhunet_deploy.model.mamba_hunet import ModelConfig, build_model
 
     torch.manual_seed(seed)
-    return save_checkpoint(build_model(ModelConfig(**TINY)), path, {})
+    return save_checkpoint(build_model(ModelConfig(**TINY, outputs=outputs)), path, {})
 
 
 @functools.cache
-def tiny_export() -> tuple[Path, Path]:
-    """(checkpoint, export dir) of the session's tiny model, exported with `export_graphs`."""
+def tiny_export(outputs: tuple[str, ...] = ONE) -> tuple[Path, Path]:
+    """(checkpoint, export dir) of the session's tiny model with these outputs, exported with
+    `export_graphs` on first use."""
     from mhunet_deploy.exporting.exporter import export_graphs
 
     root = Path(tempfile.mkdtemp(prefix="mhunet-tiny-"))
-    ckpt = save_tiny(root / "tiny.safetensors")
+    ckpt = save_tiny(root / "tiny.safetensors", outputs=outputs)
     export_graphs(ckpt, root / "export")
     return ckpt, root / "export"

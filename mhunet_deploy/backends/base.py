@@ -1,4 +1,4 @@
-"""What every backend offers the pipeline: normalised slices in, lesion logits out."""
+"""What every backend offers the pipeline: normalised slices in, one logit channel per model output out."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ class Backend(Protocol):
 
     name: str
     precision: str
+    #: Names of the logit channels ``predict`` returns, in order: "lesion" first, then "brain" for a
+    #: model with a brain-extraction output (ModelConfig.outputs; the export manifest's output_channels).
+    outputs: tuple[str, ...]
     #: Slices per ``predict`` call that suits the runtime: a GPU wants large batches (H200, light model:
     #: 32 slices run the model stage 2.5x faster than 8, BENCHMARKS.md), a CPU gains nothing past ~8.
     batch_size: int
@@ -20,5 +23,5 @@ class Backend(Protocol):
     engine_key: dict[str, Any] | None
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
-        """Map float32 slices (S, 1, 256, 256) to float32 lesion logits of the same shape."""
+        """Map float32 slices (S, 1, 256, 256) to float32 logits (S, len(outputs), 256, 256)."""
         ...

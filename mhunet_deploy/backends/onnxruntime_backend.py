@@ -12,7 +12,14 @@ from types import ModuleType
 import numpy as np
 
 from ..errors import BackendError
-from ..exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, OUTPUT_NAME, PRECISIONS, find_graph
+from ..exporting.manifest import (
+    DEFAULT_EXPORT_DIR,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PRECISIONS,
+    find_graph,
+    output_channels,
+)
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -53,6 +60,7 @@ class OnnxRuntimeBackend:
             raise BackendError("onnxruntime backend: no CUDA execution provider; install onnxruntime-gpu")
         use_cuda = device != "cpu" and cuda_ep_available()
         self.graph, self.manifest = find_graph(checkpoint, "portable", precision, export_dir, onnx_path)
+        self.outputs = output_channels(self.manifest)
         providers = [CUDA_EP, CPU_EP] if use_cuda else [CPU_EP]
         self.session = ort.InferenceSession(str(self.graph), providers=providers)
         self.input_dtype = np.float16 if precision == "fp16" else np.float32

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..engine import DEFAULT_ENGINE_DIR, FLAVORS, BatchProfile, ensure_engine, import_library
 from ..errors import BackendError
-from ..exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, OUTPUT_NAME
+from ..exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, OUTPUT_NAME, find_graph, output_channels
 
 
 def _check(result: tuple) -> object:
@@ -38,6 +38,8 @@ class TensorRTBackend:
     ) -> None:
         path, self.sidecar = ensure_engine(flavor, checkpoint, precision, export_dir, engine_dir)
         self.engine_key = self.sidecar["key"]
+        _, manifest = find_graph(checkpoint, FLAVORS[flavor].graph_kind, precision, export_dir)
+        self.outputs = output_channels(manifest)
         trt = import_library(FLAVORS[flavor])  # importable: ensure_engine needed it
         from cuda.bindings import runtime as cudart  # importable: ensure_engine queried the GPU with it
 
@@ -52,25 +54,35 @@ class TensorRTBackend:
         self.batch_size = self.max_batch
         io = (INPUT_NAME, OUTPUT_NAME)
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in io}
+        #: Per-slice shapes (C, H, W) of input and output, from the engine: the output has one
+        #: channel per model output, so its buffers are sized from it, not from the input.
+        self.shapes = {n: tuple(int(d) for d in self.engine.get_tensor_shape(n))[1:] for n in io}
+        if self.shapes[OUTPUT_NAME][0] != len(self.outputs):
+            raise BackendError(
+                f"{path}: engine has {self.shapes[OUTPUT_NAME][0]} output channel(s), its graph's manifest "
+                f"names {len(self.outputs)}; delete the engine to rebuild it"
+            )
         self.stream = _check(cudart.cudaStreamCreate())
         self.buffers: dict[str, int] = {}
         self.precision = precision
         self.name = flavor
 
-    def _reserve(self, slice_shape: tuple[int, ...]) -> None:
-        """Device buffers for ``max_batch`` slices, allocated once on first use."""
+    def _reserve(self) -> None:
+        """Device buffers for ``max_batch`` slices in and their logits out, allocated once on first use."""
         if self.buffers:
             return
-        per_slice = int(np.prod(slice_shape))
         for name, dtype in self.dtypes.items():
-            self.buffers[name] = _check(self._cudart.cudaMalloc(self.max_batch * per_slice * dtype.itemsize))
+            size = self.max_batch * int(np.prod(self.shapes[name])) * dtype.itemsize
+            self.buffers[name] = _check(self._cudart.cudaMalloc(size))
             self.context.set_tensor_address(name, self.buffers[name])
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         kinds = self._cudart.cudaMemcpyKind
         copy = self._cudart.cudaMemcpyAsync
-        self._reserve(slices.shape[1:])
-        out = np.empty(slices.shape, dtype=self.dtypes[OUTPUT_NAME])
+        if slices.shape[1:] != self.shapes[INPUT_NAME]:
+            raise ValueError(f"slices {slices.shape[1:]}, the engine takes {self.shapes[INPUT_NAME]}")
+        self._reserve()
+        out = np.empty((len(slices), *self.shapes[OUTPUT_NAME]), dtype=self.dtypes[OUTPUT_NAME])
         for i in range(0, len(slices), self.max_batch):
             x = np.ascontiguousarray(slices[i : i + self.max_batch], dtype=self.dtypes[INPUT_NAME])
             y = out[i : i + len(x)]

@@ -61,6 +61,7 @@ class TorchBackend:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.model, self.meta = load_checkpoint(checkpoint, device=device)
+        self.outputs = self.model.config.outputs
         self.precision = precision
         self.scan = scan
         self.scan_impl = self._pick_scan_impl(scan)

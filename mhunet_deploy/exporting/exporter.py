@@ -39,9 +39,10 @@ def fold(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(gs.export_onnx(graph), data_prop=True)
 
 
-def _fix_io(model: onnx.ModelProto, img_size: int, in_chans: int) -> None:
-    """Spell out the I/O contract: (batch, C, H, W) in, (batch, 1, H, W) logits out, batch dynamic."""
-    for value, channels in ((model.graph.input[0], in_chans), (model.graph.output[0], 1)):
+def _fix_io(model: onnx.ModelProto, img_size: int, in_chans: int, out_chans: int) -> None:
+    """Spell out the I/O contract: (batch, C, H, W) in, (batch, K, H, W) logits out (one channel per
+    model output, lesion first), batch dynamic."""
+    for value, channels in ((model.graph.input[0], in_chans), (model.graph.output[0], out_chans)):
         dims = value.type.tensor_type.shape.dim
         for dim, size in zip(dims, ("batch", channels, img_size, img_size), strict=True):
             dim.Clear()
@@ -91,7 +92,7 @@ def export_graphs(
     model, meta = load_checkpoint(ckpt)
     cfg = model.config
     plugin32 = fold(export_plugin_graph(model, opset))
-    _fix_io(plugin32, cfg.img_size, cfg.in_chans)
+    _fix_io(plugin32, cfg.img_size, cfg.in_chans, len(cfg.outputs))
     subgraphs = {sig: fold(export_scan_graph(sig, opset)) for sig in scan_signatures(plugin32)}
     plugin16 = to_fp16(plugin32)
     graphs = {
@@ -109,7 +110,13 @@ def export_graphs(
             "domain": contract.DOMAIN,
             "version": contract.DOMAIN_VERSION,
         },
-        "io": {"input": INPUT_NAME, "output": OUTPUT_NAME, "batch_axis": 0},
+        # The logits' channels in order: what each backend hands the pipeline (see output_channels).
+        "io": {
+            "input": INPUT_NAME,
+            "output": OUTPUT_NAME,
+            "output_channels": list(cfg.outputs),
+            "batch_axis": 0,
+        },
         "exporter": {"mhunet_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -23,6 +23,21 @@ INPUT_NAME = "slices"
 OUTPUT_NAME = "logits"
 
 
+def output_channels(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """Names of the logits' channels, in order ("lesion" first, then e.g. "brain").
+
+    Manifests written before the field existed come from lesion-only exports (one channel).
+    """
+    names = tuple(manifest.get("io", {}).get("output_channels", ("lesion",)))
+    shape = manifest["outputs"][0]["shape"]
+    if shape[1] != len(names):
+        raise BackendError(
+            f"{manifest['graph']}: manifest names {len(names)} output channel(s) but the graph has "
+            f"{shape[1]}; re-run `mhunet export`"
+        )
+    return names
+
+
 def graph_filename(model_name: str, kind: str, precision: str) -> str:
     """``<model-name>_<kind>_<precision>.onnx``: one file per graph, the manifest beside it."""
     if kind not in KINDS or precision not in PRECISIONS:
