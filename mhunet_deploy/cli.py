@@ -388,31 +388,108 @@ def evaluate(
     out.print(table)
 
 
+DataSources = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--data",
+        help="Training data, repeatable: a pack (.npz from mhunet pack), a manifest (.json, see "
+        "manifests/README.md) or an nnU-Net folder (imagesTr/, labelsTr/).",
+    ),
+]
+DataRoot = Annotated[
+    Path | None, typer.Option(help="Folder that a manifest's relative paths start from (default: its root).")
+]
+SynthSource = Annotated[
+    Path, typer.Option(help="Folder with mni152/ and open_ms/ (synthetic heads, lesion masks to paste).")
+]
+Synthetic = Annotated[int, typer.Option(min=0, help="Synthetic heads to generate and mix in.")]
+Workers = Annotated[int, typer.Option(min=1, help="Processes for data preparation.")]
+
+
+def _gather(
+    data: list[Path] | None,
+    data_root: Path | None,
+    synthetic: int,
+    synth_source: Path,
+    seed: int,
+    workers: int,
+    quiet: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """One pack from --data sources and --synthetic heads, with the Lesjak masks for pasting."""
+    from .data import Pack, load_data, pack_synthetic, paint_masks
+
+    if not data and not synthetic:
+        raise InputError(
+            "no training data; give --data (a pack, manifest or nnU-Net folder) and/or --synthetic N"
+        )
+    packs, recipe = [], {"sources": [str(d) for d in data or []], "synthetic": synthetic, "seed": seed}
+    with _progress(quiet) as bar:
+        if data:
+            task = bar.add_task("packing scans", total=None)
+            packs.append(load_data(data, data_root, on_volume=lambda: bar.advance(task)))
+            bar.remove_task(task)
+        if synthetic:
+            task = bar.add_task("synthetic heads", total=synthetic)
+            parts = pack_synthetic(
+                synth_source, synthetic, seed, workers, on_volume=lambda: bar.advance(task)
+            )
+            packs.append(Pack.from_parts(parts))
+            bar.remove_task(task)
+    pack = Pack.concat(packs)
+    if pack.paint is None and (synth_source / "open_ms/lesion_masks_mni").is_dir():
+        pack.paint = paint_masks(synth_source)
+    return pack, recipe
+
+
+@app.command()
+def pack(
+    out: Annotated[Path, typer.Argument(help="The .npz to write.")],
+    data: DataSources = None,
+    data_root: DataRoot = None,
+    synthetic: Synthetic = 0,
+    synth_source: SynthSource = Path("../shared/data"),
+    seed: Annotated[int, typer.Option()] = 0,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Pack scans (and synthetic heads) into one compact training file: build it here, carry it to a GPU."""
+    _logging(verbose, quiet)
+    if out.suffix != ".npz":
+        raise InputError(f"{out}: a pack is written as .npz; name it e.g. {out.with_suffix('.npz').name}")
+    pack, _ = _gather(data, data_root, synthetic, synth_source, seed, workers, quiet)
+    pack.save(out)
+    if not quiet:
+        kinds = {str(k): int((pack.table["kind"] == k).sum()) for k in sorted(set(pack.table["kind"]))}
+        size = out.stat().st_size / 1e6
+        err.print(f"wrote {out}: {len(pack)} slices of {pack.volumes} volumes {kinds}, {size:.1f} MB")
+
+
 @app.command()
 def train(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for checkpoints.")] = Path("runs/light"),
     model: Annotated[str, typer.Option(help="light or paper.")] = "light",
-    data: Annotated[
-        Path | None, typer.Option(help="nnU-Net style folder (imagesTr/, labelsTr/); default synthetic.")
+    data: DataSources = None,
+    data_root: DataRoot = None,
+    synthetic: Synthetic = 0,
+    synth_source: SynthSource = Path("../shared/data"),
+    holdout_fold: Annotated[
+        int | None, typer.Option(help="Cross-validation: leave this fold out and predict it at the end.")
     ] = None,
-    synth_source: Annotated[
-        Path, typer.Option(help="Folder with mni152/ and open_ms/ for synthetic data.")
-    ] = Path("../shared/data"),
-    volumes: Annotated[int, typer.Option(min=2, help="Synthetic training volumes to generate.")] = 120,
-    synth_spacing: Annotated[
-        float | None, typer.Option(help="Fixed in-plane mm of synthetic volumes (default: random).")
-    ] = None,
-    slices_per_volume: Annotated[
-        int | None, typer.Option(min=1, help="Keep at most this many slices of each volume.")
+    synthetic_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of each batch from synthetic heads.")
+    ] = 0.25,
+    no_augment: Annotated[
+        list[str] | None, typer.Option("--no-augment", help="Switch an augmentation off (repeatable).")
     ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     steps_per_epoch: Annotated[int, typer.Option(min=1)] = 200,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
     lr: Annotated[float, typer.Option()] = 2e-3,
     crop: Annotated[int, typer.Option(help="Training patch size in pixels (256: whole slices).")] = 128,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    workers: Annotated[int, typer.Option(min=1, help="Processes for data generation.")] = 2,
+    workers: Workers = 2,
     embed_dim: Annotated[int | None, typer.Option(help="Override the config's C (smoke tests).")] = None,
     max_minutes: Annotated[
         float | None, typer.Option(help="Wall-clock budget; the LR schedule spans it.")
@@ -421,10 +498,11 @@ def train(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Train Mamba-HUNet; writes OUT/best.safetensors (+ .json) and OUT/last.* for --resume."""
+    """Train Mamba-HUNet (lesion + brain outputs); writes OUT/final.safetensors (+ .json), OUT/last.* for
+    --resume, and with --holdout-fold OUT/holdout.npz (out-of-fold probabilities)."""
     from dataclasses import replace
 
-    from .data import build_sets
+    from .augment import AugmentConfig
     from .model.mamba_hunet import CONFIGS
     from .train import TrainConfig
     from .train import train as run_train
@@ -432,6 +510,12 @@ def train(
     _logging(verbose, quiet)
     if model not in CONFIGS:
         raise InputError(f"unknown model {model!r}; choose one of {', '.join(CONFIGS)}")
+    try:
+        augment = AugmentConfig(
+            crop=crop, synthetic_fraction=synthetic_fraction, disabled=tuple(no_augment or ())
+        )
+    except ValueError as e:
+        raise InputError(f"{e}; check --no-augment") from e
     mcfg = CONFIGS[model] if embed_dim is None else replace(CONFIGS[model], embed_dim=embed_dim)
     cfg = TrainConfig(
         model=model,
@@ -439,29 +523,18 @@ def train(
         steps_per_epoch=steps_per_epoch,
         batch_size=batch_size,
         lr=lr,
-        crop=None if crop >= 256 else crop,
+        holdout_fold=holdout_fold,
         seed=seed,
         device=device,
         max_minutes=max_minutes,
+        augment=augment,
     )
+    pack, recipe = _gather(data, data_root, synthetic, synth_source, seed, workers, quiet)
     with _progress(quiet) as bar:
-        task = bar.add_task("data", total=volumes if data is None else None)
-        train_set, val_set, recipe = build_sets(
-            data=data,
-            synth_source=synth_source,
-            volumes=volumes,
-            spacing=synth_spacing,
-            seed=seed,
-            workers=workers,
-            max_slices=slices_per_volume,
-            on_volume=lambda: bar.advance(task),
-        )
-        bar.remove_task(task)
         task = bar.add_task("train", total=epochs * steps_per_epoch)
-        best = run_train(
+        final = run_train(
             cfg,
-            train_set,
-            val_set,
+            pack,
             out_dir,
             recipe,
             model_config=mcfg,
@@ -470,13 +543,18 @@ def train(
             on_epoch=None
             if quiet
             else lambda m: err.print(
-                f"epoch {m['epoch']:3d}  loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}"
-                f"  val Dice {m['val_dice']:.4f}  {m['seconds']:.0f} s"
+                f"epoch {m['epoch']:3d}  loss {m['train_loss']:.4f}  steps {m['steps']}  {m['seconds']:.0f} s"
             ),
         )
     if not quiet:
-        meta = json.loads(best.with_suffix(".json").read_text())
-        err.print(f"best checkpoint: {best} (val Dice {meta['best_val_dice']:.3f})")
+        meta = json.loads(final.with_suffix(".json").read_text())
+        scores = meta.get("holdout_scores")
+        err.print(f"final checkpoint: {final} ({meta['steps']} steps)")
+        for row in scores or []:
+            err.print(
+                "  held out "
+                + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+            )
 
 
 @app.command("export")

@@ -19,12 +19,13 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Recipe", "SynthSource", "synth_volume"]
+__all__ = ["Recipe", "SynthScan", "SynthSource", "synth_volume"]
 
 _MNI = "mni152/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 _LESIONS = "open_ms/lesion_masks_mni"
@@ -204,10 +205,20 @@ def _affine(
     return ndi.affine_transform(data, np.diag(m) if diagonal else m, off, output_shape=shape, order=order)
 
 
-def synth_volume(
-    source: SynthSource, subject: str, seed: int, **recipe: object
-) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
-    """One synthetic FLAIR and its uint8 lesion mask on the same (random, possibly oblique) grid."""
+class SynthScan(NamedTuple):
+    """A synthetic FLAIR and its uint8 lesion and brain masks, all on the image's grid."""
+
+    image: nib.Nifti1Image
+    lesions: nib.Nifti1Image
+    brain: nib.Nifti1Image
+
+
+def synth_volume(source: SynthSource, subject: str, seed: int, **recipe: object) -> SynthScan:
+    """One synthetic FLAIR with its lesion and brain masks on the same (random, possibly oblique) grid.
+
+    The brain mask is the template brain sampled and slice-averaged like the image and cut at 0.5,
+    so skull-on synthetic heads teach the brain output where the skull ends.
+    """
     r = dataclasses.replace(Recipe(), **recipe)
     rng = np.random.default_rng([seed, int.from_bytes(subject.encode(), "little") % 2**32])
     u = lambda rg: float(rng.uniform(*rg))  # noqa: E731
@@ -221,20 +232,21 @@ def synth_volume(
 
     out_aff, m, off, shape, thick_axis, k = _pose(source, rng, r, skull)
     img = _affine(image, m, off, shape)
+    brain = _affine((source.out_dist[source.head_box] == 0).astype(np.float32), m, off, shape)
     les = np.zeros(shape, np.float32)
     _sample_into(les, lesion, lbox, m, off)
     if k > 1:
-        img, les = _reduce(img, thick_axis, k), _reduce(les, thick_axis, k)
+        img, les, brain = (_reduce(a, thick_axis, k) for a in (img, les, brain))
         step = np.eye(4)
         step[thick_axis, thick_axis] = k
         step[thick_axis, 3] = (k - 1) / 2
         out_aff = out_aff @ step
         if rng.random() >= r.p_keep_thick_grid:
-            img, les = _expand(img, thick_axis, k), _expand(les, thick_axis, k)
+            img, les, brain = (_expand(a, thick_axis, k) for a in (img, les, brain))
             out_aff = out_aff @ np.linalg.inv(step)
     img = _scanner(img, rng, r, skull)
-    mask = (les >= 0.5).astype(np.uint8)
-    return _to_nifti(img * u(r.scale), mask, out_aff, rng, r)
+    masks = [(a >= 0.5).astype(np.uint8) for a in (les, brain)]
+    return _to_nifti(img * u(r.scale), masks, out_aff, rng, r)
 
 
 def _lesion_field(
@@ -432,18 +444,19 @@ def _scanner(img: np.ndarray, rng: np.random.Generator, r: Recipe, skull: bool) 
 
 
 def _to_nifti(
-    img: np.ndarray, mask: np.ndarray, affine: np.ndarray, rng: np.random.Generator, r: Recipe
-) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
-    """Image (float32, or int16 with or without scl_slope, read back as a file would be) and mask."""
+    img: np.ndarray, masks: list[np.ndarray], affine: np.ndarray, rng: np.random.Generator, r: Recipe
+) -> SynthScan:
+    """Image (float32, or int16 with or without scl_slope, read back as a file would be) and masks."""
     image = nib.Nifti1Image(img.astype(np.float32), affine)
     if rng.random() < r.p_int16:
         if rng.random() >= r.p_slope:
             image = nib.Nifti1Image(np.clip(np.rint(img), 0, 32767).astype(np.float32), affine)
         image.set_data_dtype(np.int16)
     out = []
-    for im in (image, nib.Nifti1Image(mask, affine)):
+    for im in (image, *(nib.Nifti1Image(m, affine) for m in masks)):
         im.set_qform(affine, code=1)
         im.set_sform(affine, code=1)
         out.append(im)
-    image = nib.Nifti1Image.from_bytes(out[0].to_bytes()) if out[0].get_data_dtype() == np.int16 else out[0]
-    return image, out[1]
+    if out[0].get_data_dtype() == np.int16:
+        out[0] = nib.Nifti1Image.from_bytes(out[0].to_bytes())
+    return SynthScan(*out)

@@ -1,8 +1,11 @@
-"""`mhunet train`: Dice + BCE, AdamW, warm-up + cosine schedule, AMP on CUDA, resumable.
+"""`mhunet train`: real scans plus synthetic heads, Dice + BCE on lesion and brain, AdamW, warm-up +
+cosine schedule, bf16 AMP on CUDA, resumable.
 
-The training loop sees the same slices that inference sees: the data module runs every volume through
-the inference preprocessing (reorient, resample, normalise), so nothing differs between the two but
-the augmentation.
+The training loop sees the same slices that inference sees: every volume went through the inference
+preprocessing when it was packed (`data`), and batches are drawn and augmented on the training device
+(`augment`). There is no checkpoint selection on validation data: the weights at the end of the
+schedule are the result (as nnU-Net does), so a held-out fold (``holdout_fold``) is only ever predicted,
+for cross-validation, never used to choose anything inside a run.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +24,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .augment import AugmentConfig, BatchSampler
 from .checkpoint import save_checkpoint
-from .data import SliceSet
+from .data import Pack
 from .errors import InputError
 from .model.mamba_hunet import CONFIGS, ModelConfig, build_model
 from .volume_io import atomic_write
 
 log = logging.getLogger(__name__)
+
+#: Steps whose data and compute time are measured apart (synchronised), after a warm-up.
+TIMED_STEPS = (20, 70)
 
 
 @dataclass
@@ -37,43 +44,49 @@ class TrainConfig:
     model: str = "light"
     epochs: int = 30
     steps_per_epoch: int = 200
-    batch_size: int = 16
+    batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
-    lesion_fraction: float = 0.6
-    #: Train on crop x crop patches of the 256 x 256 slices (None: whole slices).
-    crop: int | None = 128
+    #: Weight of the brain output's loss (on volumes whose brain is known).
+    brain_weight: float = 0.5
+    #: Cross-validation: volumes of this fold are left out of training and predicted at the end.
+    holdout_fold: int | None = None
     seed: int = 0
     amp: bool = True
     device: str = "auto"
     #: Wall-clock budget: the cosine schedule runs over it and training stops when it is spent, so a
     #: run fits a fixed GPU lease whatever the step time turns out to be.
     max_minutes: float | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice over the batch (as one region, so empty slices don't dominate) + BCE."""
-    prob = torch.sigmoid(logits.float())
+def dice_bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Soft Dice over the batch (as one region, so empty slices don't dominate) + BCE; ``weight``
+    (one per sample, 0/1) leaves samples without a label out."""
+    logits, target = logits.float(), target.float()
+    w = torch.ones(len(logits), device=logits.device) if weight is None else weight
+    if w.sum() == 0:
+        return logits.sum() * 0.0
+    w4 = w.view(-1, *([1] * (logits.dim() - 1)))
+    prob = torch.sigmoid(logits) * w4
     inter = (prob * target).sum()
-    dice = 1.0 - (2.0 * inter + 1.0) / (prob.sum() + target.sum() + 1.0)
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target)
+    dice = 1.0 - (2.0 * inter + 1.0) / (prob.sum() + (target * w4).sum() + 1.0)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * w4).sum() / (w4.sum() * logits[0].numel())
     return dice + bce
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """On-device augmentation per batch: flips, 90-degree turns, intensity gamma/scale/shift, noise."""
-    if torch.rand((), generator=gen) < 0.5:
-        x, y = x.flip(-1), y.flip(-1)
-    if torch.rand((), generator=gen) < 0.5:
-        x, y = x.flip(-2), y.flip(-2)
-    b = x.shape[0]
-    dev = x.device
-    scale = (1 + 0.15 * (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1)).to(dev)
-    shift = (0.15 * (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1)).to(dev)
-    noise = (0.05 * torch.rand(b, 1, 1, 1, generator=gen)).to(dev)
-    x = x * scale + shift + noise * torch.randn_like(x)
-    return x, y
+def model_loss(
+    logits: torch.Tensor, target: torch.Tensor, brain_known: torch.Tensor, brain_weight: float
+) -> torch.Tensor:
+    """Lesion loss on channel 0; brain loss on channel 1 (when the model has it) where it is known."""
+    loss = dice_bce_loss(logits[:, :1], target[:, :1])
+    if logits.shape[1] > 1:
+        loss = loss + brain_weight * dice_bce_loss(logits[:, 1:2], target[:, 1:2], brain_known)
+    return loss
 
 
 def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
@@ -83,57 +96,59 @@ def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _subject_batches(
-    model: torch.nn.Module, xs: np.ndarray, ys: np.ndarray, device: torch.device, batch: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(logits, target) of one subject's slices, batch by batch, on ``device``."""
-    for i in range(0, len(xs), batch):
-        x = torch.from_numpy(xs[i : i + batch].astype(np.float32)).to(device)
-        y = torch.from_numpy(ys[i : i + batch].astype(np.float32)).to(device)
-        yield model(x).float(), y
-
-
 @torch.no_grad()
-def validate(model: torch.nn.Module, val: SliceSet, device: torch.device, batch: int) -> dict[str, float]:
-    """Volume-level Dice per validation subject on the model grid, averaged; plus mean loss."""
+def predict_slices(model: torch.nn.Module, x: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
+    """Sigmoid of the model on float32 slices (S, 1, G, G), batch by batch; (S, outputs, G, G) float32."""
+    was = model.training
     model.eval()
-    dices, losses = [], []
-    for _, xs, ys in val.subjects():
-        inter = total = 0.0
-        for logits, y in _subject_batches(model, xs, ys, device, batch):
-            losses.append(float(dice_bce_loss(logits, y)))
-            pred = (logits > 0).float()
-            inter += float((pred * y).sum())
-            total += float(pred.sum() + y.sum())
-        dices.append(1.0 if total == 0 else 2 * inter / total)
-    model.train()
-    return {"val_dice": float(np.mean(dices)), "val_loss": float(np.mean(losses))}
+    out = []
+    for i in range(0, len(x), batch):
+        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch], np.float32)).to(device)
+        out.append(torch.sigmoid(model(xb).float()).cpu().numpy())
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros((0, len(model.config.outputs), *x.shape[2:]), np.float32)
 
 
-#: Thresholds tried on the synthetic validation volumes after training (never on real test data).
-THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+def split_pack(pack: Pack, holdout_fold: int | None) -> tuple[Pack, Pack | None]:
+    """Training volumes, and the real scans of the held-out fold (None without one)."""
+    if holdout_fold is None:
+        return pack, None
+    fold = pack.table["fold"].astype(int)
+    held = fold == holdout_fold
+    if not (held & (pack.table["kind"] == "real")).any():
+        raise InputError(f"no real volume has fold {holdout_fold}; the folds are {sorted(set(fold) - {-1})}")
+    return pack.select_volumes(~held), pack.select_volumes(held & (pack.table["kind"] == "real"))
 
 
-@torch.no_grad()
-def choose_threshold(
-    model: torch.nn.Module, val: SliceSet, device: torch.device, batch: int
-) -> dict[str, float]:
-    """The probability threshold that maximises mean volume Dice on the validation subjects."""
-    model.eval()
-    scores = np.zeros(len(THRESHOLDS))
-    count = 0
-    for _, xs, ys in val.subjects():
-        batches = _subject_batches(model, xs, ys, device, batch)
-        prob = np.concatenate([torch.sigmoid(logits).cpu().numpy() for logits, _ in batches])
-        truth = ys.astype(bool)
-        for k, thr in enumerate(THRESHOLDS):
-            pred = prob >= thr
-            denom = pred.sum() + truth.sum()
-            scores[k] += 1.0 if denom == 0 else 2.0 * (pred & truth).sum() / denom
-        count += 1
-    model.train()
-    best = int(np.argmax(scores))
-    return {"threshold": THRESHOLDS[best], "val_dice_at_threshold": float(scores[best] / max(count, 1))}
+def predict_holdout(
+    model: torch.nn.Module, held: Pack, device: torch.device, batch: int, out: Path
+) -> list[dict[str, Any]]:
+    """Out-of-fold probabilities of every held-out volume (uint8, model grid) to ``out``, and each
+    volume's model-grid lesion Dice at 0.5 (a quick look only: the real scoring maps back to the scan)."""
+    arrays, rows = {}, []
+    for v, case in enumerate(held.table["case"]):
+        idx = np.flatnonzero(held.volume == v)
+        prob = predict_slices(model, held.dequantised(idx)[:, None], device, batch)
+        arrays[f"{case}.prob"] = np.rint(prob * 255).astype(np.uint8)
+        arrays[f"{case}.z"] = held.z[idx]
+        pred, truth = prob[:, 0] >= 0.5, held.lesion[idx] > 0
+        denom = pred.sum() + truth.sum()
+        row = {
+            "case": str(case),
+            "domain": str(held.table["domain"][v]),
+            "dice_grid": float(1.0 if denom == 0 else 2 * (pred & truth).sum() / denom),
+        }
+        if prob.shape[1] > 1 and held.table["brain_known"][v]:
+            bp, bt = prob[:, 1] >= 0.5, held.brain[idx] > 0
+            row["brain_dice_grid"] = float(2 * (bp & bt).sum() / max(bp.sum() + bt.sum(), 1))
+        rows.append(row)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(out, write)
+    return rows
 
 
 def _optim_state(optim: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -170,10 +185,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def describe(pack: Pack) -> dict[str, Any]:
+    """What a pack holds, for the checkpoint's JSON: volumes and slices per kind and domain."""
+    kinds = pack.table["kind"]
+    summary: dict[str, Any] = {"slices": len(pack), "volumes": pack.volumes}
+    for name in ("kind", "domain"):
+        col = pack.table[name]
+        summary[f"volumes_by_{name}"] = {str(k): int((col == k).sum()) for k in sorted(set(col))}
+    summary["real_cases"] = sorted(
+        str(c) for c, k in zip(pack.table["case"], kinds, strict=True) if k == "real"
+    )
+    return summary
+
+
 def train(
     cfg: TrainConfig,
-    train_set: SliceSet,
-    val_set: SliceSet,
+    pack: Pack,
     out_dir: Path,
     data_recipe: dict[str, Any],
     model_config: ModelConfig | None = None,
@@ -181,28 +208,36 @@ def train(
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> Path:
-    """Train and write ``out_dir/best.safetensors`` (+ ``last`` for resuming). Returns the best path."""
+    """Train and write ``out_dir/final.safetensors`` (+ ``last`` for resuming); with a held-out fold
+    also ``out_dir/holdout.npz`` and its quick scores. Returns the final checkpoint's path."""
     device = pick_device(cfg.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    train_pack, held = split_pack(pack, cfg.holdout_fold)
     model = build_model(model_config or CONFIGS[cfg.model]).to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
+    data_recipe = {
+        **data_recipe,
+        "train": describe(train_pack),
+        "holdout": None if held is None else describe(held),
+    }
     log.info(
-        "training %s (%d parameters) on %s%s; %d training and %d validation slices",
+        "training %s (%d parameters, outputs %s) on %s%s; %d slices of %d volumes%s",
         model.config.name,
         sum(p.numel() for p in model.parameters()),
+        "+".join(model.config.outputs),
         device,
         " with bf16 autocast" if use_amp else "",
-        len(train_set),
-        len(val_set),
+        len(train_pack),
+        train_pack.volumes,
+        "" if held is None else f"; fold {cfg.holdout_fold} held out ({held.volumes} scans)",
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    last, best = out_dir / "last.safetensors", out_dir / "best.safetensors"
-    start_epoch, best_dice, history = 0, -1.0, []
+    last, final = out_dir / "last.safetensors", out_dir / "final.safetensors"
+    start_epoch, history, steps_done, spent = 0, [], 0, 0.0
     if resume and last.exists():
         from safetensors.torch import load_file
 
@@ -212,12 +247,15 @@ def train(
         model.load_state_dict(loaded.state_dict())
         opt_js = json.loads((out_dir / "last_optim.json").read_text())
         _load_optim_state(optim, load_file(str(out_dir / "last_optim.safetensors")), opt_js)
-        start_epoch, best_dice, history = meta["epoch"] + 1, meta["best_val_dice"], meta["history"]
-        gen.manual_seed(cfg.seed + start_epoch)
+        start_epoch, history = meta["epoch"] + 1, meta["history"]
+        steps_done, spent = meta["steps"], meta["train_seconds"]
+    sampler = BatchSampler(train_pack, device, cfg.augment, cfg.seed + start_epoch)
     total_steps = cfg.epochs * cfg.steps_per_epoch
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
-    started = time.perf_counter()
+    started = time.perf_counter() - spent
+    timing = {"data_s": 0.0, "step_s": 0.0}
     model.train()
+    meta: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         losses = []
@@ -230,49 +268,60 @@ def train(
                     break
             for g in optim.param_groups:
                 g["lr"] = lr_at(gstep, progress_frac, cfg)
-            xb, yb = train_set.sample(cfg.batch_size, cfg.lesion_fraction, gen, cfg.crop)
-            x = torch.from_numpy(xb).to(device, non_blocking=True).float()
-            y = torch.from_numpy(yb).to(device, non_blocking=True).float()
-            x, y = augment(x, y, gen)
+            timed = TIMED_STEPS[0] <= steps_done < TIMED_STEPS[1]
+            ta = _sync_clock(device, timed)
+            x, target, brain_known = sampler.sample(cfg.batch_size)
+            tb = _sync_clock(device, timed)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x)
-            loss = dice_bce_loss(logits, y)
+            loss = model_loss(logits, target, brain_known, cfg.brain_weight)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optim.step()
             losses.append(loss.item())
+            if timed:
+                timing["data_s"] += tb - ta
+                timing["step_s"] += _sync_clock(device, True) - tb
+            steps_done += 1
             if progress:
                 progress(gstep + 1, total_steps, {"loss": losses[-1]})
-        metrics = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-        metrics.update(validate(model, val_set, device, cfg.batch_size))
-        metrics["seconds"] = time.perf_counter() - t0
+        if not losses:
+            break
+        metrics = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "steps": steps_done,
+            "seconds": time.perf_counter() - t0,
+        }
         history.append(metrics)
         if on_epoch:
             on_epoch(metrics)
+        n_timed = max(min(steps_done, TIMED_STEPS[1]) - TIMED_STEPS[0], 0)
         meta = {
             "train": asdict(cfg),
             "data": data_recipe,
             "epoch": epoch,
+            "steps": steps_done,
+            "train_seconds": time.perf_counter() - started,
             "history": history,
-            "metrics": metrics,
+            "step_timing": {k: v / n_timed for k, v in timing.items()} if n_timed else None,
         }
-        if metrics["val_dice"] > best_dice:
-            best_dice = metrics["val_dice"]
-            save_checkpoint(model, best, {**meta, "best_val_dice": best_dice})
-            log.info("epoch %d: new best val Dice %.4f, wrote %s", epoch, best_dice, best)
-        save_checkpoint(model, last, {**meta, "best_val_dice": best_dice})
+        save_checkpoint(model, last, meta)
         _save_optim_state(optim, out_dir)
         if budget_s and time.perf_counter() - started > budget_s:
             break
-    if not best.exists():
-        raise InputError(f"{out_dir}: training ran no epoch (already at --epochs {cfg.epochs}?)")
-    from .checkpoint import load_checkpoint, read_meta
+    if not meta:
+        raise InputError(f"{out_dir}: training ran no step (already at --epochs {cfg.epochs}?)")
+    if held is not None:
+        meta["holdout_scores"] = predict_holdout(model, held, device, cfg.batch_size, out_dir / "holdout.npz")
+        log.info("held-out fold %d: %s", cfg.holdout_fold, meta["holdout_scores"])
+    save_checkpoint(model, final, meta)
+    return final
 
-    best_model, _ = load_checkpoint(best, device=str(device))
-    post = choose_threshold(best_model, val_set, device, cfg.batch_size)
-    meta = read_meta(best)
-    meta = {k: v for k, v in meta.items() if k not in ("format", "config", "sha256", "git_commit")}
-    save_checkpoint(best_model, best, {**meta, "postprocess": post})
-    log.info("post-processing chosen on validation: %s", post)
-    return best
+
+def _sync_clock(device: torch.device, sync: bool) -> float:
+    """perf_counter, after the device's queued work when ``sync`` (to time data and compute apart)."""
+    if sync and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

@@ -68,7 +68,7 @@ def probability_maps(
                 source = SynthSource.load(data)
                 backend = TorchBackend(ckpt, device=device)
             t0 = time.perf_counter()
-            image, mask = synth_volume(source, subject, seed)
+            image, mask, _ = synth_volume(source, subject, seed)
             volume = volume_from_image(image)
             t1 = time.perf_counter()
             slices, geometry = prepare(volume)

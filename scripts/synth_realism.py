@@ -161,14 +161,14 @@ def main() -> None:
     calib, full, tiles, times = [], [], [], []
     for seed in range(args.seeds):
         subject = subjects[seed * 7 % len(subjects)]
-        img, mask = synth_volume(source, subject, seed, **CALIBRATION)
+        img, mask, _ = synth_volume(source, subject, seed, **CALIBRATION)
         d = np.asarray(img.dataobj, np.float32)
         maps = [source.resample_to(x, img) for x in (source.wm, source.gm, source.csf)]
         calib.append(
             tissue_stats(d, *maps, np.asarray(mask.dataobj) > 0) | scan_stats(d, img.header.get_zooms())
         )
         t = time.process_time()
-        img2, _ = synth_volume(source, subject, 1000 + seed)
+        img2, _, _ = synth_volume(source, subject, 1000 + seed)
         times.append(time.process_time() - t)
         full.append(scan_stats(img2.get_fdata(dtype=np.float32), img2.header.get_zooms()))
         tiles += [tile(img, f"synth 1mm s{seed} {subject}"), tile(img2, f"synth full s{1000 + seed}")]

@@ -50,9 +50,9 @@ def volume(source):
 def test_deterministic_by_seed(source, volume) -> None:
     from mhunet_deploy.synth import synth_volume
 
-    a, am = volume
-    b, bm = synth_volume(source, "patient05", 11, **CONTRAST)
-    c, _ = synth_volume(source, "patient05", 12, **CONTRAST)
+    a, am, _ = volume
+    b, bm, _ = synth_volume(source, "patient05", 11, **CONTRAST)
+    c, _, _ = synth_volume(source, "patient05", 12, **CONTRAST)
     assert np.array_equal(a.get_fdata(), b.get_fdata())
     assert np.array_equal(am.get_fdata(), bm.get_fdata())
     assert np.array_equal(a.affine, b.affine)
@@ -60,7 +60,7 @@ def test_deterministic_by_seed(source, volume) -> None:
 
 
 def test_geometry_and_lesion_contrast(source, volume) -> None:
-    img, mask = volume
+    img, mask, _ = volume
     data = img.get_fdata()
     les = np.asarray(mask.dataobj)
     assert mask.get_data_dtype() == np.uint8 and img.get_data_dtype() == np.float32
@@ -71,3 +71,16 @@ def test_geometry_and_lesion_contrast(source, volume) -> None:
     wm = (source.resample_to(source.wm, img) > 0.9) & (les == 0)
     ratio = data[les > 0].mean() / data[wm].mean()
     assert ratio > 1.2, ratio  # lesions drawn at 1.5x the mean brain intensity, WM ~ 1.0-1.1x
+
+
+def test_brain_mask_holds_the_lesions_and_the_skull_lies_outside(source) -> None:
+    from mhunet_deploy.synth import synth_volume
+
+    img, mask, brain = synth_volume(source, "patient05", 3, p_skull=1.0, p_thick=0.0)
+    data, les, b = img.get_fdata(), np.asarray(mask.dataobj), np.asarray(brain.dataobj)
+    assert brain.get_data_dtype() == np.uint8 and np.array_equal(brain.affine, img.affine)
+    assert (les[b == 0] > 0).sum() <= 0.01 * les.sum()  # lesions are painted inside the brain
+    volume_ml = b.sum() * abs(np.linalg.det(img.affine[:3, :3])) / 1000
+    assert 900 < volume_ml < 1900, volume_ml
+    head = data > 0.05 * data.max()
+    assert (head & (b == 0)).sum() > 0.1 * (head & (b > 0)).sum()  # scalp and skull signal outside

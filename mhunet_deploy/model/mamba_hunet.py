@@ -75,8 +75,10 @@ class ModelConfig:
 
 
 CONFIGS: dict[str, ModelConfig] = {
-    "light": ModelConfig(),
-    "paper": ModelConfig(name="paper", embed_dim=96, drop_path=0.2, stem_channels=32),
+    "light": ModelConfig(outputs=("lesion", "brain")),
+    "paper": ModelConfig(
+        name="paper", embed_dim=96, drop_path=0.2, stem_channels=32, outputs=("lesion", "brain")
+    ),
 }
 
 

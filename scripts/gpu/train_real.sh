@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The packaged model's recipe, in one device call: real scans + synthetic heads, subject-level
+# cross-validation of both configurations and their all-data fits, all at once on one GPU (each run is
+# small, so they share it), then the winner by a rule fixed in advance (scripts/gpu/cv_summary.py).
+#
+# Prepare here (CPU), once:
+#   mhunet pack .devdata/real.npz --data manifests/real_ms.json        # 16 real scans + thick copies + masks to paste
+#   mkdir -p .devdata/shared/data/open_ms && cp -r ../shared/data/mni152 .devdata/shared/data/ \
+#     && cp -r ../shared/data/open_ms/lesion_masks_mni .devdata/shared/data/open_ms/   # templates for synthetic heads
+#   .whl/: the nibabel wheel and the mamba-ssm sdist (see README "Training")
+# Run (device tool): bash scripts/gpu/train_real.sh    carry: [".whl", ".devdata"]
+# Knobs (environment): MINUTES (per run), MODELS, FOLDS ("0 1 2 3" and "all" = the all-data fit),
+# SYNTH (synthetic heads generated here), BATCH, TRAIN_ARGS (extra `mhunet train` flags), PROBE_STEPS.
+set -euo pipefail
+OUT=${OUT:-out/gpu-train}
+MINUTES=${MINUTES:-4.0}
+MODELS=${MODELS:-"light paper"}
+FOLDS=${FOLDS:-"0 1 2 3 all"}
+SYNTH=${SYNTH:-48}
+BATCH=${BATCH:-32}
+PROBE_STEPS=${PROBE_STEPS:-50}
+DEVICE=${DEVICE:-cuda}
+MAMBA=${MAMBA:-1}
+RUNS=${RUNS:-/tmp/runs}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site:${PYTHONPATH:-}
+(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; date -u) > "$RUNS/machine.txt" 2>&1 || true
+python3 -c "import nibabel" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/nibabel-*.whl
+mhunet() { python3 -m mhunet_deploy.cli "$@"; }
+t0=$(date +%s)
+# mamba-ssm's fused forward/backward kernels (training runs ~10x faster than on the PyTorch scan),
+# built from the carried sdist while the synthetic heads are generated.
+[ "$MAMBA" = 1 ] && (
+  mkdir -p /tmp/mamba-src && tar xzf .whl/mamba_ssm-*.tar.gz -C /tmp/mamba-src
+  cd /tmp/mamba-src/mamba_ssm-*/ && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 \
+    python3 -m pip install -q --no-build-isolation --no-deps --no-index --target /tmp/site . > "$RUNS/mamba_build.log" 2>&1
+) &
+build=$!
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+mhunet pack /tmp/synth.npz --synthetic "$SYNTH" --synth-source .devdata/shared/data --workers 12 --quiet
+t1=$(date +%s)
+wait $build || { echo "mamba-ssm not built"; tail -30 "$RUNS/mamba_build.log" 2>/dev/null || true; }
+python3 -c "from mamba_ssm.ops.selective_scan_interface import selective_scan_fn" 2>/dev/null \
+  && echo "mamba-ssm ok" || echo "no mamba-ssm: the PyTorch scan trains (about 10x slower)"
+t2=$(date +%s)
+echo "synthetic pack $((t1 - t0)) s, mamba-ssm build $((t2 - t0)) s (overlapped)" | tee "$RUNS/prep.txt"
+data=(--data .devdata/real.npz --data /tmp/synth.npz --synth-source .devdata/shared/data)
+pids=()
+lr_of() { if [ "$1" = paper ]; then echo 1e-3; else echo 2e-3; fi; }
+# Is the data path the limit? Each configuration alone for a few steps, data and compute timed apart.
+for m in $MODELS; do
+  mhunet train --model "$m" "${data[@]}" --out "$RUNS/probe-$m" --epochs 1 --steps-per-epoch "$PROBE_STEPS" \
+    --batch-size "$BATCH" --lr "$(lr_of "$m")" --device "$DEVICE" ${TRAIN_ARGS:-} --quiet > "$RUNS/probe-$m.log" 2>&1 || true
+done
+for m in $MODELS; do
+  for f in $FOLDS; do
+    hold=(); [ "$f" != all ] && hold=(--holdout-fold "$f")
+    mhunet train --model "$m" "${data[@]}" --out "$RUNS/$m-$f" "${hold[@]}" --max-minutes "$MINUTES" \
+      --epochs 1000 --steps-per-epoch 100 --batch-size "$BATCH" --lr "$(lr_of "$m")" --device "$DEVICE" \
+      --seed 0 ${TRAIN_ARGS:-} --quiet > "$RUNS/$m-$f.log" 2>&1 &
+    pids+=($!)
+  done
+done
+(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 30 > "$RUNS/gpu_util.csv" 2>&1 || true) &
+monitor=$!
+for p in "${pids[@]}"; do wait "$p" || echo "a run failed (pid $p): see its log"; done
+kill "$monitor" 2>/dev/null || true
+python3 - "$RUNS" <<'PY' | tee "$RUNS/probe.txt"
+import json, sys
+from pathlib import Path
+for p in sorted(Path(sys.argv[1]).glob("probe-*/final.json")):
+    m = json.loads(p.read_text())
+    print(p.parent.name, "steps", m["steps"], "s/step", round(m["train_seconds"] / m["steps"], 4), "timing", m["step_timing"])
+PY
+rm -rf "$RUNS"/probe-*/*.safetensors
+python3 scripts/gpu/cv_summary.py "$RUNS" "$OUT"
+tar cf "$OUT/logs.tar" -C "$RUNS" $(cd "$RUNS" && ls *.log *.txt *.csv 2>/dev/null) $(cd "$RUNS" && ls */final.json 2>/dev/null)
+echo "total $(( $(date +%s) - t0 )) s"
