@@ -63,7 +63,9 @@ def _read_headers(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as e:  # pydicom raises many types on damaged files
             raise InputError(f"{path}: cannot read the DICOM header ({e}); copy the series again") from e
-        if str(ds.get("SOPClassUID", "")) == _MEDIA_STORAGE_DIRECTORY:
+        # A DICOMDIR names its class in the file meta only (it has no SOPClassUID of its own).
+        meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+        if _MEDIA_STORAGE_DIRECTORY in (str(ds.get("SOPClassUID", "")), meta_class):
             continue
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
     if not series:

@@ -8,6 +8,7 @@ equipment, MR acquisition), because a DICOM SEG copies and references them.
 from __future__ import annotations
 
 import importlib.util
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,16 @@ def write_series(
     return paths
 
 
+def zip_of(path: Path, folder: Path | None = None, members: dict[str, bytes] | None = None) -> Path:
+    """``folder`` zipped as a user would (its name as the top folder), plus ``members`` as given."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.iterdir()) if folder else []:
+            zf.write(p, f"{folder.name}/{p.name}")
+        for name, data in (members or {}).items():
+            zf.writestr(name, data)
+    return path
+
+
 def expected_image(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The (data, affine) a reader sorting along the DICOM slice normal must return."""
     lps = LPS_TO_RAS @ affine
@@ -119,6 +130,23 @@ def expected_image(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np
     flipped[:3, 3] += affine[:3, 2] * (data.shape[2] - 1)
     flipped[:3, 2] *= -1
     return data[:, :, ::-1], flipped
+
+
+def seg_on_grid(seg_path: Path, mask: nib.Nifti1Image) -> np.ndarray:
+    """The SEG's first segment as highdicom places it (its own volume and LPS affine), carried onto
+    the NIfTI mask's grid by exact index; fails unless every SEG voxel lands on one of its voxels."""
+    import highdicom as hd
+
+    volume = hd.seg.segread(seg_path).get_volume()
+    assert volume.array.shape[:3] == mask.shape[::-1], (volume.array.shape, mask.shape)
+    index = np.indices(volume.array.shape[:3]).reshape(3, -1)
+    world = LPS_TO_RAS @ volume.affine @ np.vstack([index, np.ones(index.shape[1])])
+    ijk = (np.linalg.inv(mask.affine) @ world)[:3]
+    np.testing.assert_allclose(ijk, np.round(ijk), atol=1e-3)  # exactly on the grid, not interpolated
+    i, j, k = np.round(ijk).astype(int)
+    on_grid = np.zeros(mask.shape, dtype=volume.array.dtype)
+    on_grid[i, j, k] = volume.array[..., 0].reshape(-1)
+    return on_grid
 
 
 def clinical_crop(slices: slice) -> tuple[np.ndarray, np.ndarray]:

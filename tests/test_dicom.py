@@ -210,3 +210,21 @@ def test_without_pydicom_one_line_says_what_to_install(tmp_path: Path) -> None:
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2, res.stderr
     assert lines == [f'error: {series}: reading DICOM needs pydicom; pip install "mhunet-deploy[dicom]"']
+
+
+@needs_pydicom
+def test_a_dicomdir_beside_the_slices_is_not_a_second_series(tmp_path: Path) -> None:
+    """Exports from a CD or a PACS carry a DICOMDIR index, whose class is in its file meta only."""
+    import pydicom
+    from pydicom.fileset import FileSet
+
+    from mhunet_deploy.dicom_io import load_dicom_series
+
+    data = np.random.default_rng(9).integers(1, 500, (6, 7, 3)).astype(np.float32)
+    paths = write_series(tmp_path / "s", data, _affine(np.eye(3)))
+    index = FileSet()
+    for p in paths:
+        index.add(pydicom.dcmread(p))
+    index.write(tmp_path / "fs")
+    (tmp_path / "s" / "DICOMDIR").write_bytes((tmp_path / "fs" / "DICOMDIR").read_bytes())
+    np.testing.assert_array_equal(load_dicom_series(tmp_path / "s").data, data)

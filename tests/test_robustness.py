@@ -440,6 +440,13 @@ def test_readme_troubleshooting_has_a_row_per_case() -> None:
         "is a colour image",
         "lack FrameOfReferenceUID, so a DICOM SEG cannot be placed on them",
         'writing a DICOM SEG needs highdicom; pip install "mhunet-deploy[dicom]", or pass --no-dicom-seg',
+        "is not a zip archive; zip the DICOM series folder",
+        "cannot be unpacked (",
+        "the limit: 100x the zip's size, at most",
+        "a path outside the zip; zip the series folder",
+        "which is not a DICOM file; zip one DICOM series only",
+        "holds no DICOM files",
+        "; zip one series per upload",
     ]
     missing = [p for p in phrases if p not in table]
     assert not missing, f"README troubleshooting lacks: {missing}"

@@ -200,7 +200,11 @@ def test_refused_before_or_while_receiving(server, tmp_path) -> None:
     body, ctype = multipart("scan.nii.gz", scan.read_bytes() + b"\0" * 600_000)
     notes, notes_type = multipart("notes.txt", b"hello", field="notes")
     refusals = {
-        "wrong name": (upload(url, scan, name="scan.png"), 415, "scan.png is not a .nii or .nii.gz file"),
+        "wrong name": (
+            upload(url, scan, name="scan.png"),
+            415,
+            "scan.png is not a .nii, .nii.gz or .zip file",
+        ),
         "too large": (request(f"{url}/v1/segment", "POST", body, {"Content-Type": ctype}), 413, "0.5 MB"),
         # No Content-Length: the limit is enforced while streaming.
         "too large, chunked": (

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.dicom_helpers import CLINICAL, clinical_crop, write_series, zip_of
 from tests.serve_helpers import patient26_crop, request, running_server
 from tests.tiny_model import PATIENT26
 
@@ -28,9 +29,13 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is absent (apt-get install chromium)"),
     pytest.mark.skipif(not PATIENT26.exists(), reason="../shared/data/open_ms/patient26 absent"),
+    pytest.mark.skipif(not CLINICAL.exists(), reason=f"{CLINICAL} absent"),
 ]
 KEY = "browser-test-key"
 WIDTH = 1280
+SHOWN_DOWNLOADS = (
+    "[...document.querySelectorAll('.downloads a')].filter((a) => !a.hidden).map((a) => a.dataset.kind)"
+)
 TABLE_TEXT = (
     "[...document.querySelectorAll('#lesions tbody tr')]"
     ".map((row) => [...row.cells].map((cell) => cell.textContent))"
@@ -148,6 +153,7 @@ def test_page_uploads_and_shows_the_result(tmp_path) -> None:
         assert page.js("fetchFile('mask').then((f) => f.name + ' ' + f.blob.size)").startswith(
             "patient26_crop_mask.nii.gz "
         )
+        assert page.js(SHOWN_DOWNLOADS) == ["mask", "prob", "report", "csv"]  # no SEG for a NIfTI
         text = page.js("document.body.innerText").lower()
         assert not any(word in text for word in ("diagnos", "treat", "therap"))
 
@@ -160,6 +166,15 @@ def test_page_uploads_and_shows_the_result(tmp_path) -> None:
             mobile=False,
         )
         png = b64decode(page.call("Page.captureScreenshot", format="png")["data"])
+
+        # A zipped DICOM series through the same page: the DICOM SEG is among the downloads.
+        write_series(tmp_path / "flair", *clinical_crop(slice(8, 11)))
+        page.choose_file("#file", zip_of(tmp_path / "flair.zip", tmp_path / "flair"))
+        page.js("document.getElementById('submit').click()")
+        page.until("['done', 'failed'].includes(document.body.dataset.state)", timeout=600)
+        assert page.js("document.body.dataset.state") == "done", page.js("job.error")
+        assert page.js(SHOWN_DOWNLOADS) == ["mask", "prob", "report", "csv", "seg"]
+        assert page.js("fetchFile('seg').then((f) => f.name)") == "flair_seg.dcm"
     assert png.startswith(b"\x89PNG")
     (tmp_path / "serve_page.png").write_bytes(png)
     if os.environ.get("MHUNET_SCREENSHOT"):

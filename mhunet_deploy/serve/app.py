@@ -1,7 +1,8 @@
 """The HTTP API and the web page of `mhunet serve` (FastAPI).
 
-POST /v1/segment takes a NIfTI upload, refuses a bad one at once with the CLI's one-line message and
-an HTTP status (validation runs the pipeline's own loader), and queues a good one for the worker;
+POST /v1/segment takes a NIfTI upload or a zip of one DICOM series, refuses a bad one at once with
+the CLI's one-line message and an HTTP status (a zip is unpacked with limits, then validation runs
+the pipeline's own loader), and queues a good one for the worker;
 GET /v1/jobs/{id} shows its state and, once done, the lesion report with links to the outputs.
 With an API key, everything under /v1 needs it in the X-API-Key header; /, /healthz and
 /openapi.json stay open (they show no patient data).
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -29,12 +31,15 @@ from ..backends.base import Backend
 from ..errors import MhunetError
 from ..pipeline import InferOptions, load_input
 from ..report import DISCLAIMER
+from .archive import extract_series, is_zip_name
 from .jobs import Worker, http_status, user_message
 from .store import ID_PATTERN, Job, JobGone, JobNotFound, JobStore, StoreFull
 from .upload import UploadRefused, check_length, receive
 
 #: Uploads validated at once (each loads a whole volume into memory).
 VALIDATE_AT_ONCE = 2
+#: A zipped series may unpack to this many times the upload limit (DICOM deflates 2-5x).
+UNPACKED_PER_UPLOAD = 4
 PAGE_CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -44,8 +49,9 @@ MEDIA_TYPES = {
     "prob": "application/gzip",
     "qc": "image/png",
     "csv": "text/csv",
+    "seg": "application/dicom",
 }
-Download = Literal["mask", "prob", "qc", "report", "csv"]
+Download = Literal["mask", "prob", "qc", "report", "csv", "seg"]
 
 
 class Progress(BaseModel):
@@ -104,6 +110,7 @@ def create_app(
 ) -> FastAPI:
     """The app around one loaded backend; its worker starts and stops with the app's lifespan."""
     worker = Worker(backend, options, store)
+    max_unpacked_bytes = UNPACKED_PER_UPLOAD * max_upload_bytes
     validate_limiter = anyio.CapacityLimiter(VALIDATE_AT_ONCE)
     page = (
         resources.files(__package__)
@@ -170,6 +177,12 @@ def create_app(
             disclaimer=DISCLAIMER,
         ).model_dump()
 
+    def validate(upload: Path, job: Job) -> None:
+        """Unpack a zipped series, then load the input as the worker will, so refusals come now."""
+        if is_zip_name(job.name):
+            extract_series(upload, job.input, job.name, max_unpacked_bytes)
+        load_input(job.input, options)
+
     upload_body = {
         "required": True,
         "content": {
@@ -192,15 +205,21 @@ def create_app(
             200: {"description": "?wait=true: the finished job, with its lesion report"},
             **_error(400, "unreadable upload: truncated or corrupt file, broken multipart body"),
             **_error(413, "upload larger than --max-upload-mb"),
-            **_error(415, "not a .nii/.nii.gz file, or not NIfTI inside"),
-            **_error(422, "a NIfTI that mhunet cannot segment (2D, 4D, constant, bad geometry)"),
+            **_error(413, "a zip that unpacks to too much (4x the upload limit, or 100x its size)"),
+            **_error(415, "not a .nii/.nii.gz/.zip file, not NIfTI inside, or a zip without DICOM"),
+            **_error(
+                422,
+                "a NIfTI or DICOM series that mhunet cannot segment (2D, 4D, constant, bad geometry, "
+                "several series, files that are not DICOM, paths outside the zip)",
+            ),
             **_error(503, "store full of unfinished jobs, or the backend failed; retry later"),
             **auth_errors,
         },
     )
     async def segment(request: Request, response: Response, wait: bool = False) -> Any:
-        """Upload a FLAIR NIfTI as form field ``file``; 202 with the job (Location: its URL), or with
-        ``?wait=true`` the finished job. Bad uploads are refused here, before they queue."""
+        """Upload a FLAIR NIfTI, or a zip of one DICOM series, as form field ``file``; 202 with the job
+        (Location: its URL), or with ``?wait=true`` the finished job. Bad uploads are refused here,
+        before they queue."""
         try:
             check_length(request, max_upload_bytes)
             job = store.reserve()
@@ -211,7 +230,7 @@ def create_app(
         try:
             upload = await receive(request, job.folder, max_upload_bytes)
             job.name = upload.name
-            await anyio.to_thread.run_sync(load_input, job.input, options, limiter=validate_limiter)
+            await anyio.to_thread.run_sync(validate, upload.path, job, limiter=validate_limiter)
         except UploadRefused as exc:
             store.discard(job)
             raise HTTPException(exc.status, str(exc)) from exc
@@ -249,7 +268,8 @@ def create_app(
         },
     )
     def download(job_id: str, kind: Download) -> Response:
-        """mask, prob (NIfTI on the input's grid), qc (PNG), report (JSON), csv (lesion table)."""
+        """mask, prob (NIfTI on the input's grid), qc (PNG), report (JSON), csv (lesion table), seg
+        (DICOM SEG on the source slices, for a DICOM series upload)."""
         job = find(job_id)
         if job.state != "done" or job.report is None:
             raise HTTPException(409, f"job {job_id} is {job.state}; its results are not ready")

@@ -27,7 +27,19 @@ from .store import Job, JobStore
 log = logging.getLogger(__name__)
 
 #: Download names under /v1/jobs/{id}/ for the pipeline's output keys.
-DOWNLOADS = {"mask": "mask", "probabilities": "prob", "qc": "qc", "report": "report", "csv": "csv"}
+DOWNLOADS = {
+    "mask": "mask",
+    "probabilities": "prob",
+    "qc": "qc",
+    "report": "report",
+    "csv": "csv",
+    "seg": "seg",
+}
+#: The CLI's remedies in the pipeline's messages, as a client of the server can act on them.
+CLI_REMEDIES = {
+    "; pick one with --series UID": "; zip one series per upload",
+    ", or pass --no-dicom-seg": "",
+}
 #: How often an idle worker removes expired jobs.
 REAP_INTERVAL_S = 5.0
 _NIFTI_MAGICS = ((344, (b"n+1\0", b"ni1\0")), (4, (b"n+2\0", b"ni2\0")))
@@ -48,18 +60,23 @@ def _is_nifti(path: Path) -> bool:
 
 def http_status(exc: MhunetError, upload: Path) -> int:
     """InputError: 400 when the bytes cannot be read (truncated, corrupt: raised from a read error),
-    415 when they are not NIfTI, 422 for a readable NIfTI that mhunet cannot use (2D, constant, ...).
+    415 when they are not NIfTI, 422 for a readable NIfTI or an unpacked DICOM series (a folder)
+    that mhunet cannot use (2D, constant, several series, no geometry, ...).
     BackendError: 503; anything else (OutputError: the server cannot write results): 500."""
     if isinstance(exc, InputError):
         if exc.__cause__ is not None:
             return 400
-        return 422 if _is_nifti(upload) else 415
+        return 422 if upload.is_dir() or _is_nifti(upload) else 415
     return 503 if isinstance(exc, BackendError) else 500
 
 
 def user_message(exc: BaseException, job: Job) -> str:
-    """The CLI's message as if the upload were run in its own folder: no server paths in it."""
-    return str(exc).replace(str(job.input), job.name).replace(f"{job.folder}/", "")
+    """The CLI's message as if the upload were run in its own folder: no server paths in it, and
+    the CLI's options replaced by what a client can do."""
+    message = str(exc).replace(str(job.input), job.name).replace(f"{job.folder}/", "")
+    for cli, client in CLI_REMEDIES.items():
+        message = message.replace(cli, client)
+    return message
 
 
 def public_report(report: dict[str, Any], job: Job, base: str) -> dict[str, Any]:
@@ -132,7 +149,7 @@ class Worker:
             job.state = "done"
         finally:
             job.finished = time.time()
-            job.input.unlink(missing_ok=True)  # the upload is not needed once its results exist
+            job.remove_input()  # the upload is not needed once its results exist
             self.store.account(job)
             job.notify()
         log.info("job %s: %s in %.1f s", job.id, job.state, job.finished - job.started)

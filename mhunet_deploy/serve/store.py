@@ -28,6 +28,8 @@ ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 #: How many removed ids still answer 410 (then 404): bounded so the store cannot grow without limit.
 MAX_TOMBSTONES = 10_000
 FINISHED = ("done", "failed")
+#: The job-folder subfolder a zipped DICOM series is unpacked into (never the outputs' folder).
+UNPACKED = "series"
 
 
 class StoreError(Exception):
@@ -61,7 +63,7 @@ class Job:
     slices_done: int = 0
     slices_total: int | None = None
     report: dict[str, Any] | None = None
-    #: Output files by download name (mask, prob, qc, report, csv), once done.
+    #: Output files by download name (mask, prob, qc, report, csv; seg for a DICOM series), once done.
     files: dict[str, Path] = field(default_factory=dict)
     status: int | None = None
     error: str | None = None
@@ -72,7 +74,16 @@ class Job:
 
     @property
     def input(self) -> Path:
+        """The uploaded NIfTI, or the folder a zipped DICOM series is unpacked into, named after the
+        zip because the outputs are named after the input (scan.zip: scan_mask.nii.gz, scan_seg.dcm)."""
+        if self.name.lower().endswith(".zip"):
+            return self.folder / UNPACKED / self.name[: -len(".zip")]
         return self.folder / self.name
+
+    def remove_input(self) -> None:
+        """Delete the upload (the file, or the unpacked series) once its results exist."""
+        shutil.rmtree(self.folder / UNPACKED, ignore_errors=True)
+        self.input.unlink(missing_ok=True)
 
     @property
     def out_dir(self) -> Path:

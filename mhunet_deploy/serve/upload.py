@@ -1,9 +1,10 @@
-"""Receive one NIfTI upload (multipart/form-data, field ``file``) into a job folder, streaming.
+"""Receive one upload (multipart/form-data, field ``file``) into a job folder, streaming: a NIfTI scan
+or a zip of one DICOM series (unpacked by :mod:`.archive`).
 
 The size limit is enforced twice: from Content-Length before a byte is read, and while streaming
 (chunked uploads have no length, and a client may lie), so an oversized upload is refused as soon as
-it passes the limit, never written in full. Only the name is judged here (.nii or .nii.gz, as nibabel
-picks the format by suffix); the content is judged by the pipeline's own validation.
+it passes the limit, never written in full. Only the name is judged here (.nii, .nii.gz or .zip, as
+nibabel picks the format by suffix); the content is judged by the pipeline's own validation.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 #: Room for the multipart framing (boundaries, part headers) on top of the file's own bytes.
 FRAMING_BYTES = 64 * 1024
 FIELD = "file"
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SUFFIXES = (".nii", ".nii.gz", ".zip")
 MAX_NAME = 128
 
 
@@ -40,12 +41,14 @@ def too_large(limit: int) -> UploadRefused:
 
 def safe_name(filename: str) -> str:
     """The client's file name reduced to a plain base name (no folders, no hidden files, no odd
-    characters), kept for output names and messages; refused unless .nii or .nii.gz."""
+    characters), kept for output names and messages; refused unless .nii, .nii.gz or .zip."""
     base = PurePosixPath(filename.replace("\\", "/")).name
     name = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")[-MAX_NAME:]
-    if not name.lower().endswith(NIFTI_SUFFIXES) or name.lower() in NIFTI_SUFFIXES:
+    if not name.lower().endswith(SUFFIXES) or name.lower() in SUFFIXES:
         raise UploadRefused(
-            415, f"{base or 'the upload'} is not a .nii or .nii.gz file; convert the scan first"
+            415,
+            f"{base or 'the upload'} is not a .nii, .nii.gz or .zip file; send a NIfTI scan or a zip of "
+            "one DICOM series",
         )
     return name
 
@@ -98,7 +101,7 @@ class _FilePart:
             raise UploadRefused(400, "the upload holds more than one file; send one scan per request")
         filename = params[b"filename"].decode("utf-8", "replace")
         if not filename:
-            raise UploadRefused(400, "no file was chosen; attach a .nii or .nii.gz scan as 'file'")
+            raise UploadRefused(400, "no file was chosen; attach a .nii, .nii.gz or .zip as 'file'")
         name = safe_name(filename)
         self.upload = Upload(name, self.folder / name, 0)
         self.sink = self.upload.path.open("wb")
