@@ -126,7 +126,12 @@ def infer_options(
         min_lesion_mm3=min_lesion_mm3
         if min_lesion_mm3 is not None
         else post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
-        model_info={"name": meta["config"]["name"], "sha256": meta["sha256"], "checkpoint": str(ckpt)},
+        model_info={
+            "name": meta["config"]["name"],
+            "sha256": meta["sha256"],
+            "checkpoint": str(ckpt),
+            "outputs": list(meta["config"].get("outputs", ["lesion"])),  # older checkpoints: lesion only
+        },
         **choices,
     )
     return options, meta
@@ -164,6 +169,17 @@ def infer(
     dicom_seg: Annotated[
         bool, typer.Option(help="Also write a DICOM SEG on the source slices (DICOM series inputs).")
     ] = True,
+    brain_mask: Annotated[
+        Path | None,
+        typer.Option(
+            help="Brain mask NIfTI on the scan's grid (voxels > 0 = brain), used instead of the model's; "
+            "lesions outside it are dropped. One input only."
+        ),
+    ] = None,
+    no_brain_mask: Annotated[
+        bool,
+        typer.Option("--no-brain-mask", help="No brain stage: lesions are not restricted to the brain."),
+    ] = False,
     engine_dir: Annotated[Path, typer.Option(help="Engine cache folder (tensorrt backends).")] = Path(
         "engines"
     ),
@@ -179,7 +195,11 @@ def infer(
     from .volume_io import output_folder
 
     _logging(verbose, quiet)
+    if brain_mask and no_brain_mask:
+        raise typer.BadParameter("--brain-mask and --no-brain-mask exclude each other")
     files = _expand_inputs(inputs)
+    if brain_mask and len(files) > 1:
+        raise typer.BadParameter(f"--brain-mask is one scan's mask, but {len(files)} inputs were given")
     ckpt = checkpoint or default_checkpoint()
     options, meta = infer_options(
         ckpt,
@@ -190,6 +210,8 @@ def infer(
         volume_index=volume_index,
         series_uid=series,
         dicom_seg=dicom_seg,
+        brain_mask=brain_mask,
+        no_brain_mask=no_brain_mask,
     )
     # Output problems are found before the model runs, not after minutes of inference.
     plan_outputs(files, output, options)
@@ -238,12 +260,14 @@ def infer(
     if as_json:
         print(json.dumps({"results": results, "failures": failures}, default=str))
     elif not quiet:
-        table = Table("input", "lesions", "volume mL", "seconds", "mask")
+        table = Table("input", "lesions", "volume mL", "brain mL", "seconds", "mask")
         for r in results:
+            brain_ml = r["brain"]["volume_ml"]
             table.add_row(
                 Path(r["input"]["path"]).name,
                 str(r["lesion_count"]),
                 f"{r['total_volume_ml']:.2f}",
+                "-" if brain_ml is None else f"{brain_ml:.0f} ({r['brain']['source']})",
                 f"{r['timings']['total_s']:.1f}",
                 r["outputs"]["mask"],
             )

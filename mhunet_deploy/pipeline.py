@@ -18,9 +18,10 @@ import numpy as np
 
 from . import __version__
 from .backends.base import Backend
+from .brain import brain_entry, brain_from_probability, load_brain_mask
 from .errors import OutputError
 from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD, lesion_table, segment
-from .preprocess import prepare
+from .preprocess import Geometry, prepare
 from .report import build_report, write_csv, write_json
 from .volume_io import Volume, load_volume, prepare_output_folder, save_like
 
@@ -46,6 +47,10 @@ class InferOptions:
     series_uid: str | None = None
     #: A DICOM series input also gets a DICOM SEG of the mask on its own slices.
     dicom_seg: bool = True
+    #: The user's brain mask (--brain-mask), used instead of the model's brain output.
+    brain_mask: Path | None = None
+    #: --no-brain-mask: no brain stage, lesions are not restricted (ignored when brain_mask is given).
+    no_brain_mask: bool = False
     model_info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,6 +68,8 @@ def output_paths(input_path: Path, out_dir: Path, options: InferOptions) -> dict
     }
     if options.dicom_seg and input_path.is_dir():  # a folder input is a DICOM series
         paths["seg"] = out_dir / f"{name}_seg.dcm"
+    if options.brain_mask or not options.no_brain_mask:  # dropped if the model has no brain output
+        paths["brain"] = out_dir / f"{name}_brain.nii.gz"
     if options.probabilities:
         paths["probabilities"] = out_dir / f"{name}_prob.nii.gz"
     if options.qc:
@@ -72,7 +79,8 @@ def output_paths(input_path: Path, out_dir: Path, options: InferOptions) -> dict
 
 def plan_outputs(inputs: Sequence[Path], out_dir: Path, options: InferOptions) -> dict[Path, dict[str, Path]]:
     """Output paths of every input of a batch, refused up front if two inputs would write the same
-    file or an output would replace an input (only a batch can do that: outputs carry suffixes)."""
+    file or an output would replace an input or the --brain-mask file (outputs carry suffixes, so only
+    a batch or a mask named like an output can do that)."""
     plan = {Path(f): output_paths(Path(f), Path(out_dir), options) for f in inputs}
     owner: dict[Path, Path] = {}
     for f, paths in plan.items():
@@ -83,7 +91,8 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, options: InferOptions) -
                 "run them with different -o folders"
             )
         owner[mask] = f
-    sources = {Path(f).resolve(): Path(f) for f in plan}
+    inputs_read = [*plan, options.brain_mask] if options.brain_mask else list(plan)
+    sources = {Path(f).resolve(): Path(f) for f in inputs_read}
     for paths in plan.values():
         for out in paths.values():
             if out.resolve() in sources:
@@ -119,6 +128,67 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
 
 
+@dataclass
+class Segmentation:
+    """What post-processing makes of one volume's logits, on the input's voxel grid."""
+
+    #: The model's lesion probability (before the brain mask: what the network said everywhere).
+    prob: np.ndarray
+    #: Lesions 1..K (``postprocess.segment``), inside the brain mask when there is one.
+    labels: np.ndarray
+    lesions: list[dict[str, Any]]
+    #: Boolean brain mask, or None (no brain stage: 1-output model, or --no-brain-mask).
+    brain: np.ndarray | None
+    #: The report's ``brain`` entry (``brain.brain_entry``).
+    brain_info: dict[str, Any]
+    warnings: list[str]
+
+
+def segment_logits(
+    logits: np.ndarray,
+    outputs: Sequence[str],
+    geometry: Geometry,
+    volume: Volume,
+    threshold: float,
+    min_lesion_mm3: float,
+    user_brain: np.ndarray | None = None,
+    brain_off: bool = False,
+) -> Segmentation:
+    """Logits (S, len(outputs), H, W) -> lesions and brain mask on the input grid.
+
+    The brain mask is the user's (``user_brain``), else none with ``brain_off``, else the model's brain
+    output when it has one; lesion voxels outside it are cut before lesions are formed.
+    """
+    probs = sigmoid(logits)
+    prob = geometry.to_input_grid(probs[:, :1])
+    affine, zooms = volume.image.affine, volume.zooms
+    brain, source, reason, warnings = None, None, None, []
+    if user_brain is not None:
+        brain, source = user_brain, "user"
+    elif brain_off:
+        reason = "turned off (--no-brain-mask)"
+    elif "brain" in outputs:
+        k = list(outputs).index("brain")
+        brain, source = brain_from_probability(geometry.to_input_grid(probs[:, k : k + 1]), affine), "model"
+        if not brain.any():
+            warnings.append(
+                "the model found no brain (no voxel of its brain output >= 0.5), so no lesion is kept; "
+                "check that this is a head scan (mhunet infer: --brain-mask FILE or --no-brain-mask)"
+            )
+    else:
+        reason = "the model has no brain output; lesions are not restricted to the brain"
+    labels = segment(prob, zooms, threshold, min_lesion_mm3, within=brain)
+    outside = None if brain is None else int(np.count_nonzero((prob >= threshold) & ~brain))
+    return Segmentation(
+        prob=prob,
+        labels=labels,
+        lesions=lesion_table(labels, affine, zooms),
+        brain=brain,
+        brain_info=brain_entry(brain, zooms, source, reason, outside),
+        warnings=warnings,
+    )
+
+
 def load_input(path: Path, options: InferOptions) -> Volume:
     """A NIfTI file, or a folder holding one DICOM series (optional extra ``dicom``); a series that
     a DICOM SEG could not reference is refused here, before the model runs, unless no SEG is asked."""
@@ -147,6 +217,7 @@ def infer_volume(
     input_path = Path(input_path)
     volume = load_input(input_path, options)
     log.info("%s: %s", input_path.name, describe_geometry(volume))
+    user_brain = load_brain_mask(options.brain_mask, volume) if options.brain_mask else None
     # Output names always differ from the input's (suffixed stems); save_like refuses the input anyway.
     paths = output_paths(input_path, Path(out_dir), options)
     t1 = time.perf_counter()
@@ -157,10 +228,19 @@ def infer_volume(
         on_start(len(slices))
     logits = predict_volume(backend, slices, options.batch_size, on_batch)
     t3 = time.perf_counter()
-    prob = geometry.to_input_grid(sigmoid(logits[:, :1]))  # channel 0: lesion
-    zooms = volume.zooms
-    labels = segment(prob, zooms, options.threshold, options.min_lesion_mm3)
-    lesions = lesion_table(labels, volume.image.affine, zooms)
+    result = segment_logits(
+        logits,
+        backend.outputs,
+        geometry,
+        volume,
+        options.threshold,
+        options.min_lesion_mm3,
+        user_brain,
+        options.no_brain_mask,
+    )
+    labels, brain = result.labels, result.brain
+    if brain is None:
+        paths.pop("brain", None)
     t4 = time.perf_counter()
     timings = {
         "load_s": t1 - t0,
@@ -172,14 +252,15 @@ def infer_volume(
     report = build_report(
         input_path=Path(options.display_name) if options.display_name else input_path,
         shape=volume.data.shape,
-        zooms=zooms,
-        lesions=lesions,
+        zooms=volume.zooms,
+        lesions=result.lesions,
+        brain=result.brain_info,
         backend=backend.name,
         precision=backend.precision,
         model=options.model_info,
         engine_key=backend.engine_key,
         timings=timings,
-        warnings=list(volume.warnings),
+        warnings=[*volume.warnings, *result.warnings],
         version=__version__,
         outputs={k: str(v) for k, v in paths.items()},
     )
@@ -188,8 +269,12 @@ def infer_volume(
         "report": lambda: write_json(report, paths["report"]),
         "csv": lambda: write_csv(report, paths["csv"]),
     }
+    if "brain" in paths:
+        writers["brain"] = lambda: save_like(volume.image, brain.astype(np.uint8), paths["brain"], np.uint8)
     if "probabilities" in paths:
-        writers["probabilities"] = lambda: save_like(volume.image, prob, paths["probabilities"], np.float32)
+        writers["probabilities"] = lambda: save_like(
+            volume.image, result.prob, paths["probabilities"], np.float32
+        )
     if "seg" in paths:
         from .dicom_out import LESION, write_seg
 
@@ -198,7 +283,7 @@ def infer_volume(
     if "qc" in paths:
         from .qc import qc_montage
 
-        writers["qc"] = lambda: qc_montage(volume.image, labels > 0, report, paths["qc"])
+        writers["qc"] = lambda: qc_montage(volume.image, labels > 0, report, paths["qc"], brain)
     write_all(writers, paths)
     log.info(
         "%s: %s; wrote %s",

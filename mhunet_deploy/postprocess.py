@@ -32,13 +32,20 @@ def segment(
     zooms: Sequence[float],
     threshold: float = DEFAULT_THRESHOLD,
     min_lesion_mm3: float = DEFAULT_MIN_LESION_MM3,
+    within: np.ndarray | None = None,
 ) -> np.ndarray:
     """Lesion map (int32): voxels with prob >= threshold, 26-connected lesions of at least min_lesion_mm3,
-    labelled 1..K by size, largest first (ties: in scan order)."""
+    labelled 1..K by size, largest first (ties: in scan order).
+
+    ``within`` (boolean, prob's shape; the brain mask) cuts the thresholded voxels before lesions are
+    formed, so the part of a detection outside it is gone and a remnant inside must reach the size itself."""
     if prob.ndim != 3:
         raise ValueError(f"prob must be a 3D volume, got shape {prob.shape}")
     voxel_mm3 = _voxel_mm3(zooms)
-    labels, n = ndimage.label(prob >= threshold, structure=_CONNECTIVITY_26)
+    found = prob >= threshold
+    if within is not None:
+        found &= within
+    labels, n = ndimage.label(found, structure=_CONNECTIVITY_26)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
     kept = order[sizes[order] * voxel_mm3 >= min_lesion_mm3]

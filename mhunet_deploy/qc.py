@@ -1,4 +1,5 @@
-"""A one-page QC montage (PNG): axial FLAIR slices with the lesion mask outlined, and a header.
+"""A one-page QC montage (PNG): axial FLAIR slices with the lesion mask (and the brain mask) outlined,
+and a header.
 
 Pillow only (no matplotlib: the runtime side stays lean). Slices are shown in radiological
 convention (patient right on image left, anterior up), which the page states and marks with R/L on
@@ -8,6 +9,7 @@ closest canonical (RAS) orientation here, so any input orientation gives the sam
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +33,8 @@ GAP = 8
 HEADER_HEIGHT = 232
 FOOTER_HEIGHT = 40
 OUTLINE_RGB = (255, 40, 40)
+#: The brain mask's outline: cyan, far from the lesions' red and from grey.
+BRAIN_RGB = (40, 200, 255)
 OUTLINE_PX = 2
 BACKGROUND_RGB = (12, 12, 14)
 TEXT_RGB = (235, 235, 235)
@@ -57,17 +61,22 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
     return fitted
 
 
-def _to_canonical(
-    image: nib.spatialimages.SpatialImage, mask: Any
-) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], np.ndarray]:
-    """RAS-ordered image, boolean mask, zooms and affine; ``mask`` may be an array on the image grid."""
+def _canonical_mask(image: nib.spatialimages.SpatialImage, mask: Any) -> np.ndarray:
+    """A mask (NIfTI image, or an array on the image grid) as a RAS-ordered boolean array."""
     if not isinstance(mask, nib.spatialimages.SpatialImage):
         mask = nib.Nifti1Image(np.asarray(mask).astype(np.uint8), image.affine)
     if mask.shape[:3] != image.shape[:3] or not np.allclose(mask.affine, image.affine, atol=1e-3):
         raise InputError(f"QC mask grid {mask.shape} does not match image grid {image.shape}")
-    img_c, mask_c = nib.as_closest_canonical(image), nib.as_closest_canonical(mask)
+    return np.squeeze(np.asanyarray(nib.as_closest_canonical(mask).dataobj)) > 0
+
+
+def _to_canonical(
+    image: nib.spatialimages.SpatialImage, mask: Any
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], np.ndarray]:
+    """RAS-ordered image, boolean mask, zooms and affine; ``mask`` may be an array on the image grid."""
+    labels = _canonical_mask(image, mask)
+    img_c = nib.as_closest_canonical(image)
     data = np.squeeze(img_c.get_fdata(dtype=np.float32))
-    labels = np.squeeze(np.asanyarray(mask_c.dataobj)) > 0
     if data.ndim != 3 or labels.shape != data.shape:
         raise InputError(f"QC needs a single 3D volume, got image shape {image.shape}")
     # From the affine, like the pipeline: pixdim may be 0 or differ beside a valid sform.
@@ -115,40 +124,40 @@ def render_axial(
     zooms: tuple[float, ...],
     window: tuple[float, float],
     max_size: tuple[int, int],
+    brain: np.ndarray | None = None,
 ) -> Image.Image:
-    """RGB tile of axial slice ``k`` of RAS-ordered arrays, radiological, true aspect, mask outlined.
+    """RGB tile of axial slice ``k`` of RAS-ordered arrays, radiological, true aspect, mask outlined
+    (and the brain mask, in BRAIN_RGB beneath the lesion outline).
 
     Rows run anterior (top) to posterior, columns patient right (left) to left: the arrays'
-    (x, y) slice transposed and flipped on both axes. The outline is drawn at display resolution
+    (x, y) slice transposed and flipped on both axes. An outline is drawn at display resolution
     (mask upsampled with nearest neighbour, XOR its 2D erosion) so it stays thin and crisp.
     """
     grey = np.clip((image[:, :, k] - window[0]) / (window[1] - window[0]), 0.0, 1.0)
     grey = (grey.T[::-1, ::-1] * 255.0 + 0.5).astype(np.uint8)
-    lesion = mask[:, :, k].T[::-1, ::-1].astype(np.uint8) * 255
     width_mm, height_mm = grey.shape[1] * zooms[0], grey.shape[0] * zooms[1]
     scale = min(max_size[0] / width_mm, max_size[1] / height_mm)
     size = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
     tile = np.array(Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR).convert("RGB"))
-    big = np.array(Image.fromarray(lesion).resize(size, Image.Resampling.NEAREST)) > 0
-    outline = big ^ ndimage.binary_erosion(big, structure=np.ones((3, 3), bool), iterations=OUTLINE_PX)
-    tile[outline] = OUTLINE_RGB
+    for outlined, rgb in ((brain, BRAIN_RGB), (mask, OUTLINE_RGB)):
+        if outlined is None:
+            continue
+        plane = outlined[:, :, k].T[::-1, ::-1].astype(np.uint8) * 255
+        big = np.array(Image.fromarray(plane).resize(size, Image.Resampling.NEAREST)) > 0
+        tile[big ^ ndimage.binary_erosion(big, structure=np.ones((3, 3), bool), iterations=OUTLINE_PX)] = rgb
     return Image.fromarray(tile)
 
 
 def _crop_to_head(
     image: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...], margin_mm: float = 12.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Crop x and y to the foreground (and mask) bounding box plus a margin, so the brain fills tiles."""
+) -> tuple[slice, ...]:
+    """The x, y crop to the foreground (and mask) bounding box plus a margin, so the brain fills tiles."""
     boxes = ndimage.find_objects((foreground(image) | mask).any(axis=2).astype(np.uint8))
     if not boxes:
-        return image, mask
+        return (slice(None), slice(None))
     sx, sy = boxes[0]
     mx, my = (round(margin_mm / z) for z in zooms[:2])
-    crop = (
-        slice(max(sx.start - mx, 0), sx.stop + mx),
-        slice(max(sy.start - my, 0), sy.stop + my),
-    )
-    return image[crop], mask[crop]
+    return (slice(max(sx.start - mx, 0), sx.stop + mx), slice(max(sy.start - my, 0), sy.stop + my))
 
 
 def _header(draw: ImageDraw.ImageDraw, report: Mapping[str, Any], source: str) -> None:
@@ -157,6 +166,8 @@ def _header(draw: ImageDraw.ImageDraw, report: Mapping[str, Any], source: str) -
     created = report.get("created")
     stamp = datetime.fromisoformat(created) if created else datetime.now(timezone.utc)
     volume = report.get("total_volume_ml")
+    brain = report.get("brain") or {}
+    brain_ml = brain.get("volume_ml")
     sha = str(model.get("sha256", ""))[:12]
     backend = report.get("backend", "unknown")
     precision = report.get("precision")
@@ -168,7 +179,8 @@ def _header(draw: ImageDraw.ImageDraw, report: Mapping[str, Any], source: str) -
     y += 32
     facts = (
         f"Lesions: {report.get('lesion_count', 'n/a')}      "
-        f"Total volume: {f'{volume:.2f} mL' if isinstance(volume, (int, float)) else 'n/a'}"
+        f"Total volume: {f'{volume:.2f} mL' if isinstance(volume, (int, float)) else 'n/a'}      "
+        f"Brain: {f'{brain_ml:.0f} mL' if isinstance(brain_ml, (int, float)) else 'no mask'}"
     )
     draw.text((x, y), facts, font=_font(26), fill=TEXT_RGB)
     y += 38
@@ -184,8 +196,21 @@ def _header(draw: ImageDraw.ImageDraw, report: Mapping[str, Any], source: str) -
     draw.text((x, y), DISCLAIMER, font=_font(22), fill=WARN_RGB)
     draw.rectangle((legend_x, MARGIN + 62, legend_x + 28, MARGIN + 76), outline=OUTLINE_RGB, width=OUTLINE_PX)
     draw.text((legend_x + 40, MARGIN + 58), "lesion mask outline", font=_font(18), fill=TEXT_RGB)
-    draw.text((legend_x, MARGIN + 94), "Radiological view:", font=_font(18), fill=TEXT_RGB)
-    draw.text((legend_x, MARGIN + 118), "R = patient right (image left)", font=_font(18), fill=MUTED_RGB)
+    if brain.get("source"):
+        draw.rectangle(
+            (legend_x, MARGIN + 88, legend_x + 28, MARGIN + 102), outline=BRAIN_RGB, width=OUTLINE_PX
+        )
+        draw.text(
+            (legend_x + 40, MARGIN + 84),
+            f"brain mask outline ({brain['source']})",
+            font=_font(18),
+            fill=TEXT_RGB,
+        )
+    else:  # why there is none, in at most two short lines
+        reason = textwrap.wrap(f"no brain mask: {brain.get('reason') or 'not in the report'}", 40)[:2]
+        draw.multiline_text((legend_x, MARGIN + 84), "\n".join(reason), font=_font(14), fill=MUTED_RGB)
+    draw.text((legend_x, MARGIN + 126), "Radiological view:", font=_font(18), fill=TEXT_RGB)
+    draw.text((legend_x, MARGIN + 150), "R = patient right (image left)", font=_font(18), fill=MUTED_RGB)
     rule_y = HEADER_HEIGHT - 18
     draw.line((MARGIN, rule_y, PAGE_SIZE[0] - MARGIN, rule_y), fill=(60, 60, 66))
 
@@ -195,18 +220,23 @@ def qc_montage(
     mask: nib.spatialimages.SpatialImage | np.ndarray,
     report: Mapping[str, Any],
     path: str | Path,
+    brain: nib.spatialimages.SpatialImage | np.ndarray | None = None,
 ) -> None:
     """Write the QC page for ``image`` (any orientation) and its lesion ``mask`` to ``path``, atomically.
 
-    ``mask`` is a NIfTI image on the image's grid or an array in the image's voxel order; ``report``
-    is the dict of :mod:`mhunet_deploy.report` (lesion count, total volume, model, backend, date).
+    ``mask`` (and ``brain``, the brain mask, outlined in BRAIN_RGB) is a NIfTI image on the image's grid
+    or an array in the image's voxel order; ``report`` is the dict of :mod:`mhunet_deploy.report`
+    (lesion count, total volume, brain entry, model, backend, date).
     """
     data, labels, zooms, affine = _to_canonical(image, mask)
+    brain_c = None if brain is None else _canonical_mask(image, brain)
     centre = np.array([data.shape[0] / 2, data.shape[1] / 2, 0.0, 1.0])
     cols, rows = GRID
     slices = choose_slices(data, labels, cols * rows)
     window = _window(data)
-    data, labels = _crop_to_head(data, labels, zooms)
+    crop = _crop_to_head(data, labels if brain_c is None else labels | brain_c, zooms)
+    data, labels = data[crop], labels[crop]
+    brain_c = None if brain_c is None else brain_c[crop]
     page = Image.new("RGB", PAGE_SIZE, BACKGROUND_RGB)
     draw = ImageDraw.Draw(page)
     source = str((report.get("input") or {}).get("path") or image.get_filename() or "in-memory image")
@@ -217,7 +247,7 @@ def qc_montage(
     for n, k in enumerate(slices):
         left = MARGIN + (n % cols) * (cell_w + GAP)
         top = HEADER_HEIGHT + (n // cols) * (cell_h + GAP)
-        tile = render_axial(data, labels, k, zooms, window, (cell_w, cell_h - 22))
+        tile = render_axial(data, labels, k, zooms, window, (cell_w, cell_h - 22), brain_c)
         tile_left = left + (cell_w - tile.width) // 2
         tile_top = top + 22 + (cell_h - 22 - tile.height) // 2
         page.paste(tile, (tile_left, tile_top))

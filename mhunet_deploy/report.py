@@ -46,6 +46,8 @@ CSV_COLUMNS = (
     "bbox_max_k",
 )
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+#: The brain entry of a report made without a brain stage.
+NO_BRAIN = {"source": None, "volume_ml": None, "reason": "no brain stage ran", "lesion_voxels_outside": None}
 
 
 def jsonable(obj: Any) -> Any:
@@ -94,6 +96,9 @@ class LesionReport:
     model: Mapping[str, Any]
     #: The sidecar key of the engine that ran (TensorRT backends), else None.
     engine_key: Mapping[str, Any] | None = None
+    #: The brain mask: source ("model", "user", or None), volume_ml, reason (why there is none),
+    #: lesion_voxels_outside (above-threshold lesion voxels outside it, dropped); see brain.brain_entry.
+    brain: Mapping[str, Any] = field(default_factory=lambda: dict(NO_BRAIN))
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
@@ -129,6 +134,7 @@ class LesionReport:
                 "lesion_count": self.lesion_count,
                 "total_volume_ml": self.total_volume_ml,
                 "lesions": self.lesions,
+                "brain": dict(self.brain),
                 "timings": self.timings,
                 "warnings": self.warnings,
                 "outputs": self.outputs,
@@ -146,6 +152,7 @@ def build_report(
     precision: str,
     model: Mapping[str, Any],
     engine_key: Mapping[str, Any] | None = None,
+    brain: Mapping[str, Any] | None = None,
     timings: dict[str, float] | None = None,
     warnings: list[str] | None = None,
     outputs: dict[str, str] | None = None,
@@ -161,6 +168,7 @@ def build_report(
         precision=precision,
         model=model,
         engine_key=engine_key,
+        brain=dict(brain or NO_BRAIN),
         timings=dict(timings or {}),
         warnings=list(warnings or []),
         outputs=dict(outputs or {}),

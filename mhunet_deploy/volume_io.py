@@ -179,8 +179,12 @@ def _header_repairs_unprinted() -> Iterator[None]:
         nib.imageglobals.logger.removeFilter(drop)
 
 
-def load_volume(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
-    """Load and validate one 3D scan; `volume_index` picks a volume of a 4D file (0-based)."""
+def load_volume(
+    path: str | os.PathLike, volume_index: int | None = None, allow_constant: bool = False
+) -> Volume:
+    """Load and validate one 3D scan; `volume_index` picks a volume of a 4D file (0-based).
+
+    ``allow_constant``: a constant volume is no scan, but may be a mask (all zero, or all brain)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist; check the path")
@@ -200,7 +204,7 @@ def load_volume(path: str | os.PathLike, volume_index: int | None = None) -> Vol
         ) from exc
     if not isinstance(img, nib.Nifti1Pair):
         raise InputError(f"{path} is not a NIfTI image; convert the scan to .nii.gz first")
-    return volume_from_image(img, volume_index, path, pixdim)
+    return volume_from_image(img, volume_index, path, pixdim, allow_constant)
 
 
 def volume_from_image(
@@ -208,6 +212,7 @@ def volume_from_image(
     volume_index: int | None = None,
     path: Path | None = None,
     stored_pixdim: np.ndarray | None = None,
+    allow_constant: bool = False,
 ) -> Volume:
     """Validate a NIfTI image (from disk or built in memory, e.g. synthetic data) into a Volume.
 
@@ -230,7 +235,7 @@ def volume_from_image(
         raise InputError(
             f"{name} has {data.size - int(finite.sum())} NaN or infinite voxels; fix or re-export the scan"
         )
-    if data.min() == data.max():
+    if not allow_constant and data.min() == data.max():
         raise InputError(
             f"{name} is constant (every voxel is {data.flat[0]:g}); it holds no image, export the scan again"
         )

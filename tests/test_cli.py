@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.tiny_model import save_tiny
+from tests.tiny_model import TWO, save_tiny
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CASE01 = DATA / "clinical_flair" / "case01_FLAIR.nii.gz"
@@ -27,6 +27,12 @@ def mhunet(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_two(tmp_path_factory) -> Path:
+    """The tiny model with a brain output (lesion, brain)."""
+    return save_tiny(tmp_path_factory.mktemp("ckpt") / "tiny2.safetensors", outputs=TWO)
 
 
 def small_volume(path: Path, shape=(40, 48, 12), seed: int = 0) -> Path:
@@ -160,3 +166,90 @@ def test_evaluate_and_info(tmp_path) -> None:
     res = mhunet("info", "--model", "light")
     assert res.returncode == 0 and "parameters" in res.stdout and "GFLOPs" in res.stdout
     assert mhunet("info", "--model", "huge").returncode == 2
+
+
+def _brain_file(path: Path, shape=(40, 48, 12), zooms=(0.9, 0.9, 3.0)) -> Path:
+    mask = np.zeros(shape, np.uint8)
+    mask[5:35, 5:30, 2:10] = 1
+    nib.save(nib.Nifti1Image(mask, np.diag([*zooms, 1.0])), path)
+    return path
+
+
+def test_brain_mask_options_on_a_two_output_model(tmp_path, tiny_two) -> None:
+    """--brain-mask: the user's mask is the brain (written back as <name>_brain), no lesion outside it;
+    --no-brain-mask: no brain output, the report says why."""
+    vol = small_volume(tmp_path / "v.nii.gz")
+    user = _brain_file(tmp_path / "user_brain.nii.gz")
+    args = ("--checkpoint", str(tiny_two), "--json", "--threshold", "0.3", "--min-lesion-mm3", "0")
+    res = mhunet("infer", str(vol), "-o", str(tmp_path / "a"), "--brain-mask", str(user), *args)
+    assert res.returncode == 0, res.stderr
+    (report,) = json.loads(res.stdout)["results"]
+    assert report["brain"]["source"] == "user" and report["model"]["outputs"] == ["lesion", "brain"]
+    brain = np.asarray(nib.load(report["outputs"]["brain"]).dataobj)
+    mask = np.asarray(nib.load(report["outputs"]["mask"]).dataobj)
+    np.testing.assert_array_equal(brain, np.asarray(nib.load(user).dataobj))
+    assert not mask[brain == 0].any()
+    res = mhunet("infer", str(vol), "-o", str(tmp_path / "b"), "--no-brain-mask", *args)
+    assert res.returncode == 0, res.stderr
+    (report,) = json.loads(res.stdout)["results"]
+    assert report["brain"] == {
+        "source": None,
+        "volume_ml": None,
+        "reason": "turned off (--no-brain-mask)",
+        "lesion_voxels_outside": None,
+    }
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "v_lesions.csv",
+        "v_mask.nii.gz",
+        "v_report.json",
+    ]
+
+
+#: (extra arguments, exit code, words of the message); a usage error prints click's usage block instead
+#: of one `error:` line.
+BAD_BRAIN = {
+    "both options": (
+        lambda t: ["--brain-mask", str(_brain_file(t / "m.nii.gz")), "--no-brain-mask"],
+        2,
+        "exclude",
+    ),
+    "batch": (
+        lambda t: ["--brain-mask", str(_brain_file(t / "m.nii.gz")), str(small_volume(t / "w.nii"))],
+        2,
+        "2 inputs",
+    ),
+    "shape": (
+        lambda t: ["--brain-mask", str(_brain_file(t / "m.nii.gz", shape=(40, 48, 11)))],
+        2,
+        "has shape",
+    ),
+    "affine": (
+        lambda t: ["--brain-mask", str(_brain_file(t / "m.nii.gz", zooms=(1, 1, 3)))],
+        2,
+        "not on the voxel",
+    ),
+    "named like an output": (
+        lambda t: ["--brain-mask", str(_brain_file(t / "out" / "v_brain.nii.gz"))],
+        3,
+        "overwrite",
+    ),
+}
+USAGE = ("both options", "batch")
+
+
+@pytest.mark.parametrize("case", BAD_BRAIN)
+def test_bad_brain_mask_one_error_and_no_output(tmp_path, tiny_two, case: str) -> None:
+    extra, code, words = BAD_BRAIN[case]
+    vol = small_volume(tmp_path / "v.nii.gz")
+    (tmp_path / "out").mkdir()
+    res = mhunet(
+        "infer", str(vol), "-o", str(tmp_path / "out"), "--checkpoint", str(tiny_two), "-q", *extra(tmp_path)
+    )
+    assert res.returncode == code and words in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    if case in USAGE:
+        assert lines[0].startswith("Usage:") and lines[-1].startswith("Error: Invalid value"), lines
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    # Nothing written (only the user's own mask, where it sits in the output folder).
+    assert [p.name for p in (tmp_path / "out").iterdir()] == (["v_brain.nii.gz"] if code == 3 else [])

@@ -84,3 +84,116 @@ def test_display_name_replaces_the_input_path_in_report_and_qc(tmp_path: Path) -
     assert Path(report["outputs"]["qc"]).stat().st_size > 0
     plain = infer_volume(scan, tmp_path / "out2", EverywhereLesion(), InferOptions(model_info=model))
     assert plain["input"]["path"] == str(scan)
+
+
+# --- the brain stage --------------------------------------------------------------------------------
+
+GRID = 256
+
+
+class LesionAndBrain:
+    """A two-output backend: brain = a disc of radius 20 px at the grid centre; lesion = every pixel at
+    or right of the centre column, so lesion detections run from inside the brain out past its edge."""
+
+    name = "lesion+brain"
+    precision = "fp32"
+    outputs = ("lesion", "brain")
+    batch_size = 8
+    engine_key = None
+
+    def predict(self, slices: np.ndarray) -> np.ndarray:
+        r, a = np.mgrid[:GRID, :GRID] - (GRID - 1) / 2
+        out = np.empty((len(slices), 2, GRID, GRID), np.float32)
+        out[:, 0] = np.where(a >= 0, 30.0, -30.0)
+        out[:, 1] = np.where(r**2 + a**2 <= 20**2, 30.0, -30.0)
+        return out
+
+
+def head_scan(tmp_path: Path, shape: tuple[int, int, int] = (64, 64, 8)) -> Path:
+    """1 mm in plane, 3 mm slices, RAS, some signal in every slice."""
+    import nibabel as nib
+
+    data = np.random.default_rng(0).uniform(50, 100, shape).astype(np.float32)
+    img = nib.Nifti1Image(data, np.diag([1.0, 1.0, 3.0, 1.0]))
+    img.set_qform(img.affine, code=1)
+    path = tmp_path / "head.nii.gz"
+    nib.save(img, path)
+    return path
+
+
+def _voxels(path: str | Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_no_lesion_voxel_outside_the_model_brain_mask(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    scan = head_scan(tmp_path)
+    options = InferOptions(probabilities=True, model_info={"name": "t", "sha256": "0" * 64})
+    report = infer_volume(scan, tmp_path / "out", LesionAndBrain(), options)
+    mask, brain = _voxels(report["outputs"]["mask"]), _voxels(report["outputs"]["brain"])
+    prob = _voxels(report["outputs"]["probabilities"])
+    assert mask.dtype == brain.dtype == np.uint8 and set(np.unique(brain)) == {0, 1}
+    written = nib.load(report["outputs"]["brain"])
+    np.testing.assert_array_equal(written.affine, nib.load(scan).affine)
+    assert written.shape == nib.load(scan).shape and int(written.header["qform_code"]) == 1
+    assert mask.any() and not mask[brain == 0].any()  # the point of the brain stage
+    outside = int(((prob >= options.threshold) & (brain == 0)).sum())
+    assert outside > 0  # the lesion channel did fire outside: the stage removed something
+    info = report["brain"]
+    assert info["source"] == "model" and info["reason"] is None
+    assert info["lesion_voxels_outside"] == outside
+    assert info["volume_ml"] == pytest.approx(brain.sum() * 3.0 / 1000)
+    assert report["model"] == options.model_info and report["warnings"] == []
+    assert json.loads(Path(report["outputs"]["report"]).read_text())["brain"] == info
+
+
+def test_user_brain_mask_replaces_the_model_one(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    scan = head_scan(tmp_path)
+    user = np.zeros((64, 64, 8), np.uint8)
+    user[10:40, 20:60, 2:6] = 7  # any value > 0 is brain
+    nib.save(nib.Nifti1Image(user, np.diag([1.0, 1.0, 3.0, 1.0])), tmp_path / "user.nii.gz")
+    model = {"name": "t", "sha256": "0" * 64}
+    options = InferOptions(brain_mask=tmp_path / "user.nii.gz", model_info=model)
+    report = infer_volume(scan, tmp_path / "out", LesionAndBrain(), options)
+    mask, brain = _voxels(report["outputs"]["mask"]), _voxels(report["outputs"]["brain"])
+    np.testing.assert_array_equal(brain, user > 0)
+    assert mask.any() and not mask[user == 0].any()
+    assert report["brain"]["source"] == "user" and report["brain"]["volume_ml"] == pytest.approx(4.8 * 3)
+
+
+@pytest.mark.parametrize("backend", [LesionAndBrain(), EverywhereLesion()], ids=["two-output", "one-output"])
+def test_without_a_brain_stage_lesions_are_not_restricted(tmp_path: Path, backend) -> None:
+    scan = head_scan(tmp_path)
+    off = backend.outputs == ("lesion", "brain")  # the two-output model with --no-brain-mask
+    options = InferOptions(no_brain_mask=off, qc=True, model_info={"name": "t", "sha256": "0" * 64})
+    report = infer_volume(scan, tmp_path / "out", backend, options)
+    assert "brain" not in report["outputs"] and not list((tmp_path / "out").glob("*_brain.nii.gz"))
+    info = report["brain"]
+    assert info["source"] is None and info["volume_ml"] is None and info["lesion_voxels_outside"] is None
+    assert info["reason"] == (
+        "turned off (--no-brain-mask)"
+        if off
+        else "the model has no brain output; lesions are not restricted to the brain"
+    )
+    mask = _voxels(report["outputs"]["mask"])
+    assert mask[:, 40:].any()  # far outside the model's brain disc (x, y within 20 mm of the centre)
+
+
+class NoBrain(LesionAndBrain):
+    def predict(self, slices: np.ndarray) -> np.ndarray:
+        out = super().predict(slices)
+        out[:, 1] = -30.0
+        return out
+
+
+def test_a_model_that_finds_no_brain_keeps_no_lesion_and_says_so(tmp_path: Path) -> None:
+    options = InferOptions(model_info={"name": "t", "sha256": "0" * 64})
+    report = infer_volume(head_scan(tmp_path), tmp_path / "out", NoBrain(), options)
+    assert report["lesion_count"] == 0 and report["brain"]["volume_ml"] == 0.0
+    assert report["brain"]["lesion_voxels_outside"] > 0
+    assert any("found no brain" in w and "--no-brain-mask" in w for w in report["warnings"])

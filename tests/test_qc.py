@@ -9,6 +9,7 @@ from PIL import Image
 
 from mhunet_deploy.errors import InputError
 from mhunet_deploy.qc import (
+    BRAIN_RGB,
     GRID,
     HEADER_HEIGHT,
     OUTLINE_RGB,
@@ -113,6 +114,25 @@ def test_choose_slices_covers_brain_and_hits_the_lesion() -> None:
     assert choose_slices(head(), mask, 4) == [2, 5, 7, 10]
     # More slabs than slices: every brain slice once.
     assert choose_slices(head(), mask, GRID[0] * GRID[1]) == list(range(1, 11))
+
+
+def test_brain_outlined_in_its_own_colour_and_named_in_the_header(tmp_path) -> None:
+    brain = head() > 0
+    report = {**REPORT, "brain": {"source": "model", "volume_ml": 12.3, "reason": None}}
+    qc_montage(ras_image(head()), right_anterior_lesion(), report, tmp_path / "qc.png", brain)
+    rgb = np.asarray(Image.open(tmp_path / "qc.png").convert("RGB"))
+    brain_px = np.all(rgb == BRAIN_RGB, axis=-1)
+    assert brain_px[HEADER_HEIGHT:].sum() > 500 and outline_pixels(rgb[HEADER_HEIGHT:]).sum() > 50
+    assert brain_px[:HEADER_HEIGHT].any()  # the legend's brain swatch
+    # The lesion outline is drawn over the brain's: the lesion tiles show both colours, none mixed.
+    tile = np.asarray(
+        render_axial(head(), right_anterior_lesion(), 6, ZOOMS, (0.0, 120.0), (400, 400), brain)
+    )
+    assert outline_pixels(tile).sum() > 20 and np.all(tile == BRAIN_RGB, axis=-1).sum() > 100
+    no_brain = {**REPORT, "brain": {"source": None, "volume_ml": None, "reason": "turned off"}}
+    qc_montage(ras_image(head()), right_anterior_lesion(), no_brain, tmp_path / "none.png")
+    rgb = np.asarray(Image.open(tmp_path / "none.png").convert("RGB"))
+    assert not np.all(rgb == BRAIN_RGB, axis=-1).any()
 
 
 def test_mask_on_another_grid_is_refused(tmp_path) -> None:

@@ -52,6 +52,24 @@ def report(lesions: list[dict] | None = None, **kw) -> LesionReport:
     )
 
 
+def test_brain_entry_is_carried_and_defaults_to_none_with_a_reason() -> None:
+    from mhunet_deploy.brain import brain_entry
+
+    mask = np.zeros((10, 10, 8), bool)
+    mask[2:8, 2:8, 1:7] = True  # 216 voxels of 3 mm3
+    entry = brain_entry(mask, (1.0, 1.0, 3.0), "model", outside_voxels=5)
+    assert entry == {
+        "source": "model",
+        "volume_ml": pytest.approx(0.648),
+        "reason": None,
+        "lesion_voxels_outside": 5,
+    }
+    assert report(brain=entry).to_dict()["brain"] == entry
+    default = report().to_dict()["brain"]
+    assert default["source"] is None and default["volume_ml"] is None and default["reason"]
+    assert "brain" not in CSV_COLUMNS  # the lesion table is unchanged
+
+
 def test_report_dict_layout_and_totals() -> None:
     key = {"library": "tensorrt-rtx", "target": {"compute_capabilities": ["SM86"]}, "engine_sha256": "ab"}
     d = report(engine_key=key, timings={"model_s": 1.5}, warnings=["w"]).to_dict()

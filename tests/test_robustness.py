@@ -447,6 +447,13 @@ def test_readme_troubleshooting_has_a_row_per_case() -> None:
         "which is not a DICOM file; zip one DICOM series only",
         "holds no DICOM files",
         "; zip one series per upload",
+        # the brain mask (tests/test_brain.py, tests/test_cli.py, tests/test_pipeline.py)
+        "give a mask on the scan's voxel grid",
+        "resample the mask onto the scan first",
+        "is empty (no voxel > 0); give a mask that covers the brain, or pass --no-brain-mask",
+        "--brain-mask and --no-brain-mask exclude each other",
+        "--brain-mask is one scan's mask, but 2 inputs were given",
+        "the model found no brain",
     ]
     missing = [p for p in phrases if p not in table]
     assert not missing, f"README troubleshooting lacks: {missing}"

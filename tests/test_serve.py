@@ -32,7 +32,7 @@ from tests.serve_helpers import (
     varied_volume,
     wait_done,
 )
-from tests.tiny_model import PATIENT26
+from tests.tiny_model import PATIENT26, TWO, save_tiny
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 
@@ -132,6 +132,37 @@ def test_job_lifecycle_outputs_and_report(server, direct, tmp_path) -> None:
     assert csv_rows[0].startswith("id,voxels,volume_ml") and len(csv_rows) == 1 + report["lesion_count"]
     # The upload itself is not kept once its results exist.
     assert not (store / job["id"] / "scan_one.nii.gz").exists()
+    # A lesion-only model has no brain mask to download; the reason is the report's.
+    brain = request(f"{url}/v1/jobs/{job['id']}/brain")
+    assert brain.status == 404 and "no brain output" in brain.json()["detail"], brain.body
+    assert report["brain"]["source"] is None
+
+
+def test_two_output_model_serves_the_brain_mask(tmp_path) -> None:
+    """A model with a brain output: the job links, downloads and reports its brain mask as infer does."""
+    ckpt = save_tiny(tmp_path / "two.safetensors", outputs=TWO)
+    scan = varied_volume(tmp_path / "scan.nii.gz", seed=2)
+    with running_server(
+        tmp_path / "log", "--checkpoint", str(ckpt), "--backend", "torch", "--device", "cpu"
+    ) as url:
+        reply = upload(url, scan, wait=True)
+        assert reply.status == 200, reply.body
+        job = reply.json()
+        brain = request(url + job["links"]["brain"])
+    cli = subprocess.run(
+        [sys.executable, "-m", "mhunet_deploy.cli", "infer", str(scan), "-o", str(tmp_path / "cli")]
+        + ["--checkpoint", str(ckpt), "--backend", "torch", "--device", "cpu", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert cli.returncode == 0, cli.stderr
+    expected = json.loads(cli.stdout)["results"][0]
+    assert brain.status == 200 and 'filename="scan_brain.nii.gz"' in brain.headers["content-disposition"]
+    np.testing.assert_array_equal(nifti_array(brain.body), nib.load(expected["outputs"]["brain"]).dataobj)
+    assert job["report"]["brain"] == expected["brain"] and expected["brain"]["source"] == "model"
+    assert job["report"]["outputs"]["brain"] == f"/v1/jobs/{job['id']}/brain"
 
 
 def bad_uploads(folder: Path) -> dict[str, tuple[bytes, int]]:

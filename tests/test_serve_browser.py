@@ -149,6 +149,10 @@ def test_page_uploads_and_shows_the_result(tmp_path) -> None:
             assert row[:3] == [str(lesion["id"]), f"{lesion['volume_ml']:.3f}", str(lesion["voxels"])]
         assert page.js("document.getElementById('count').textContent") == str(report["lesion_count"])
         assert page.js("document.getElementById('qc').naturalWidth") > 1000  # the montage, decoded
+        # The packaged model has no brain output: no brain volume, the reason on hover, no download.
+        assert page.js("document.getElementById('brain').textContent") == "none"
+        assert page.js("document.getElementById('brain').title") == report["brain"]["reason"]
+        assert page.js("document.getElementById('brain-link').hidden") is True
         # The page's download path (with the key): the mask under the server's file name.
         assert page.js("fetchFile('mask').then((f) => f.name + ' ' + f.blob.size)").startswith(
             "patient26_crop_mask.nii.gz "

@@ -46,12 +46,13 @@ PAGE_CSP = (
 )
 MEDIA_TYPES = {
     "mask": "application/gzip",
+    "brain": "application/gzip",
     "prob": "application/gzip",
     "qc": "image/png",
     "csv": "text/csv",
     "seg": "application/dicom",
 }
-Download = Literal["mask", "prob", "qc", "report", "csv", "seg"]
+Download = Literal["mask", "brain", "prob", "qc", "report", "csv", "seg"]
 
 
 class Progress(BaseModel):
@@ -268,11 +269,13 @@ def create_app(
         },
     )
     def download(job_id: str, kind: Download) -> Response:
-        """mask, prob (NIfTI on the input's grid), qc (PNG), report (JSON), csv (lesion table), seg
-        (DICOM SEG on the source slices, for a DICOM series upload)."""
+        """mask, brain (brain mask), prob (NIfTI on the input's grid), qc (PNG), report (JSON), csv
+        (lesion table), seg (DICOM SEG on the source slices, for a DICOM series upload)."""
         job = find(job_id)
         if job.state != "done" or job.report is None:
             raise HTTPException(409, f"job {job_id} is {job.state}; its results are not ready")
+        if kind not in job.files:  # the brain mask: only when the job had one
+            raise HTTPException(404, f"job {job_id} has no {kind} output ({job.report['brain']['reason']})")
         name = job.files[kind].name
         if kind == "report":
             disposition = f'attachment; filename="{name}"'

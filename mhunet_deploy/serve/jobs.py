@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 #: Download names under /v1/jobs/{id}/ for the pipeline's output keys.
 DOWNLOADS = {
     "mask": "mask",
+    "brain": "brain",
     "probabilities": "prob",
     "qc": "qc",
     "report": "report",
