@@ -9,12 +9,14 @@
 #     && cp -r ../shared/data/open_ms/lesion_masks_mni .devdata/shared/data/open_ms/   # templates for synthetic heads
 #   .whl/: the nibabel wheel and the mamba-ssm sdist (see README "Training")
 # Run (device tool): bash scripts/gpu/train_real.sh    carry: [".whl", ".devdata"]
-# Knobs (environment): MINUTES (per run), MODELS, FOLDS ("0 1 2 3" and "all" = the all-data fit),
-# SYNTH (synthetic heads generated here), BATCH, TRAIN_ARGS (extra `mhunet train` flags), PROBE_STEPS.
+# Knobs (environment): MINUTES (per run), VARIANTS ("name:model:extra flags;..." - one cross-validation
+# each; ablations add e.g. "nopaste:light:--no-augment paste"), FOLDS ("0 1 2 3" and "all" = the all-data
+# fit), SYNTH (synthetic heads generated here), BATCH, TRAIN_ARGS (flags for every run), PROBE_STEPS (0:
+# no solo timing of data vs compute).
 set -euo pipefail
 OUT=${OUT:-out/gpu-train}
 MINUTES=${MINUTES:-4.0}
-MODELS=${MODELS:-"light paper"}
+VARIANTS=${VARIANTS:-"light:light:;paper:paper:"}
 FOLDS=${FOLDS:-"0 1 2 3 all"}
 SYNTH=${SYNTH:-48}
 BATCH=${BATCH:-32}
@@ -47,17 +49,21 @@ echo "synthetic pack $((t1 - t0)) s, mamba-ssm build $((t2 - t0)) s (overlapped)
 data=(--data .devdata/real.npz --data /tmp/synth.npz --synth-source .devdata/shared/data)
 pids=()
 lr_of() { if [ "$1" = paper ]; then echo 1e-3; else echo 2e-3; fi; }
+IFS=';' read -ra variants <<< "$VARIANTS"
+models=$(for v in "${variants[@]}"; do echo "${v#*:}" | cut -d: -f1; done | sort -u)
 # Is the data path the limit? Each configuration alone for a few steps, data and compute timed apart.
-for m in $MODELS; do
+[ "$PROBE_STEPS" -gt 0 ] && for m in $models; do
   mhunet train --model "$m" "${data[@]}" --out "$RUNS/probe-$m" --epochs 1 --steps-per-epoch "$PROBE_STEPS" \
     --batch-size "$BATCH" --lr "$(lr_of "$m")" --device "$DEVICE" ${TRAIN_ARGS:-} --quiet > "$RUNS/probe-$m.log" 2>&1 || true
 done
-for m in $MODELS; do
+for v in "${variants[@]}"; do
+  IFS=: read -r name m extra <<< "$v"
   for f in $FOLDS; do
     hold=(); [ "$f" != all ] && hold=(--holdout-fold "$f")
-    mhunet train --model "$m" "${data[@]}" --out "$RUNS/$m-$f" "${hold[@]}" --max-minutes "$MINUTES" \
+    # shellcheck disable=SC2086  # extra flags split on purpose
+    mhunet train --model "$m" "${data[@]}" --out "$RUNS/$name-$f" "${hold[@]}" --max-minutes "$MINUTES" \
       --epochs 1000 --steps-per-epoch 100 --batch-size "$BATCH" --lr "$(lr_of "$m")" --device "$DEVICE" \
-      --seed 0 ${TRAIN_ARGS:-} --quiet > "$RUNS/$m-$f.log" 2>&1 &
+      --seed 0 $extra ${TRAIN_ARGS:-} --quiet > "$RUNS/$name-$f.log" 2>&1 &
     pids+=($!)
   done
 done
