@@ -633,11 +633,15 @@ def verify(
 
     _logging(verbose)
     rows = run_verify(checkpoint or default_checkpoint(), volume or DEFAULT_VOLUME, slices, export_dir)
-    columns = ("backend", "precision", "slices", "max |Δ|", "median |Δ|", "Dice", "lesions", "mL", "result")
+    channels = list(rows[0].max_abs)  # the reference row: every output channel of the model
+    brain = rows[0].brain_dice is not None
+    per_channel = f" ({' / '.join(channels)})" if len(channels) > 1 else ""
+    columns = ["backend", "precision", "slices", f"max |Δ|{per_channel}", f"median |Δ|{per_channel}", "Dice"]
+    columns += ["brain Dice (mL)"] * brain + ["lesions", "mL", "result"]
     table = Table(*columns)
     for r in rows:
         if r.passed is None and r.note.startswith("skipped"):
-            table.add_row(r.backend, r.precision, "", "", "", "", "", "", escape(r.note))
+            table.add_row(r.backend, r.precision, *[""] * (len(columns) - 3), escape(r.note))
             continue
         result = escape(r.note) or (
             "[green]pass[/]" if r.passed else f"[red]FAIL[/] {escape('; '.join(r.failures))}"
@@ -646,9 +650,10 @@ def verify(
             r.backend,
             r.precision,
             str(r.slices),
-            f"{r.max_abs:.2e}",
-            f"{r.median_abs:.2e}",
+            " / ".join(f"{r.max_abs[c]:.2e}" for c in channels),
+            " / ".join(f"{r.median_abs[c]:.2e}" for c in channels),
             f"{r.dice:.4f}",
+            *([f"{r.brain_dice:.4f} ({r.brain_ml:.0f})"] if brain else []),
             f"{r.lesions} ({r.ref_lesions})",
             f"{r.volume_ml:.2f} ({r.ref_volume_ml:.2f})",
             result,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tiny_model import PATIENT26, tiny_export
+from tiny_model import ONE, PATIENT26, TWO, tiny_export
 
 from mhunet_deploy import contract
 from mhunet_deploy.scan_numpy import selective_scan_numpy
 from mhunet_deploy.verify import (
+    FP16_MIN_BRAIN_DICE,
     FP16_MIN_DICE,
     FP32_MAX_ABS_LOGIT,
     Row,
@@ -18,21 +19,30 @@ from mhunet_deploy.verify import (
 )
 
 
-def test_fp32_tolerance_is_on_logits() -> None:
-    assert judge(Row("x", "fp32", max_abs=FP32_MAX_ABS_LOGIT, dice=0.0)).passed
-    assert not judge(Row("x", "fp32", max_abs=2 * FP32_MAX_ABS_LOGIT, dice=1.0)).passed
+def test_fp32_tolerance_is_on_every_channel_of_the_logits() -> None:
+    tol = FP32_MAX_ABS_LOGIT
+    assert judge(Row("x", "fp32", max_abs={"lesion": tol, "brain": tol}, dice=0.0, brain_dice=0.0)).passed
+    assert not judge(Row("x", "fp32", max_abs={"lesion": 2 * tol}, dice=1.0)).passed
+    row = judge(Row("x", "fp32", max_abs={"lesion": 0.0, "brain": 2 * tol}, dice=1.0, brain_dice=1.0))
+    assert not row.passed and row.failures == [f"max |Δlogit| brain {2 * tol:.2e} > {tol:.0e}"]
 
 
 def test_fp16_tolerance_is_on_the_task() -> None:
-    assert judge(Row("x", "fp16", max_abs=1.0, dice=FP16_MIN_DICE, lesions=3, ref_lesions=3)).passed
-    assert not judge(Row("x", "fp16", max_abs=0.0, dice=0.98, lesions=3, ref_lesions=3)).passed
-    assert not judge(Row("x", "fp16", max_abs=0.0, dice=1.0, lesions=2, ref_lesions=3)).passed
+    ok = {"max_abs": {"lesion": 1.0}, "lesions": 3, "ref_lesions": 3}
+    assert judge(Row("x", "fp16", dice=FP16_MIN_DICE, **ok)).passed
+    assert not judge(Row("x", "fp16", dice=0.98, **ok)).passed
+    assert not judge(Row("x", "fp16", max_abs={"lesion": 0.0}, dice=1.0, lesions=2, ref_lesions=3)).passed
+    assert judge(Row("x", "fp16", dice=1.0, brain_dice=FP16_MIN_BRAIN_DICE, **ok)).passed
+    row = judge(Row("x", "fp16", dice=1.0, brain_dice=0.98, **ok))
+    assert not row.passed and row.failures == [f"brain Dice 0.9800 < {FP16_MIN_BRAIN_DICE}"]
 
 
 @pytest.mark.skipif(not PATIENT26.is_file(), reason=f"{PATIENT26} not present")
-def test_cpu_backends_match_torch_on_patient26() -> None:
-    """The real-volume parity test: plugin graph (ReferenceEvaluator), onnxruntime fp32 and fp16."""
-    ckpt, export = tiny_export()
+@pytest.mark.parametrize("outputs", [ONE, TWO], ids=["lesion", "lesion+brain"])
+def test_cpu_backends_match_torch_on_patient26(outputs: tuple[str, ...]) -> None:
+    """The real-volume parity test: plugin graph (ReferenceEvaluator), onnxruntime fp32 and fp16, on
+    every output channel, and the brain mask's Dice for a model with a brain output."""
+    ckpt, export = tiny_export(outputs)
     rows = {(r.backend, r.precision): r for r in verify(ckpt, PATIENT26, slices=2, export_dir=export)}
     ran = [r for r in rows.values() if not r.note.startswith("skipped")]
     assert {(r.backend, r.precision) for r in ran} >= {
@@ -43,10 +53,13 @@ def test_cpu_backends_match_torch_on_patient26() -> None:
     }
     for r in ran:
         assert r.passed, (r.backend, r.precision, r.failures)
+        assert list(r.max_abs) == list(r.median_abs) == list(outputs)
+        assert (r.brain_dice is None) == (r.brain_ml is None) == (outputs == ONE)
+        assert outputs == ONE or r.brain_ml > 10  # a brain mask to compare, so its Dice means something
         print(
-            f"{r.backend} {r.precision}: slices {r.slices} max {r.max_abs:.2e} median {r.median_abs:.2e} "
-            f"Dice {r.dice:.4f} lesions {r.lesions}/{r.ref_lesions} "
-            f"mL {r.volume_ml:.3f}/{r.ref_volume_ml:.3f}"
+            f"{r.backend} {r.precision}: slices {r.slices} max {r.max_abs} median {r.median_abs} "
+            f"Dice {r.dice:.4f} brain Dice {r.brain_dice} ({r.brain_ml} mL) "
+            f"lesions {r.lesions}/{r.ref_lesions} mL {r.volume_ml:.3f}/{r.ref_volume_ml:.3f}"
         )
     # Without TensorRT here, its row says why: the plugin library is checked first, then the library.
     note = rows[("tensorrt plugin", "fp16")].note
