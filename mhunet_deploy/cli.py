@@ -396,13 +396,23 @@ def evaluate(
     truth: Annotated[Path, typer.Argument(help="Reference lesion mask (NIfTI).")],
     threshold: Annotated[float, typer.Option(help="Binarise pred above this.")] = 0.5,
     lesion_iou: Annotated[float, typer.Option(help="IoU at which a lesion counts as detected.")] = 0.25,
+    brain_truth: Annotated[
+        Path | None, typer.Option(help="Reference brain mask (NIfTI, > 0): adds brain-mask Dice.")
+    ] = None,
+    brain: Annotated[
+        Path | None,
+        typer.Option(help="Predicted brain mask (default: the <name>_brain.nii.gz beside PRED)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """DSC, IoU, sensitivity, specificity, HD95 (mm), lesion-wise F1 and volumes of PRED vs TRUTH."""
+    """DSC, IoU, sensitivity, specificity, HD95 (mm), lesion-wise F1 (IoU rule and overlap rule) and
+    volumes of PRED vs TRUTH; with --brain-truth, brain-mask Dice."""
     from .metrics import evaluate as run_eval
     from .report import dumps
 
-    result = run_eval(pred, truth, threshold=threshold, iou_threshold=lesion_iou)
+    if brain and not brain_truth:
+        raise typer.BadParameter("--brain needs --brain-truth (the reference brain mask)")
+    result = run_eval(pred, truth, threshold, lesion_iou, brain_truth, brain)
     if as_json:
         print(dumps(result))
         return

@@ -18,6 +18,11 @@ Definitions (``pred`` = prediction, ``truth`` = reference; TP/FP/FN/TN are voxel
   with no truth lesion R = 1 (nothing to be wrong about), so both empty -> F1 = 1 and exactly one
   empty -> F1 = 0. A lesion split into pieces is detected if any piece reaches the threshold; pieces
   that reach it are true positives, pieces that do not are false positives.
+- The same counts under the MSSEG/ISBI overlap rule, keys ending ``_overlap``: a truth lesion is found
+  if any predicted voxel lies in it, a predicted lesion is correct if it shares a voxel with any truth
+  lesion (IoU > 0); same empty rules.
+- Brain mask (``evaluate(..., brain_truth_path=...)``): Dice of the predicted brain mask against the
+  reference one, both volumes in mL, and the predicted lesion voxels outside the reference brain.
 - Volumes in mL (voxel count x product of zooms / 1000); volume error = pred - truth (signed, mL).
 
 All values are Python floats/ints; the only non-finite value ever produced is HD95 = inf (how reports
@@ -109,12 +114,8 @@ def hd95(pred: np.ndarray, truth: np.ndarray, zooms: Sequence[float]) -> float:
     return float(max(np.percentile(to_truth, 95), np.percentile(to_pred, 95)))
 
 
-def lesion_detection(
-    pred: np.ndarray, truth: np.ndarray, iou_threshold: float = DEFAULT_IOU_THRESHOLD
-) -> dict[str, float | int]:
-    """Lesion-wise precision, recall and F1 under the IoU matching rule of the module docstring."""
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+def _lesion_pairs(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """Truth and predicted lesion counts, and every overlapping (truth id, pred id) pair with its IoU."""
     t_lab, n_truth = ndimage.label(truth, structure=_CONNECTIVITY_26)
     p_lab, n_pred = ndimage.label(pred, structure=_CONNECTIVITY_26)
     t_size = np.bincount(t_lab.ravel(), minlength=n_truth + 1)
@@ -124,7 +125,13 @@ def lesion_detection(
         t_lab[both].astype(np.int64) * (n_pred + 1) + p_lab[both], return_counts=True
     )
     t_id, p_id = np.divmod(pair_codes, n_pred + 1)
-    pair_iou = inter / (t_size[t_id] + p_size[p_id] - inter)
+    return int(n_truth), int(n_pred), t_id, p_id, inter / (t_size[t_id] + p_size[p_id] - inter)
+
+
+def _detection(pairs: tuple, iou_threshold: float, suffix: str = "") -> dict[str, float | int]:
+    """Lesion-wise precision, recall and F1 of ``_lesion_pairs`` output: pairs with IoU >= the
+    threshold match (0: every overlapping pair, the overlap rule)."""
+    n_truth, n_pred, t_id, p_id, pair_iou = pairs
     hit = pair_iou >= iou_threshold
     detected = int(np.unique(t_id[hit]).size)
     matched_pred = int(np.unique(p_id[hit]).size)
@@ -132,14 +139,28 @@ def lesion_detection(
     recall = _ratio(detected, n_truth)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "truth_lesions": int(n_truth),
-        "pred_lesions": int(n_pred),
-        "detected_lesions": detected,
-        "matched_pred_lesions": matched_pred,
-        "lesion_precision": precision,
-        "lesion_recall": recall,
-        "lesion_f1": f1,
+        f"detected_lesions{suffix}": detected,
+        f"matched_pred_lesions{suffix}": matched_pred,
+        f"lesion_precision{suffix}": precision,
+        f"lesion_recall{suffix}": recall,
+        f"lesion_f1{suffix}": f1,
+    }
+
+
+def lesion_detection(
+    pred: np.ndarray, truth: np.ndarray, iou_threshold: float = DEFAULT_IOU_THRESHOLD
+) -> dict[str, float | int]:
+    """Lesion-wise precision, recall and F1 under the IoU rule and the overlap rule (``*_overlap``) of
+    the module docstring, from one labelling."""
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    pairs = _lesion_pairs(pred, truth)
+    return {
+        "truth_lesions": pairs[0],
+        "pred_lesions": pairs[1],
+        **_detection(pairs, iou_threshold),
         "iou_threshold": float(iou_threshold),
+        **_detection(pairs, 0.0, "_overlap"),
     }
 
 
@@ -194,34 +215,82 @@ def _load(path: str | Path, role: str) -> tuple[np.ndarray, np.ndarray, tuple[fl
     return data, img.affine, zooms
 
 
+def brain_metrics(
+    pred_brain: np.ndarray, truth_brain: np.ndarray, lesions: np.ndarray, zooms: Sequence[float]
+) -> dict[str, Any]:
+    """Brain-mask Dice, both volumes, and the predicted lesion voxels outside the reference brain."""
+    pred_brain, truth_brain = np.asarray(pred_brain, bool), np.asarray(truth_brain, bool)
+    return {
+        "brain_dsc": dice(pred_brain, truth_brain),
+        "pred_brain_volume_ml": volume_ml(pred_brain, zooms),
+        "truth_brain_volume_ml": volume_ml(truth_brain, zooms),
+        "lesion_voxels_outside_brain": int(np.count_nonzero(np.asarray(lesions, bool) & ~truth_brain)),
+    }
+
+
+def _same_grid(
+    what: str, data: np.ndarray, affine: np.ndarray, ref: np.ndarray, ref_affine: np.ndarray
+) -> None:
+    """InputError unless ``data`` lies on the reference's voxel grid (shape, affine within AFFINE_ATOL_MM)."""
+    if data.shape != ref.shape:
+        raise InputError(
+            f"{what} shape {data.shape} differs from reference shape {ref.shape}: "
+            f"resample the {what} onto the reference grid first"
+        )
+    if not np.allclose(affine, ref_affine, rtol=0.0, atol=AFFINE_ATOL_MM):
+        worst = float(np.abs(affine - ref_affine).max())
+        raise InputError(
+            f"{what} and reference affines differ (max abs difference {worst:.4g} > "
+            f"{AFFINE_ATOL_MM}): they are not on the same voxel grid"
+        )
+
+
+def brain_path_beside(pred_path: str | Path) -> Path:
+    """The ``<name>_brain.nii.gz`` that `mhunet infer` writes beside ``<name>_mask.nii.gz`` (or _prob)."""
+    pred_path = Path(pred_path)
+    for suffix in ("_mask.nii.gz", "_prob.nii.gz"):
+        if pred_path.name.endswith(suffix):
+            return pred_path.with_name(pred_path.name.removesuffix(suffix) + "_brain.nii.gz")
+    raise InputError(
+        f"{pred_path} is not named like an mhunet infer output (<name>_mask.nii.gz); "
+        "give the predicted brain mask with --brain FILE"
+    )
+
+
 def evaluate(
     pred_path: str | Path,
     truth_path: str | Path,
     threshold: float = 0.5,
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    brain_truth_path: str | Path | None = None,
+    brain_pred_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Load a prediction and a reference NIfTI on one grid and return :func:`compute_metrics` and inputs.
 
     A floating-point prediction is read as a probability map (``> threshold``); an integer or boolean
     one as a mask or label map (``> 0``). The reference is always ``> 0``. Zooms come from the
     reference header. Raises :class:`InputError` when the files differ in shape or affine.
+    With ``brain_truth_path`` (a reference brain mask, ``> 0``) also :func:`brain_metrics` of the
+    predicted brain mask ``brain_pred_path`` (default: :func:`brain_path_beside` the prediction).
     """
     pred_data, pred_affine, _ = _load(pred_path, "prediction")
     truth_data, truth_affine, zooms = _load(truth_path, "reference")
-    if pred_data.shape != truth_data.shape:
-        raise InputError(
-            f"prediction shape {pred_data.shape} differs from reference shape {truth_data.shape}: "
-            "resample the prediction onto the reference grid first"
-        )
-    if not np.allclose(pred_affine, truth_affine, rtol=0.0, atol=AFFINE_ATOL_MM):
-        worst = float(np.abs(pred_affine - truth_affine).max())
-        raise InputError(
-            f"prediction and reference affines differ (max abs difference {worst:.4g} > "
-            f"{AFFINE_ATOL_MM}): they are not on the same voxel grid"
-        )
+    _same_grid("prediction", pred_data, pred_affine, truth_data, truth_affine)
     is_prob = np.issubdtype(pred_data.dtype, np.floating)
     pred = pred_data > threshold if is_prob else pred_data > 0
     metrics = compute_metrics(pred, truth_data > 0, zooms, iou_threshold)
+    brain: dict[str, Any] = {}
+    if brain_truth_path is not None:
+        brain_pred_path = Path(brain_pred_path) if brain_pred_path else brain_path_beside(pred_path)
+        pred_brain, pred_brain_affine, _ = _load(brain_pred_path, "predicted brain mask")
+        truth_brain, truth_brain_affine, _ = _load(brain_truth_path, "reference brain mask")
+        _same_grid("predicted brain mask", pred_brain, pred_brain_affine, truth_data, truth_affine)
+        _same_grid("reference brain mask", truth_brain, truth_brain_affine, truth_data, truth_affine)
+        brain = {
+            "brain_pred_path": str(brain_pred_path),
+            "brain_truth_path": str(brain_truth_path),
+            **brain_metrics(pred_brain > 0, truth_brain > 0, pred, zooms),
+        }
     return {
         "pred_path": str(pred_path),
         "truth_path": str(truth_path),
@@ -229,4 +298,5 @@ def evaluate(
         "zooms": list(zooms),
         "pred_binarised": f"> {threshold}" if is_prob else "> 0",
         **metrics,
+        **brain,
     }

@@ -163,6 +163,26 @@ def test_evaluate_and_info(tmp_path) -> None:
         nib.save(nib.Nifti1Image(mask, np.diag([1, 1, 2, 1.0])), tmp_path / f"{name}.nii.gz")
     res = mhunet("evaluate", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"), "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["dsc"] == 1.0
+    assert json.loads(res.stdout)["lesion_f1_overlap"] == 1.0
+    res = mhunet(
+        "evaluate",
+        str(tmp_path / "a.nii.gz"),
+        str(tmp_path / "b.nii.gz"),
+        "--brain-truth",
+        str(tmp_path / "b.nii.gz"),
+        "--brain",
+        str(tmp_path / "a.nii.gz"),
+        "--json",
+    )
+    assert res.returncode == 0 and json.loads(res.stdout)["brain_dsc"] == 1.0, res.stderr
+    res = mhunet(
+        "evaluate",
+        str(tmp_path / "a.nii.gz"),
+        str(tmp_path / "b.nii.gz"),
+        "--brain-truth",
+        str(tmp_path / "b.nii.gz"),
+    )
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "--brain FILE" in res.stderr
     res = mhunet("info", "--model", "light")
     assert res.returncode == 0 and "parameters" in res.stdout and "GFLOPs" in res.stdout
     assert mhunet("info", "--model", "huge").returncode == 2

@@ -12,6 +12,7 @@ from scipy.spatial.distance import cdist
 
 from mhunet_deploy.errors import InputError
 from mhunet_deploy.metrics import (
+    brain_metrics,
     compute_metrics,
     dice,
     evaluate,
@@ -167,6 +168,28 @@ def test_lesion_detection_split_missed_and_false_positive() -> None:
     assert r["lesion_f1"] == pytest.approx(0.5)
 
 
+def test_lesion_detection_overlap_rule_counts_any_shared_voxel() -> None:
+    """MSSEG/ISBI rule on the same scene: B1 (IoU 0.2) now finds B; FP still overlaps nothing.
+    Recall 2/2, precision 3/4 (A1, A2, B1), F1 = 2 * (3/4) / (7/4) = 6/7; the IoU rule is unchanged."""
+    pred, truth = lesion_scene()
+    r = lesion_detection(pred, truth)
+    assert (r["detected_lesions_overlap"], r["matched_pred_lesions_overlap"]) == (2, 3)
+    assert r["lesion_recall_overlap"] == 1.0 and r["lesion_precision_overlap"] == pytest.approx(0.75)
+    assert r["lesion_f1_overlap"] == pytest.approx(6 / 7) and r["lesion_f1"] == pytest.approx(0.5)
+    assert compute_metrics(pred, truth, (1.0, 1.0, 1.0))["lesion_f1_overlap"] == pytest.approx(6 / 7)
+
+
+@pytest.mark.parametrize(
+    "pred_empty, truth_empty, f1", [(True, True, 1.0), (True, False, 0.0), (False, True, 0.0)]
+)
+def test_overlap_rule_keeps_the_empty_rules(pred_empty: bool, truth_empty: bool, f1: float) -> None:
+    full, empty = cube((2, 2, 2)), np.zeros(SHAPE, dtype=bool)
+    m = compute_metrics(empty if pred_empty else full, empty if truth_empty else full, (1.0, 1.0, 1.0))
+    assert m["lesion_f1_overlap"] == m["lesion_f1"] == f1
+    assert m["lesion_precision_overlap"] == m["lesion_precision"]
+    assert m["lesion_recall_overlap"] == m["lesion_recall"]
+
+
 def test_lesion_detection_just_above_the_boundary() -> None:
     pred, truth = lesion_scene()
     r = lesion_detection(pred, truth, iou_threshold=0.26)
@@ -234,6 +257,35 @@ def test_evaluate_affine_tolerance(tmp_path) -> None:
     shifted[0, 3] += 1.0  # a real 1 mm shift
     with pytest.raises(InputError, match="affines differ"):
         evaluate(save(tmp_path / "q.nii.gz", data, shifted), t)
+
+
+def test_brain_metrics_dice_volumes_and_lesions_outside() -> None:
+    truth = cube((2, 2, 2))  # 64 voxels
+    pred = cube((3, 2, 2))  # 48 shared
+    lesions = np.zeros(SHAPE, dtype=bool)
+    lesions[2, 2, 2] = lesions[7, 7, 7] = lesions[9, 9, 9] = True  # one inside the reference brain
+    m = brain_metrics(pred, truth, lesions, (1.0, 1.0, 2.0))
+    assert m["brain_dsc"] == pytest.approx(2 * 48 / 128)
+    assert m["pred_brain_volume_ml"] == m["truth_brain_volume_ml"] == pytest.approx(0.128)
+    assert m["lesion_voxels_outside_brain"] == 2
+
+
+def test_evaluate_brain_truth_finds_the_brain_mask_beside_the_lesion_mask(tmp_path) -> None:
+    lesion = cube((3, 3, 3), size=2).astype(np.uint8)
+    p = save(tmp_path / "scan_mask.nii.gz", lesion)
+    t = save(tmp_path / "truth.nii.gz", lesion)
+    save(tmp_path / "scan_brain.nii.gz", cube((2, 2, 2)).astype(np.uint8))
+    bt = save(tmp_path / "brain_truth.nii.gz", cube((2, 2, 2), size=5).astype(np.uint8))
+    r = evaluate(p, t, brain_truth_path=bt)
+    assert r["brain_pred_path"] == str(tmp_path / "scan_brain.nii.gz")
+    assert r["brain_dsc"] == pytest.approx(2 * 64 / (64 + 125)) and r["lesion_voxels_outside_brain"] == 0
+    assert r["dsc"] == 1.0 and "brain_dsc" not in evaluate(p, t)
+    other = save(tmp_path / "mine.nii.gz", cube((2, 2, 2), size=5).astype(np.uint8))
+    assert evaluate(p, t, brain_truth_path=bt, brain_pred_path=other)["brain_dsc"] == 1.0
+    with pytest.raises(InputError, match="reference brain mask shape"):
+        evaluate(p, t, brain_truth_path=save(tmp_path / "small.nii.gz", np.ones((4, 4, 4), np.uint8)))
+    with pytest.raises(InputError, match="not named like an mhunet infer output"):
+        evaluate(t, t, brain_truth_path=bt)
 
 
 def test_evaluate_missing_file(tmp_path) -> None:
