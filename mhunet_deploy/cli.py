@@ -623,12 +623,20 @@ def export_cmd(
         out.print(table)
 
 
+def _required_volume(volume: Path | None) -> Path:
+    """`verify` and `bench` run on a scan the user names: a made-up volume would make the task half of
+    the parity check (mask Dice, lesion count) say nothing, and no scan ships with the package."""
+    if volume is None:
+        raise InputError("no volume to run on; pass --volume FLAIR.nii.gz (a brain FLAIR scan)")
+    return volume
+
+
 @app.command()
 def verify(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
     ] = None,
-    volume: Annotated[Path | None, typer.Option(help="FLAIR NIfTI (default: shared patient26).")] = None,
+    volume: Annotated[Path | None, typer.Option(help="A brain FLAIR NIfTI to run on (required).")] = None,
     slices: Annotated[
         int | None, typer.Option(min=1, help="Compare only this many central slices (default: all).")
     ] = None,
@@ -638,11 +646,11 @@ def verify(
     """Hold every available backend and precision to the FP32 PyTorch reference (logits and task)."""
     from .checkpoint import default_checkpoint
     from .errors import ParityError
-    from .verify import DEFAULT_VOLUME
     from .verify import verify as run_verify
 
     _logging(verbose)
-    rows = run_verify(checkpoint or default_checkpoint(), volume or DEFAULT_VOLUME, slices, export_dir)
+    volume = _required_volume(volume)
+    rows = run_verify(checkpoint or default_checkpoint(), volume, slices, export_dir)
     channels = list(rows[0].max_abs)  # the reference row: every output channel of the model
     brain = rows[0].brain_dice is not None
     per_channel = f" ({' / '.join(channels)})" if len(channels) > 1 else ""
@@ -679,7 +687,7 @@ def bench(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
     ] = None,
-    volume: Annotated[Path | None, typer.Option(help="FLAIR NIfTI (default: shared patient26).")] = None,
+    volume: Annotated[Path | None, typer.Option(help="A brain FLAIR NIfTI to run on (required).")] = None,
     slices: Annotated[int | None, typer.Option(min=1, help="Time only this many central slices.")] = None,
     device: Annotated[
         list[str] | None, typer.Option(help="Only backends on this device (cpu, cuda); repeatable.")
@@ -694,14 +702,14 @@ def bench(
     from .bench import candidates, markdown_table
     from .checkpoint import default_checkpoint
     from .errors import BackendError
-    from .verify import DEFAULT_VOLUME
 
     _logging(verbose)
+    volume = _required_volume(volume)
     ckpt = checkpoint or default_checkpoint()
     pairs = candidates(ckpt, export_dir, tuple(device or ("cpu", "cuda")))
     if not pairs:
         raise BackendError("nothing to time: no backend available for the requested device(s)")
-    timings = run_bench(ckpt, volume or DEFAULT_VOLUME, pairs, slices, batch_size, export_dir, repeats)
+    timings = run_bench(ckpt, volume, pairs, slices, batch_size, export_dir, repeats)
     print(markdown_table(timings))
 
 

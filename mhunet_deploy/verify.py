@@ -1,9 +1,9 @@
 """`mhunet verify`: every available backend and precision against the FP32 PyTorch reference.
 
 Runs on a real volume through the same preprocessing and postprocessing as `mhunet infer`, and judges
-each candidate twice (DESIGN.md §8): on logits (max and median |Δ| of every output channel: lesion,
-and brain when the model has it) and on the task (lesion mask Dice, lesion count and volume, and the
-brain mask's Dice). The plugin graph has no runtime here besides ``onnx.reference`` with our
+each candidate twice (ARCHITECTURE.md, Precision): on logits (max and median |Δ| of every output
+channel: lesion, and brain when the model has it) and on the task (lesion mask Dice, lesion count and
+volume, and the brain mask's Dice). The plugin graph has no runtime here besides ``onnx.reference`` with our
 numpy SelectiveScan, which is slow, so it sees only a few slices.
 
 Polygraphy: its ``pluginref`` runner needs a reference for *every* op of a graph and knows only three
@@ -36,7 +36,7 @@ from .volume_io import Volume, load_volume
 
 log = logging.getLogger(__name__)
 
-#: Parity tolerances, all in one place (DESIGN.md §8).
+#: Parity tolerances, all in one place (ARCHITECTURE.md, Precision).
 FP32_MAX_ABS_LOGIT = 1e-4
 FP16_MIN_DICE = 0.99
 FP16_SAME_LESION_COUNT = True
@@ -44,8 +44,6 @@ FP16_SAME_LESION_COUNT = True
 FP16_MIN_BRAIN_DICE = 0.99
 #: Slices the ReferenceEvaluator runs on (seconds per slice even for small models).
 REFERENCE_EVALUATOR_SLICES = 2
-#: The volume `mhunet verify` uses unless told otherwise, relative to the repository.
-DEFAULT_VOLUME = Path(__file__).resolve().parent.parent.parent / "shared/data/open_ms/patient26/FLAIR.nii.gz"
 
 
 class PluginGraphReference:
@@ -195,7 +193,7 @@ def candidates(checkpoint: Path, export_dir: Path) -> list[Candidate]:
 
 def verify(
     checkpoint: Path,
-    volume: Path = DEFAULT_VOLUME,
+    volume: Path,
     slices: int | None = None,
     export_dir: Path = DEFAULT_EXPORT_DIR,
     on_row: Callable[[Row], None] | None = None,

@@ -16,13 +16,15 @@ from pathlib import Path
 from mhunet_deploy.bench import bench, graph_table, markdown_table
 from mhunet_deploy.checkpoint import default_checkpoint, save_checkpoint
 from mhunet_deploy.exporting.exporter import export_graphs
-from mhunet_deploy.verify import DEFAULT_VOLUME
+
+#: Run from the repository, with ../shared beside it.
+PATIENT26 = Path(__file__).resolve().parents[2] / "shared/data/open_ms/patient26/FLAIR.nii.gz"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path)
-    ap.add_argument("--volume", type=Path, default=DEFAULT_VOLUME)
+    ap.add_argument("--volume", type=Path, default=PATIENT26)
     ap.add_argument("--slices", type=int, help="time this many central slices only")
     ap.add_argument("--export-dir", type=Path)
     args = ap.parse_args()

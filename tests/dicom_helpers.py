@@ -16,7 +16,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-from tiny_model import PATIENT26
+
+from tests.tiny_model import PATIENT26
 
 needs_pydicom = pytest.mark.skipif(
     importlib.util.find_spec("pydicom") is None,

@@ -18,10 +18,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_helpers import expected_image, needs_pydicom, write_series
-from tiny_model import PATIENT26, save_tiny
 
 from mhunet_deploy.errors import InputError
+from tests.dicom_helpers import expected_image, needs_pydicom, write_series
+from tests.tiny_model import PATIENT26, save_tiny
 
 
 def _rotation(axis: int, degrees: float) -> np.ndarray:

@@ -19,7 +19,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_helpers import (
+
+from mhunet_deploy.errors import InputError
+from tests.dicom_helpers import (
     CLINICAL,
     LPS_TO_RAS,
     clinical_crop,
@@ -27,9 +29,7 @@ from dicom_helpers import (
     seg_on_grid,
     write_series,
 )
-from tiny_model import save_tiny
-
-from mhunet_deploy.errors import InputError
+from tests.tiny_model import save_tiny
 
 pytestmark = [
     needs_highdicom,

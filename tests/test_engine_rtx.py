@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny_model import TWO, tiny_export
 
 from mhunet_deploy.engine import ensure_engine
 from mhunet_deploy.errors import BackendError
+from tests.tiny_model import TWO, tiny_export
 
 needs_rtx = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt_rtx") is None,

@@ -6,10 +6,10 @@ import json
 
 import onnx
 import pytest
-from tiny_model import ONE, TWO, tiny_export
 
 from mhunet_deploy import contract
 from mhunet_deploy.exporting.manifest import graph_filename
+from tests.tiny_model import ONE, TWO, tiny_export
 
 GRAPHS = [(k, p) for k in ("plugin", "portable") for p in ("fp32", "fp16")]
 #: Node budget of a whole portable model (DESIGN.md §6: no Loop, no per-step unrolling).

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from tiny_model import ONE, PATIENT26, TWO, tiny_export
 
 from mhunet_deploy import contract
 from mhunet_deploy.exporting.fp16 import SCAN_MERGE_OPS
 from mhunet_deploy.exporting.manifest import INPUT_NAME, OUTPUT_NAME, graph_filename
+from tests.tiny_model import ONE, PATIENT26, TWO, tiny_export
 
 #: Slices of patient26 the onnxruntime fp16 graph runs on (fp16 on the CPU EP is slow: ~10-30 s each).
 SLICES = 2

@@ -12,11 +12,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from tiny_model import ONE, TWO, save_tiny, tiny_export
 
 from mhunet_deploy.backends import choose_auto, load_backend
 from mhunet_deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
 from mhunet_deploy.errors import BackendError
+from tests.tiny_model import ONE, TWO, save_tiny, tiny_export
 
 
 def test_missing_export_says_run_export(tmp_path: Path) -> None:

@@ -22,13 +22,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from tiny_model import save_tiny, tiny_export
 
 from mhunet_deploy import cli
 from mhunet_deploy.engine import FLAVORS, engine_path, plugin_library_problem
 from mhunet_deploy.exporting.manifest import find_graph
 from tests.test_cli import mhunet
 from tests.test_volume_io import BAD_INPUTS
+from tests.tiny_model import save_tiny, tiny_export
 
 ROOT = Path(__file__).resolve().parents[1]
 

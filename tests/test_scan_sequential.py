@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_scan import _inputs, _rel
 
 from mhunet_deploy.model import scan
+from tests.test_scan import _inputs, _rel
 
 
 @pytest.fixture

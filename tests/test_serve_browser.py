@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.sync.client import connect
 
 from tests.dicom_helpers import CLINICAL, clinical_crop, write_series, zip_of
 from tests.serve_helpers import patient26_crop, request, running_server
 from tests.tiny_model import PATIENT26
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
-websockets_client = pytest.importorskip("websockets.sync.client", reason="websockets is not installed")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is absent (apt-get install chromium)"),
@@ -99,7 +99,7 @@ def chromium(profile: Path) -> Iterator[DevTools]:
         port = port_file.read_text().split()[0]
         targets = json.loads(request(f"http://127.0.0.1:{port}/json/list").body)
         page = next(t for t in targets if t["type"] == "page")
-        with websockets_client.connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+        with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
             yield DevTools(ws)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -19,8 +19,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_helpers import CLINICAL, clinical_crop, needs_highdicom, seg_on_grid, write_series, zip_of
 
+from tests.dicom_helpers import CLINICAL, clinical_crop, needs_highdicom, seg_on_grid, write_series, zip_of
 from tests.serve_helpers import REPO, lesion_tiny, request, running_server, upload
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tiny_model import ONE, PATIENT26, TWO, tiny_export
 
 from mhunet_deploy import contract
 from mhunet_deploy.scan_numpy import selective_scan_numpy
@@ -17,6 +16,16 @@ from mhunet_deploy.verify import (
     register_polygraphy_reference,
     verify,
 )
+from tests.test_cli import mhunet
+from tests.tiny_model import ONE, PATIENT26, TWO, tiny_export
+
+
+@pytest.mark.parametrize("command", ["verify", "bench"])
+def test_verify_and_bench_ask_for_a_volume(command: str) -> None:
+    """No scan ships with the package, and none is made up: without --volume, one line and exit 2."""
+    res = mhunet(command, "--slices", "2")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == "error: no volume to run on; pass --volume FLAIR.nii.gz (a brain FLAIR scan)"
 
 
 def test_fp32_tolerance_is_on_every_channel_of_the_logits() -> None:

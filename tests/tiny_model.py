@@ -1,12 +1,16 @@
 """Tiny checkpoints exported once per test session, shared by the export/backend/verify tests.
 
 Exporting costs ~10 s on two cores, so every test that needs graphs reuses one export per output
-layout: lesion-only (``ONE``, what the packaged weights have) and lesion + brain (``TWO``).
+layout: lesion-only (``ONE``, what the packaged weights have) and lesion + brain (``TWO``). Import it
+as ``tests.tiny_model`` only (``tests`` is a package, so pytest does not put ``tests/`` on sys.path): a
+second name would be a second module with its own cache, and a second export.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,13 +31,18 @@ def save_tiny(path: Path, seed: int = 0, outputs: tuple[str, ...] = ONE) -> Path
     return save_checkpoint(build_model(ModelConfig(**TINY, outputs=outputs)), path, {})
 
 
-@functools.cache
 def tiny_export(outputs: tuple[str, ...] = ONE) -> tuple[Path, Path]:
     """(checkpoint, export dir) of the session's tiny model with these outputs, exported with
     `export_graphs` on first use."""
+    return _export(tuple(outputs))  # one cache key per layout, however the call spells it
+
+
+@functools.cache
+def _export(outputs: tuple[str, ...]) -> tuple[Path, Path]:
     from mhunet_deploy.exporting.exporter import export_graphs
 
     root = Path(tempfile.mkdtemp(prefix="mhunet-tiny-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     ckpt = save_tiny(root / "tiny.safetensors", outputs=outputs)
     export_graphs(ckpt, root / "export")
     return ckpt, root / "export"
