@@ -1,4 +1,4 @@
-"""Engine builder and cache: one code path for TensorRT >= 10 and TensorRT-RTX (DESIGN.md §9).
+"""Engine builder and cache: one code path for TensorRT >= 10 and TensorRT-RTX (ARCHITECTURE.md, Engines).
 
 The two libraries share the builder API (``import tensorrt`` / ``import tensorrt_rtx``); they differ
 in what they build from: TensorRT takes the plugin graph and loads our plugin library, TensorRT-RTX
@@ -191,7 +191,7 @@ def engine_key(
     target: dict[str, Any],
     profile: BatchProfile,
 ) -> dict[str, Any]:
-    """Everything an engine depends on (DESIGN.md §9); equal keys mean the engine may be reused."""
+    """Everything an engine depends on (ARCHITECTURE.md, Engines); equal keys: the engine may be reused."""
     return {
         "library": flavor.name,
         "library_version": trt.__version__,

@@ -1,4 +1,4 @@
-"""Segmentation metrics for binary 3D lesion masks, in physical units (DESIGN.md section 10).
+"""Segmentation metrics for binary 3D lesion masks, in physical units (ARCHITECTURE.md, Metrics).
 
 Definitions (``pred`` = prediction, ``truth`` = reference; TP/FP/FN/TN are voxel counts):
 

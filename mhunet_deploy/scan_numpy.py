@@ -1,8 +1,8 @@
 """Selective scan in numpy: the runtime-side reference of the custom ONNX op (no torch here).
 
 Used as the Python implementation of ``mhunet::SelectiveScan`` for ``onnx.reference.ReferenceEvaluator``
-and as Polygraphy's plugin reference. Semantics are DESIGN §5 / ``contract``, identical to
-``mhunet_deploy.model.scan.selective_scan_loop``.
+and as Polygraphy's plugin reference. Semantics are ``contract``'s (ARCHITECTURE.md, SelectiveScan
+contract), identical to ``mhunet_deploy.model.scan.selective_scan_loop``.
 """
 
 from __future__ import annotations

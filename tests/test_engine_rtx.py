@@ -70,7 +70,7 @@ def test_rtx_network_carries_every_output_channel() -> None:
 
 
 def test_tensorrt_needs_tensorrt() -> None:
-    """Full TensorRT cannot be installed here (DESIGN.md §7); the test only runs where it is."""
+    """Full TensorRT cannot be installed here (ARCHITECTURE.md, What runs where); it runs where it is."""
     if importlib.util.find_spec("tensorrt") is None:
         pytest.skip("TensorRT (python module tensorrt) not installed; TensorRT engine tests need it")
     if shutil.which("nvidia-smi") is None:

@@ -12,7 +12,7 @@ from mhunet_deploy.exporting.manifest import graph_filename
 from tests.tiny_model import ONE, TWO, tiny_export
 
 GRAPHS = [(k, p) for k in ("plugin", "portable") for p in ("fp32", "fp16")]
-#: Node budget of a whole portable model (DESIGN.md §6: no Loop, no per-step unrolling).
+#: Node budget of a whole portable model (ARCHITECTURE.md, Backends: no Loop, no per-step unrolling).
 PORTABLE_NODE_LIMIT = 5000
 
 

@@ -1,4 +1,4 @@
-"""FP16 with FP32 islands (DESIGN.md §8) on the packaged trained weights.
+"""FP16 with FP32 islands (ARCHITECTURE.md, Precision) on the packaged trained weights.
 
 The trained weights drive the scan's output to ~3.5e5 (patient26, encoder stage 4), past fp16's 65504:
 without the scan island the fp16 graph gave NaN logits on every patient26 slice. These tests hold the

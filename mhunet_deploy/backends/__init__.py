@@ -38,7 +38,7 @@ def has_graph(checkpoint: Path, kind: str, precision: str, export_dir: Path) -> 
 
 
 def choose_auto(checkpoint: Path, device: str, precision: str, export_dir: Path) -> tuple[str, str]:
-    """``--backend auto``: the fastest backend that works here, and why (DESIGN.md §6).
+    """``--backend auto``: the fastest backend that works here, and why (ARCHITECTURE.md, Backends).
 
     tensorrt (library, plugin library and exported plugin graph) > torch on CUDA > onnxruntime with
     the CUDA EP > onnxruntime on the CPU if this checkpoint was exported > torch on the CPU.

@@ -1,7 +1,7 @@
 """FP32 graph -> FP16 graph with explicit FP32 islands, for strongly typed TensorRT networks.
 
 A strongly typed network takes every tensor's type from the graph, so precision must be spelled out
-in the ONNX itself (DESIGN.md §8): fp16 everywhere, except
+in the ONNX itself (ARCHITECTURE.md, Precision): fp16 everywhere, except
 - normalisation statistics: LayerNormalization and BatchNormalization run in fp32 between Casts
   (a LayerNorm over 2C channels in fp16 loses the mean/variance of small-variance tokens);
 - the scan's A, D and delta_bias stay fp32 constants, as the SelectiveScan contract requires

@@ -1,6 +1,6 @@
 // Selective-scan forward (Mamba S6) CUDA kernel: C ABI.
 //
-// Semantics (DESIGN.md section 5, mamba-ssm's selective_scan_ref):
+// Semantics (ARCHITECTURE.md, SelectiveScan contract; mamba-ssm's selective_scan_ref):
 //   u (B, D, L), delta (B, D, L), A (D, N) fp32, Bm (B, G, N, L), Cm (B, G, N, L),
 //   Dv (D) fp32, delta_bias (D) fp32 (may be null: no bias), y (B, D, L) in u's dtype.
 //   channel d reads group d / (D / G) of Bm and Cm.

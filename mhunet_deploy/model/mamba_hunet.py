@@ -7,7 +7,7 @@ No public Mamba-HUNet code exists; the paper's text is the spec. Choices it leav
   them; the decoder mirrors stages 3..1 with patch expanding (Linear C->2C, pixel shuffle to 2x,
   LayerNorm), concatenates the encoder skip, fuses it with a Linear back to the stage width, and runs the
   same number of VSS blocks as the encoder stage. The bottleneck is encoder stage 4.
-- VSS block: x + DropPath(SS2D(LayerNorm(x))), channels-last, SS2D "v0" exactly as in DESIGN.md §4:
+- VSS block: x + DropPath(SS2D(LayerNorm(x))), channels-last, SS2D "v0" (ARCHITECTURE.md, The model):
   d_state N = 16, ssm_ratio 2 (Di = 2C), dt_rank R = ceil(C/16), depthwise 3x3 conv + SiLU, K = 4 scan
   orders (row-major, column-major, both reversed), one selective-scan call over K*Di channels with
   grouped B/C (G = K), out LayerNorm, SiLU(z) gate, out projection. No MLP inside the block (v0).
@@ -109,7 +109,7 @@ class DropPath(nn.Module):
 
 
 class SS2D(nn.Module):
-    """2D selective scan, VMamba "v0" (DESIGN.md §4). Channels-last in and out."""
+    """2D selective scan, VMamba "v0" (ARCHITECTURE.md, The model). Channels-last in and out."""
 
     def __init__(self, dim: int, d_state: int = 16, ssm_ratio: float = 2.0) -> None:
         super().__init__()
@@ -144,9 +144,9 @@ class SS2D(nn.Module):
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        # FP32 island (DESIGN.md §8): the scan's outputs reach ~3.5e5 with the trained weights (fp16
-        # max 65504), so the scan's data I/O, the merge of the four orders and out_norm run in fp32;
-        # out_norm's output is O(1) and the SiLU(z) gate / out_proj return to the autocast dtype.
+        # FP32 island (ARCHITECTURE.md, Precision): the scan's outputs reach ~3.5e5 with the trained
+        # weights (fp16 max 65504), so the scan's data I/O, the merge of the four orders and out_norm run
+        # in fp32; out_norm's output is O(1) and the SiLU(z) gate / out_proj return to the autocast dtype.
         # A no-op in fp32 (no casts are recorded, no autocast context is entered).
         with _fp32_island(x.device.type):
             y = selective_scan(

@@ -1,4 +1,4 @@
-"""Selective scan (Mamba S6) in torch, with the semantics of DESIGN §5 / ``contract``.
+"""Selective scan (Mamba S6) in torch, semantics of ``contract`` (ARCHITECTURE.md, SelectiveScan contract).
 
 Four implementations share one signature ``(u, delta, A, B, C, D, delta_bias, delta_softplus)``:
 
