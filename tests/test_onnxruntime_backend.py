@@ -78,9 +78,11 @@ def test_auto_prefers_exported_graph_over_torch_cpu(tmp_path: Path) -> None:
     assert choose_auto(ckpt, "cpu", "fp32", tmp_path)[0] == "torch"
 
 
-def test_infer_runs_without_torch(tmp_path: Path) -> None:
-    """`mhunet infer --backend onnxruntime` where `import torch` fails (a shim package raises ImportError)."""
-    ckpt, export = tiny_export()
+@pytest.mark.parametrize("outputs", [ONE, TWO], ids=["lesion", "lesion+brain"])
+def test_infer_runs_without_torch(tmp_path: Path, outputs: tuple[str, ...]) -> None:
+    """`mhunet infer --backend onnxruntime` where `import torch` fails (a shim package raises ImportError);
+    with a brain output, the brain stage runs there too."""
+    ckpt, export = tiny_export(outputs)
     shim = tmp_path / "shim" / "torch"
     shim.mkdir(parents=True)
     (shim / "__init__.py").write_text("raise ImportError('torch is hidden for this test')\n")
@@ -100,3 +102,5 @@ def test_infer_runs_without_torch(tmp_path: Path) -> None:
     report = json.loads(proc.stdout)["results"][0]
     assert report["backend"] == "onnxruntime-cpu"
     assert (tmp_path / "out" / "scan_mask.nii.gz").is_file()
+    assert (tmp_path / "out" / "scan_brain.nii.gz").is_file() == (outputs == TWO)
+    assert report["brain"]["source"] == ("model" if outputs == TWO else None)
