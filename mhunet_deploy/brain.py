@@ -18,13 +18,16 @@ from typing import Any
 
 import numpy as np
 from nibabel import orientations
-from scipy import ndimage
 
+from .arrays import modules_of, to_host
 from .errors import InputError
 from .metrics import AFFINE_ATOL_MM
 from .volume_io import Volume, load_volume
 
 BRAIN_THRESHOLD = 0.5
+#: 4-connectivity inside each plane of a stack, none across planes (``_holes_per_plane``).
+_IN_PLANE_CROSS = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE_CROSS[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
 
 
 def slice_axis(affine: np.ndarray) -> int:
@@ -32,22 +35,36 @@ def slice_axis(affine: np.ndarray) -> int:
     return int(np.flatnonzero(orientations.io_orientation(affine)[:, 0] == 2)[0])
 
 
-def brain_from_probability(
-    prob: np.ndarray, affine: np.ndarray, threshold: float = BRAIN_THRESHOLD
-) -> np.ndarray:
-    """Boolean brain mask from a brain probability on the input grid (see the module docstring)."""
-    labels, n = ndimage.label(prob >= threshold)
+def brain_from_probability(prob: Any, affine: np.ndarray, threshold: float = BRAIN_THRESHOLD) -> Any:
+    """Boolean brain mask from a brain probability on the input grid (see the module docstring);
+    computed where ``prob`` is (numpy or cupy, ``mhunet_deploy.arrays``)."""
+    xp, ndi = modules_of(prob)
+    labels, n = ndi.label(prob >= threshold)
     if n == 0:
-        return np.zeros(prob.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        return xp.zeros(prob.shape, dtype=bool)
+    sizes = to_host(xp.bincount(labels.ravel(), minlength=n + 1))[1:]
     largest = labels == int(np.argmax(sizes)) + 1
     # Fill inside the component's bounding box: background on the box's faces touches the background
     # beyond them, so every hole of the box is a hole of the volume, at a fraction of the cost.
-    (box,) = ndimage.find_objects(largest.astype(np.uint8))
-    crop = np.moveaxis(largest[box], slice_axis(affine), 0)  # a view: filled in place
-    for plane in crop:
-        plane[...] = ndimage.binary_fill_holes(plane)
+    box = []
+    for axis in range(3):
+        present = to_host(xp.flatnonzero(largest.any(axis=tuple(a for a in range(3) if a != axis))))
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    crop = xp.moveaxis(largest[tuple(box)], slice_axis(affine), 0)  # a view: filled in place
+    crop |= _holes_per_plane(crop)
     return largest
+
+
+def _holes_per_plane(stack: Any) -> Any:
+    """What ``binary_fill_holes`` fills in each plane ``stack[i]`` (4-connected background not reaching
+    the plane's edge), for all planes in one labelling: components connect within a plane only."""
+    xp, ndi = modules_of(stack)
+    background = ~stack
+    labels, n = ndi.label(background, structure=_IN_PLANE_CROSS)
+    edges = xp.concatenate([labels[:, [0, -1], :].ravel(), labels[:, :, [0, -1]].ravel()])
+    reaches_edge = xp.zeros(n + 1, dtype=bool)
+    reaches_edge[edges] = True
+    return background & ~reaches_edge[labels]
 
 
 def load_brain_mask(path: Path, volume: Volume) -> np.ndarray:

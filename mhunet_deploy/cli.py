@@ -191,7 +191,7 @@ def infer(
     input), optional probabilities and QC out."""
     from .backends import load_backend
     from .checkpoint import default_checkpoint
-    from .pipeline import infer_volume, plan_outputs
+    from .pipeline import infer_volume, plan_outputs, read_ahead
     from .volume_io import output_folder
 
     _logging(verbose, quiet)
@@ -216,7 +216,8 @@ def infer(
     # Output problems are found before the model runs, not after minutes of inference.
     plan_outputs(files, output, options)
     # A folder this run creates is removed again if nothing is written into it (all inputs bad).
-    with output_folder(output):
+    # The first input is read while the backend loads, each next one while the current one runs.
+    with output_folder(output), read_ahead(files, options) as inputs:
         engine = load_backend(
             backend,
             ckpt,
@@ -232,7 +233,7 @@ def infer(
             err.print(f"backend: [bold]{engine.name}[/] ({engine.precision}), model {meta['config']['name']}")
         results, failures = [], []
         with _progress(quiet or verbose or as_json) as bar:
-            for f in files:
+            for f, loading in inputs:
                 task = bar.add_task(f.name, total=None)
                 try:
                     report = infer_volume(
@@ -242,6 +243,7 @@ def infer(
                         options,
                         on_start=lambda n, t=task: bar.update(t, total=n),
                         on_batch=lambda k, t=task: bar.advance(t, k),
+                        loaded=loading.result(),
                     )
                 except MhunetError as e:
                     if len(files) == 1:

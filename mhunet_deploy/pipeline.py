@@ -1,14 +1,19 @@
 """`mhunet infer` for one volume: io -> preprocess -> backend -> postprocess -> report, in that order.
 
 No torch here: the backend object is the only thing that knows which runtime runs the model, so the
-same code serves torch, onnxruntime and TensorRT (and `mhunet serve` later).
+same code serves torch, onnxruntime and TensorRT (and `mhunet serve` later). The voxel work runs where
+the backend takes its arrays (``Backend.array_device``): on a GPU backend with cupy installed the volume
+moves to the GPU once, and only the mask, the lesion table (and the probabilities if asked) come back.
+A batch (:func:`read_ahead`) reads the next input while the current one is processed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from . import __version__
+from .arrays import modules_of, synchronize, to_host
 from .backends.base import Backend
 from .brain import brain_entry, brain_from_probability, load_brain_mask
 from .errors import OutputError
@@ -104,19 +110,22 @@ def plan_outputs(inputs: Sequence[Path], out_dir: Path, options: InferOptions) -
 
 def predict_volume(
     backend: Backend,
-    slices: np.ndarray,
+    slices: Any,
     batch_size: int,
     on_batch: Callable[[int], None] | None = None,
-) -> np.ndarray:
+) -> Any:
     """Logits (S, len(backend.outputs), H, W) of slices (S, 1, H, W), run in batches; constant slices
-    (no signal) are skipped and get EMPTY_SLICE_LOGIT in every channel (no lesion, no brain)."""
+    (no signal) are skipped and get EMPTY_SLICE_LOGIT in every channel (no lesion, no brain).
+
+    Logits come back where the slices are (numpy or cupy), whichever the backend computes on."""
+    xp, _ = modules_of(slices)
     shape = (len(slices), len(backend.outputs), *slices.shape[2:])
-    logits = np.full(shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
+    logits = xp.full(shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
     flat = slices.reshape(len(slices), -1)
-    busy = np.flatnonzero(flat.max(axis=1) - flat.min(axis=1) > 1e-6)
+    busy = xp.flatnonzero(flat.max(axis=1) - flat.min(axis=1) > 1e-6)
     for i in range(0, len(busy), batch_size):
         idx = busy[i : i + batch_size]
-        logits[idx] = backend.predict(np.ascontiguousarray(slices[idx], dtype=np.float32))
+        logits[idx] = backend.predict(xp.ascontiguousarray(slices[idx], dtype=np.float32))
         if on_batch:
             on_batch(len(idx))
     if on_batch and len(busy) < len(slices):
@@ -124,20 +133,22 @@ def predict_volume(
     return logits
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+def sigmoid(x: Any) -> Any:
+    xp, _ = modules_of(x)
+    return (0.5 * (1.0 + xp.tanh(0.5 * x))).astype(np.float32)
 
 
 @dataclass
 class Segmentation:
     """What post-processing makes of one volume's logits, on the input's voxel grid."""
 
-    #: The model's lesion probability (before the brain mask: what the network said everywhere).
-    prob: np.ndarray
+    #: The model's lesion probability (before the brain mask: what the network said everywhere); on
+    #: the logits' device, like ``labels``.
+    prob: Any
     #: Lesions 1..K (``postprocess.segment``), inside the brain mask when there is one.
-    labels: np.ndarray
+    labels: Any
     lesions: list[dict[str, Any]]
-    #: Boolean brain mask, or None (no brain stage: 1-output model, or --no-brain-mask).
+    #: Boolean brain mask on the host, or None (no brain stage: 1-output model, or --no-brain-mask).
     brain: np.ndarray | None
     #: The report's ``brain`` entry (``brain.brain_entry``).
     brain_info: dict[str, Any]
@@ -145,7 +156,7 @@ class Segmentation:
 
 
 def segment_logits(
-    logits: np.ndarray,
+    logits: Any,
     outputs: Sequence[str],
     geometry: Geometry,
     volume: Volume,
@@ -157,8 +168,12 @@ def segment_logits(
     """Logits (S, len(outputs), H, W) -> lesions and brain mask on the input grid.
 
     The brain mask is the user's (``user_brain``), else none with ``brain_off``, else the model's brain
-    output when it has one; lesion voxels outside it are cut before lesions are formed.
+    output when it has one; lesion voxels outside it are cut before lesions are formed. Computed where
+    the logits are (numpy or cupy).
     """
+    xp, _ = modules_of(logits)
+    if user_brain is not None:
+        user_brain = xp.asarray(user_brain)
     probs = sigmoid(logits)
     prob = geometry.to_input_grid(probs[:, :1])
     affine, zooms = volume.image.affine, volume.zooms
@@ -178,7 +193,8 @@ def segment_logits(
     else:
         reason = "the model has no brain output; lesions are not restricted to the brain"
     labels = segment(prob, zooms, threshold, min_lesion_mm3, within=brain)
-    outside = None if brain is None else int(np.count_nonzero((prob >= threshold) & ~brain))
+    outside = None if brain is None else int(xp.count_nonzero((prob >= threshold) & ~brain))
+    brain = None if brain is None else to_host(brain)
     return Segmentation(
         prob=prob,
         labels=labels,
@@ -204,6 +220,34 @@ def load_input(path: Path, options: InferOptions) -> Volume:
     return volume
 
 
+def timed_load(path: Path, options: InferOptions) -> tuple[Volume, float]:
+    """:func:`load_input` and the seconds it took."""
+    t0 = time.perf_counter()
+    volume = load_input(path, options)
+    return volume, time.perf_counter() - t0
+
+
+@contextmanager
+def read_ahead(paths: Sequence[Path], options: InferOptions) -> Iterator[Iterator[tuple[Path, Future]]]:
+    """Each input with the future of its :func:`timed_load`: a reader thread loads the next input
+    while the caller processes the current one, so a batch costs its inputs' compute, not also their
+    reads. The first read starts on entry, so it overlaps whatever the caller does first (loading the
+    backend); a load error is raised by that input's ``future.result()``."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mhunet-read") as reader:
+        pending = [reader.submit(timed_load, Path(p), options) for p in paths[:1]]
+
+        def inputs() -> Iterator[tuple[Path, Future]]:
+            for i, path in enumerate(paths):
+                if i + 1 < len(paths):
+                    pending.append(reader.submit(timed_load, Path(paths[i + 1]), options))
+                yield Path(path), pending.pop(0)
+
+        try:
+            yield inputs()
+        finally:
+            reader.shutdown(cancel_futures=True)  # on an early exit, no read starts any more
+
+
 def infer_volume(
     input_path: Path,
     out_dir: Path,
@@ -211,22 +255,28 @@ def infer_volume(
     options: InferOptions,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    loaded: tuple[Volume, float] | None = None,
 ) -> dict[str, Any]:
-    """Segment one volume and write its outputs; returns the report. All or no files are written."""
-    t0 = time.perf_counter()
+    """Segment one volume and write its outputs; returns the report. All or no files are written.
+
+    ``loaded``: the input already read, and the seconds that took (:func:`read_ahead`).
+    Timings: load, preprocess, model, postprocess, write (every output but the report itself, which
+    carries them) and their sum, ``total_s``; GPU stages are timed to the end of their GPU work."""
     input_path = Path(input_path)
-    volume = load_input(input_path, options)
+    volume, load_s = loaded or timed_load(input_path, options)
     log.info("%s: %s", input_path.name, describe_geometry(volume))
     user_brain = load_brain_mask(options.brain_mask, volume) if options.brain_mask else None
     # Output names always differ from the input's (suffixed stems); save_like refuses the input anyway.
     paths = output_paths(input_path, Path(out_dir), options)
     t1 = time.perf_counter()
-    slices, geometry = prepare(volume)
+    slices, geometry = prepare(volume, device=backend.array_device)
+    synchronize(slices)
     t2 = time.perf_counter()
     log.info("%s: %d axial slices on a %d x %d model grid", input_path.name, len(slices), *slices.shape[2:])
     if on_start:
         on_start(len(slices))
     logits = predict_volume(backend, slices, options.batch_size, on_batch)
+    synchronize(logits)
     t3 = time.perf_counter()
     result = segment_logits(
         logits,
@@ -238,16 +288,16 @@ def infer_volume(
         user_brain,
         options.no_brain_mask,
     )
-    labels, brain = result.labels, result.brain
+    brain, mask = result.brain, to_host(result.labels > 0)
+    prob = to_host(result.prob) if options.probabilities else None
     if brain is None:
         paths.pop("brain", None)
     t4 = time.perf_counter()
     timings = {
-        "load_s": t1 - t0,
+        "load_s": load_s,
         "preprocess_s": t2 - t1,
         "model_s": t3 - t2,
         "postprocess_s": t4 - t3,
-        "total_s": t4 - t0,
     }
     report = build_report(
         input_path=Path(options.display_name) if options.display_name else input_path,
@@ -264,26 +314,32 @@ def infer_volume(
         version=__version__,
         outputs={k: str(v) for k, v in paths.items()},
     )
+
+    def finish_report() -> None:
+        """The report goes last, with the write time of the outputs before it."""
+        timings["write_s"] = time.perf_counter() - t4
+        timings["total_s"] = sum(timings.values())
+        report["timings"] = dict(timings)
+        write_json(report, paths["report"])
+
     writers: dict[str, Callable[[], object]] = {
-        "mask": lambda: save_like(volume.image, (labels > 0).astype(np.uint8), paths["mask"], np.uint8),
-        "report": lambda: write_json(report, paths["report"]),
+        "mask": lambda: save_like(volume.image, mask.astype(np.uint8), paths["mask"], np.uint8),
         "csv": lambda: write_csv(report, paths["csv"]),
     }
     if "brain" in paths:
         writers["brain"] = lambda: save_like(volume.image, brain.astype(np.uint8), paths["brain"], np.uint8)
     if "probabilities" in paths:
-        writers["probabilities"] = lambda: save_like(
-            volume.image, result.prob, paths["probabilities"], np.float32
-        )
+        writers["probabilities"] = lambda: save_like(volume.image, prob, paths["probabilities"], np.float32)
     if "seg" in paths:
         from .dicom_out import LESION, write_seg
 
-        segments = {"MS lesion": (LESION, labels > 0)}
+        segments = {"MS lesion": (LESION, mask)}
         writers["seg"] = lambda: write_seg(volume, segments, paths["seg"], options.model_info)
     if "qc" in paths:
         from .qc import qc_montage
 
-        writers["qc"] = lambda: qc_montage(volume.image, labels > 0, report, paths["qc"], brain)
+        writers["qc"] = lambda: qc_montage(volume.image, mask, report, paths["qc"], brain)
+    writers["report"] = finish_report
     write_all(writers, paths)
     log.info(
         "%s: %s; wrote %s",

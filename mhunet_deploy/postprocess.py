@@ -3,15 +3,20 @@
 Lesions are 26-connected components (voxels touching by a face, edge or corner belong together);
 sizes are judged in mm3 so the rule means the same at every voxel size. Labels run 1..K from the
 largest lesion down, so label 1 is always the largest.
+
+Both functions compute where their input lives (numpy/scipy on the CPU, cupy/cupyx on the GPU, see
+``mhunet_deploy.arrays``); only per-lesion numbers (sizes, sums, extents) come to the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from nibabel.affines import apply_affine
-from scipy import ndimage
+
+from .arrays import modules_of, to_host
 
 DEFAULT_THRESHOLD = 0.5
 # Smallest lesion kept, in mm3: removes isolated voxels of noise (one voxel at 1 mm isotropic, two
@@ -28,12 +33,12 @@ def _voxel_mm3(zooms: Sequence[float]) -> float:
 
 
 def segment(
-    prob: np.ndarray,
+    prob: Any,
     zooms: Sequence[float],
     threshold: float = DEFAULT_THRESHOLD,
     min_lesion_mm3: float = DEFAULT_MIN_LESION_MM3,
-    within: np.ndarray | None = None,
-) -> np.ndarray:
+    within: Any | None = None,
+) -> Any:
     """Lesion map (int32): voxels with prob >= threshold, 26-connected lesions of at least min_lesion_mm3,
     labelled 1..K by size, largest first (ties: in scan order).
 
@@ -41,39 +46,52 @@ def segment(
     formed, so the part of a detection outside it is gone and a remnant inside must reach the size itself."""
     if prob.ndim != 3:
         raise ValueError(f"prob must be a 3D volume, got shape {prob.shape}")
+    xp, ndi = modules_of(prob)
     voxel_mm3 = _voxel_mm3(zooms)
     found = prob >= threshold
     if within is not None:
         found &= within
-    labels, n = ndimage.label(found, structure=_CONNECTIVITY_26)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    # scipy and cupyx both number components in scan order of their first voxel.
+    labels, n = ndi.label(found, structure=_CONNECTIVITY_26)
+    # The ordering is decided on the host, on one size per component, so both paths sort alike.
+    sizes = to_host(xp.bincount(labels.ravel(), minlength=n + 1))[1:]
     order = np.argsort(-sizes, kind="stable")
     kept = order[sizes[order] * voxel_mm3 >= min_lesion_mm3]
     relabel = np.zeros(n + 1, dtype=np.int32)
     relabel[kept + 1] = np.arange(1, kept.size + 1, dtype=np.int32)
-    return relabel[labels]
+    return xp.asarray(relabel)[labels]
 
 
-def lesion_table(labels: np.ndarray, affine: np.ndarray, zooms: Sequence[float]) -> list[dict]:
+def lesion_table(labels: Any, affine: np.ndarray, zooms: Sequence[float]) -> list[dict]:
     """One row per label 1..K: id, voxels, volume_ml, centroid_mm (world), bbox (voxel min/max, inclusive).
 
-    Each lesion is measured inside its bounding box (``find_objects``), so the cost follows the lesions'
-    size, not the volume's (whole-volume ``center_of_mass`` took ~1 s per 7 M-voxel volume)."""
+    Measured over the labelled voxels only, all lesions at once (counts and coordinate sums by
+    ``bincount``, extents by ``ndimage.minimum/maximum``), so the cost follows the lesion load, not the
+    volume's size or the lesion count (whole-volume ``center_of_mass`` took ~1 s per 7 M-voxel volume)."""
+    xp, ndi = modules_of(labels)
     voxel_ml = _voxel_mm3(zooms) / 1000.0
-    rows = []
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:  # a label number with no voxels (labels not from `segment`)
-            continue
-        coords = np.nonzero(labels[box] == label)
-        count = coords[0].size
-        centre = [c.mean() + s.start for c, s in zip(coords, box, strict=True)]
-        rows.append(
-            {
-                "id": label,
-                "voxels": int(count),
-                "volume_ml": float(count * voxel_ml),
-                "centroid_mm": [float(c) for c in apply_affine(affine, centre)],
-                "bbox": {"min": [s.start for s in box], "max": [s.stop - 1 for s in box]},
-            }
-        )
-    return rows
+    where = xp.flatnonzero(labels)
+    if where.size == 0:
+        return []
+    lab = labels.ravel()[where]
+    coords = xp.unravel_index(where, labels.shape)
+    n = int(lab.max())
+    ids = xp.arange(1, n + 1)
+    counts = to_host(xp.bincount(lab, minlength=n + 1)[1:])
+    # Integer coordinates: their float64 sums are exact, so the centroids do not depend on the order
+    # of summation (sequential on the CPU, atomic on the GPU).
+    sums = np.stack([to_host(xp.bincount(lab, weights=c, minlength=n + 1)[1:]) for c in coords], axis=1)
+    lows = np.stack([to_host(ndi.minimum(c, lab, ids)) for c in coords], axis=1).astype(int)
+    highs = np.stack([to_host(ndi.maximum(c, lab, ids)) for c in coords], axis=1).astype(int)
+    present = np.flatnonzero(counts)  # label numbers with no voxels (labels not from `segment`) drop out
+    centroids = apply_affine(affine, sums[present] / counts[present, None])
+    return [
+        {
+            "id": int(i + 1),
+            "voxels": int(counts[i]),
+            "volume_ml": float(counts[i] * voxel_ml),
+            "centroid_mm": [float(c) for c in centre],
+            "bbox": {"min": lows[i].tolist(), "max": highs[i].tolist()},
+        }
+        for i, centre in zip(present, centroids, strict=True)
+    ]

@@ -8,16 +8,21 @@ Back: ``Geometry.to_input_grid`` undoes pad/crop (outside -> 0), resamples to ea
 centres and undoes the reorientation, so the probability lands on the input's exact voxel grid.
 Both directions use one continuous map (voxel centres, FOV centres aligned), which
 ``Geometry.model_affine`` states in world coordinates.
+
+The voxel work runs where the data is: numpy/scipy arrays on the CPU, cupy arrays on the GPU
+(``mhunet_deploy.arrays``); ``prepare(..., device=)`` is where the volume moves. The geometry itself is
+planned on the host from the header and the host copy of the voxels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from nibabel import orientations
-from scipy import ndimage
 
+from mhunet_deploy.arrays import array_modules, modules_of
 from mhunet_deploy.volume_io import Volume
 
 DEFAULT_GRID = 256
@@ -43,23 +48,25 @@ class IntensityStats:
     std: float
 
     @classmethod
-    def from_volume(cls, data: np.ndarray) -> IntensityStats:
+    def from_volume(cls, data: Any) -> IntensityStats:
         """Statistics over the scan's own voxels, so padding and resampling do not bias them."""
-        p_lo, p_hi = np.percentile(data, FOREGROUND_PERCENTILES)
-        threshold = float(p_lo + FOREGROUND_FRACTION * (p_hi - p_lo))
+        xp, _ = modules_of(data)
+        p_lo, p_hi = (float(p) for p in xp.percentile(data, FOREGROUND_PERCENTILES))
+        threshold = p_lo + FOREGROUND_FRACTION * (p_hi - p_lo)
         foreground = data[data > threshold]
         if foreground.size == 0:  # >= 98% of voxels share the maximum: take all but the minimum
             threshold = float(data.min())
             foreground = data[data > threshold]
-        lower, upper = np.percentile(foreground, CLIP_PERCENTILES)
-        clipped = np.clip(foreground, lower, upper)
+        lower, upper = (float(p) for p in xp.percentile(foreground, CLIP_PERCENTILES))
+        clipped = xp.clip(foreground.astype(np.float64), lower, upper)  # float64 statistics
         std = float(clipped.std())
         # A two-valued image has a constant foreground: centre it and leave the scale alone.
-        return cls(threshold, float(lower), float(upper), float(clipped.mean()), std if std > 0 else 1.0)
+        return cls(threshold, lower, upper, float(clipped.mean()), std if std > 0 else 1.0)
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
+    def apply(self, x: Any) -> Any:
         """Clip then z-score; background and padding (raw 0) both map to about the clip floor."""
-        return ((np.clip(x, self.lower, self.upper) - self.mean) / self.std).astype(np.float32)
+        xp, _ = modules_of(x)
+        return ((xp.clip(x, self.lower, self.upper) - self.mean) / self.std).astype(np.float32)
 
 
 def _overlap(offset: int, src_len: int, dst_len: int) -> tuple[slice, slice]:
@@ -69,24 +76,42 @@ def _overlap(offset: int, src_len: int, dst_len: int) -> tuple[slice, slice]:
     return slice(src_start, src_start + n), slice(dst_start, dst_start + n)
 
 
-def _shift_in_plane(src: np.ndarray, offset: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+def _shift_in_plane(src: Any, offset: tuple[int, int], shape: tuple[int, int]) -> Any:
     """Pad/crop the last two axes by integer offsets; what falls outside `src` is 0."""
-    out = np.zeros(src.shape[:-2] + shape, dtype=np.float32)
+    xp, _ = modules_of(src)
+    out = xp.zeros(src.shape[:-2] + shape, dtype=np.float32)
     (sx, dx), (sy, dy) = (_overlap(o, s, d) for o, s, d in zip(offset, src.shape[-2:], shape, strict=True))
     out[..., dx, dy] = src[..., sx, sy]
     return out
 
 
-def _resample_slices(
-    planes: np.ndarray, zoom: np.ndarray, shift: np.ndarray, shape: tuple[int, int], order: int = 1
-) -> np.ndarray:
-    """In-plane resampling of (S, X, Y) (spline `order`), source coordinate = zoom * target + shift.
+def _reorient(data: Any, ornt: np.ndarray) -> Any:
+    """``nibabel.orientations.apply_orientation`` for numpy and cupy arrays alike (flips, then a
+    transpose; nibabel's own converts to numpy)."""
+    xp, _ = modules_of(data)
+    for axis, flip in enumerate(ornt[:, 1]):
+        if flip == -1:
+            data = xp.flip(data, axis=axis)
+    return data.transpose(np.argsort(ornt[:, 0]))
 
-    One 2D call per slice: twice as fast as a 3D call, and no interpolation across slices by design.
+
+def _resample_slices(
+    planes: Any, zoom: np.ndarray, shift: np.ndarray, shape: tuple[int, int], order: int = 1
+) -> Any:
+    """In-plane resampling of (S, X, Y) (spline `order` 0 or 1), source coordinate = zoom * target + shift.
+
+    No interpolation across slices by design. scipy: one 2D call per slice, twice as fast as one 3D
+    call. cupy: one 3D call with a unit step along S, which lands on whole slices (weight 0 on the
+    neighbour, so the same values) in one launch instead of one per slice.
     """
-    out = np.empty((planes.shape[0],) + shape, dtype=np.float32)
-    for plane, target in zip(planes, out, strict=True):
-        ndimage.affine_transform(plane, zoom, offset=shift, output=target, order=order, mode="nearest")
+    xp, ndi = modules_of(planes)
+    out = xp.empty((planes.shape[0],) + shape, dtype=np.float32)
+    if xp is np:
+        for plane, target in zip(planes, out, strict=True):
+            ndi.affine_transform(plane, zoom, offset=shift, output=target, order=order, mode="nearest")
+    else:
+        zoom3, shift3 = np.r_[1.0, zoom], np.r_[0.0, shift]
+        ndi.affine_transform(planes, zoom3, offset=shift3, output=out, order=order, mode="nearest")
     return out
 
 
@@ -167,24 +192,23 @@ class Geometry:
         to_ras[:2, 3] = ras_centre - (np.asarray(self.offset) + resampled_centre) * step
         return self.ras_affine @ to_ras
 
-    def to_model_grid(self, data: np.ndarray, order: int = 1) -> np.ndarray:
+    def to_model_grid(self, data: Any, order: int = 1) -> Any:
         """Input-shaped volume -> (S, 1, grid, grid) float32 slices, geometry only (no normalisation).
 
         `order` is the spline order: 1 (linear) for images, 0 (nearest) for label maps.
         """
         if data.shape != self.input_shape:
             raise ValueError(f"volume shape {data.shape} differs from the planned {self.input_shape}")
+        xp, _ = modules_of(data)
         ras_centre, resampled_centre = self._centres()
         step = np.asarray(self.step)
-        planes = np.ascontiguousarray(
-            orientations.apply_orientation(data, self.ornt).transpose(2, 0, 1), dtype=np.float32
-        )
+        planes = xp.ascontiguousarray(_reorient(data, self.ornt).transpose(2, 0, 1), dtype=np.float32)
         resampled = _resample_slices(
             planes, step, ras_centre - resampled_centre * step, self.resampled_shape, order
         )
         return _shift_in_plane(resampled, self.offset, (self.grid, self.grid))[:, None]
 
-    def to_input_grid(self, slices_prob: np.ndarray) -> np.ndarray:
+    def to_input_grid(self, slices_prob: Any) -> Any:
         """(S, 1, grid, grid) per-slice maps -> float32 volume on the input's exact voxel grid."""
         expected = (self.ras_shape[2], 1, self.grid, self.grid)
         if slices_prob.shape != expected:
@@ -197,15 +221,20 @@ class Geometry:
         planes = _resample_slices(
             resampled, 1.0 / step, resampled_centre - ras_centre / step, self.ras_shape[:2]
         )
-        ras = planes.transpose(1, 2, 0)
-        back = orientations.apply_orientation(ras, orientations.ornt_transform(_RAS, self.ornt))
-        return np.ascontiguousarray(back, dtype=np.float32)
+        xp, _ = modules_of(planes)
+        back = _reorient(planes.transpose(1, 2, 0), orientations.ornt_transform(_RAS, self.ornt))
+        return xp.ascontiguousarray(back, dtype=np.float32)
 
 
 def prepare(
-    volume: Volume, grid: int = DEFAULT_GRID, spacing_mm: float = DEFAULT_SPACING_MM
-) -> tuple[np.ndarray, Geometry]:
-    """Model-ready slices (S, 1, grid, grid) float32 and the Geometry that maps results back."""
-    stats = IntensityStats.from_volume(volume.data)
+    volume: Volume, grid: int = DEFAULT_GRID, spacing_mm: float = DEFAULT_SPACING_MM, device: str = "cpu"
+) -> tuple[Any, Geometry]:
+    """Model-ready slices (S, 1, grid, grid) float32 and the Geometry that maps results back.
+
+    ``device`` ("cpu" or "cuda") is where the voxel work runs and where the slices are returned.
+    """
+    xp, _ = array_modules(device)
+    data = xp.asarray(volume.data)
+    stats = IntensityStats.from_volume(data)
     geometry = Geometry.plan(volume, grid, spacing_mm, stats.foreground_threshold)
-    return stats.apply(geometry.to_model_grid(volume.data)), geometry
+    return stats.apply(geometry.to_model_grid(data)), geometry

@@ -60,6 +60,7 @@ class PluginGraphReference:
         self.precision = "fp32"
         self.batch_size = 8
         self.engine_key = None
+        self.array_device = "cpu"
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         (logits,) = self.evaluator.run(None, {INPUT_NAME: slices})

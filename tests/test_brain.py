@@ -126,3 +126,16 @@ def test_user_mask_refused_in_one_line(tmp_path: Path, make, words: str) -> None
         load_brain_mask(make(tmp_path), scan)
     message = str(info.value)
     assert message.startswith("brain mask ") and words in message and "\n" not in message, message
+
+
+def test_one_labelling_fills_the_same_holes_as_binary_fill_holes_per_plane() -> None:
+    """The stack-wide fill (one label call, in-plane connectivity) is scipy's per-plane fill, exactly."""
+    from scipy import ndimage
+
+    from mhunet_deploy.brain import _holes_per_plane
+
+    rng = np.random.default_rng(5)
+    stack = ndimage.binary_opening(rng.random((9, 40, 33)) > 0.45, iterations=1)
+    expected = np.stack([ndimage.binary_fill_holes(plane) for plane in stack])
+    assert (expected != stack).any()  # there are holes to fill
+    np.testing.assert_array_equal(stack | _holes_per_plane(stack), expected)

@@ -22,6 +22,7 @@ class EverywhereLesion:
     precision = "fp32"
     outputs = ("lesion",)
     batch_size = 8
+    array_device = "cpu"
 
     def __init__(self, engine_key: dict | None = None) -> None:
         self.engine_key = engine_key
@@ -100,6 +101,7 @@ class LesionAndBrain:
     outputs = ("lesion", "brain")
     batch_size = 8
     engine_key = None
+    array_device = "cpu"
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         r, a = np.mgrid[:GRID, :GRID] - (GRID - 1) / 2
@@ -197,3 +199,40 @@ def test_a_model_that_finds_no_brain_keeps_no_lesion_and_says_so(tmp_path: Path)
     assert report["lesion_count"] == 0 and report["brain"]["volume_ml"] == 0.0
     assert report["brain"]["lesion_voxels_outside"] > 0
     assert any("found no brain" in w and "--no-brain-mask" in w for w in report["warnings"])
+
+
+def test_report_times_every_stage_and_the_total_is_their_sum(tmp_path: Path) -> None:
+    report = _infer(tmp_path, scan_with_pixdim(tmp_path, 3.0, "sform", SHAPE), EverywhereLesion())
+    timings = report["timings"]
+    stages = ("load_s", "preprocess_s", "model_s", "postprocess_s", "write_s")
+    assert list(timings) == [*stages, "total_s"]
+    assert all(timings[k] > 0 for k in stages)
+    assert timings["total_s"] == pytest.approx(sum(timings[k] for k in stages))
+    assert json.loads(Path(report["outputs"]["report"]).read_text())["timings"] == timings
+
+
+def test_read_ahead_gives_each_input_its_own_volume_or_error_in_order(tmp_path: Path) -> None:
+    """A batch reads ahead; every input still gets its own result, a bad one its own error."""
+    from mhunet_deploy.errors import InputError
+    from mhunet_deploy.pipeline import read_ahead
+
+    good = []
+    for name, shape in (("a", SHAPE), ("b", (8, 9, 5))):
+        (tmp_path / name).mkdir()
+        good.append(scan_with_pixdim(tmp_path / name, 3.0, "sform", shape))
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    paths = [good[0], bad, good[1]]
+    options = InferOptions(model_info={"name": "test", "sha256": "0" * 64})
+    with read_ahead(paths, options) as inputs:
+        seen = []
+        for path, loading in inputs:
+            if path == bad:
+                with pytest.raises(InputError, match="not a NIfTI"):
+                    loading.result()
+                seen.append(None)
+                continue
+            volume, load_s = loading.result()
+            assert load_s > 0
+            seen.append(volume.data.shape)
+    assert seen == [SHAPE, None, (8, 9, 5)]

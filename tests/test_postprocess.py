@@ -56,3 +56,19 @@ def test_empty_prediction() -> None:
     labels = segment(np.zeros((4, 4, 4), np.float32), ZOOMS)
     assert labels.dtype == np.int32 and not labels.any()
     assert lesion_table(labels, np.eye(4), ZOOMS) == []
+
+
+def test_table_matches_a_per_lesion_count_on_random_labels() -> None:
+    """The all-lesions-at-once table equals counting each label on its own; label numbers without
+    voxels (labels not from `segment`) give no row."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 9, (14, 11, 7)).astype(np.int32)
+    labels[labels == 4] = 0  # a gap in the numbering
+    affine = np.array([[0.8, 0.1, 0, -5], [0, 0.9, 0.2, 7], [0.1, 0, 2.5, 1], [0, 0, 0, 1]])
+    table = lesion_table(labels, affine, (0.8, 0.9, 2.5))
+    assert [row["id"] for row in table] == [1, 2, 3, 5, 6, 7, 8]
+    for row in table:
+        coords = np.argwhere(labels == row["id"])
+        assert row["voxels"] == len(coords)
+        assert row["bbox"] == {"min": coords.min(0).tolist(), "max": coords.max(0).tolist()}
+        np.testing.assert_allclose(row["centroid_mm"], affine[:3, :3] @ coords.mean(0) + affine[:3, 3])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import numpy as np
-
 
 class Backend(Protocol):
     """A loaded model on one runtime. ``name`` is what reports and ``mhunet verify`` print."""
@@ -21,7 +19,12 @@ class Backend(Protocol):
     #: The sidecar key of the engine that runs (TensorRT, TensorRT-RTX; see engine.py), copied into
     #: each report so a result can be traced to its engine; None for backends without an engine.
     engine_key: dict[str, Any] | None
+    #: Where ``predict`` takes arrays without a copy: "cpu" (numpy) or "cuda" (cupy, when the model runs
+    #: on a GPU and cupy works there: ``mhunet_deploy.arrays.array_device``). The pipeline runs the pre-
+    #: and post-processing there too.
+    array_device: str
 
-    def predict(self, slices: np.ndarray) -> np.ndarray:
-        """Map float32 slices (S, 1, 256, 256) to float32 logits (S, len(outputs), 256, 256)."""
+    def predict(self, slices: Any) -> Any:
+        """Map float32 slices (S, 1, 256, 256) to float32 logits (S, len(outputs), 256, 256), returned
+        where the slices are (numpy in, numpy out; cupy in, cupy out)."""
         ...

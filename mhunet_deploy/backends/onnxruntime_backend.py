@@ -68,6 +68,7 @@ class OnnxRuntimeBackend:
         self.name = f"onnxruntime-{'cuda' if use_cuda else 'cpu'}"
         self.batch_size = 32 if use_cuda else 8
         self.engine_key = None
+        self.array_device = "cpu"  # onnxruntime sessions take host arrays, the CUDA EP included
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: slices.astype(self.input_dtype, copy=False)})

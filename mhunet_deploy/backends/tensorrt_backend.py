@@ -1,15 +1,19 @@
 """The TensorRT backend: a cached strongly typed engine, run with cuda-python for GPU I/O (no torch).
 
 ``engine.ensure_engine`` builds or reuses the engine (and refuses foreign ones); this module only
-deserialises it and moves slices through it in chunks of at most the profile's max batch.
+deserialises it and moves slices through it in chunks of at most the profile's max batch. cupy slices
+(the GPU pre-processing of ``mhunet_deploy.arrays``) are bound to the engine where they lie; numpy
+slices go through device buffers of this backend.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..arrays import array_device, is_device_array, modules_of
 from ..engine import DEFAULT_ENGINE_DIR, FLAVORS, BatchProfile, ensure_engine, import_library
 from ..errors import BackendError
 from ..exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, OUTPUT_NAME, find_graph, output_channels
@@ -66,48 +70,62 @@ class TensorRTBackend:
         self.buffers: dict[str, int] = {}
         self.precision = precision
         self.name = flavor
+        self.array_device = array_device("cuda")
 
     def _reserve(self) -> None:
-        """Device buffers for ``max_batch`` slices in and their logits out, allocated once on first use."""
+        """Device buffers for ``max_batch`` slices in and their logits out (host arrays), allocated once."""
         if self.buffers:
             return
         for name, dtype in self.dtypes.items():
             size = self.max_batch * int(np.prod(self.shapes[name])) * dtype.itemsize
             self.buffers[name] = _check(self._cudart.cudaMalloc(size))
-            self.context.set_tensor_address(name, self.buffers[name])
 
-    def predict(self, slices: np.ndarray) -> np.ndarray:
+    def predict(self, slices: Any) -> Any:
+        """numpy in, numpy out (copies through this backend's buffers); cupy in, cupy out (bound in place).
+
+        Runs on this backend's stream: a blocking stream, so it waits for cupy's work on the legacy
+        default stream that made the slices, and it is synchronised before the logits are returned."""
         kinds = self._cudart.cudaMemcpyKind
         copy = self._cudart.cudaMemcpyAsync
         if slices.shape[1:] != self.shapes[INPUT_NAME]:
             raise ValueError(f"slices {slices.shape[1:]}, the engine takes {self.shapes[INPUT_NAME]}")
-        self._reserve()
-        out = np.empty((len(slices), *self.shapes[OUTPUT_NAME]), dtype=self.dtypes[OUTPUT_NAME])
+        on_device = is_device_array(slices)
+        xp, _ = modules_of(slices)
+        if not on_device:
+            self._reserve()
+        out = xp.empty((len(slices), *self.shapes[OUTPUT_NAME]), dtype=self.dtypes[OUTPUT_NAME])
         for i in range(0, len(slices), self.max_batch):
-            x = np.ascontiguousarray(slices[i : i + self.max_batch], dtype=self.dtypes[INPUT_NAME])
+            x = xp.ascontiguousarray(slices[i : i + self.max_batch], dtype=self.dtypes[INPUT_NAME])
             y = out[i : i + len(x)]
             self.context.set_input_shape(INPUT_NAME, x.shape)
-            _check(
-                copy(
-                    self.buffers[INPUT_NAME],
-                    x.ctypes.data,
-                    x.nbytes,
-                    kinds.cudaMemcpyHostToDevice,
-                    self.stream,
+            if on_device:
+                addresses = {INPUT_NAME: x.data.ptr, OUTPUT_NAME: y.data.ptr}
+            else:
+                addresses = self.buffers
+                _check(
+                    copy(
+                        addresses[INPUT_NAME],
+                        x.ctypes.data,
+                        x.nbytes,
+                        kinds.cudaMemcpyHostToDevice,
+                        self.stream,
+                    )
                 )
-            )
+            for name, address in addresses.items():
+                self.context.set_tensor_address(name, address)
             if not self.context.execute_async_v3(self.stream):
                 raise BackendError(f"{self.name}: engine execution failed")
-            _check(
-                copy(
-                    y.ctypes.data,
-                    self.buffers[OUTPUT_NAME],
-                    y.nbytes,
-                    kinds.cudaMemcpyDeviceToHost,
-                    self.stream,
+            if not on_device:
+                _check(
+                    copy(
+                        y.ctypes.data,
+                        addresses[OUTPUT_NAME],
+                        y.nbytes,
+                        kinds.cudaMemcpyDeviceToHost,
+                        self.stream,
+                    )
                 )
-            )
-            _check(self._cudart.cudaStreamSynchronize(self.stream))
+            _check(self._cudart.cudaStreamSynchronize(self.stream))  # also keeps x alive until done
         return out.astype(np.float32, copy=False)
 
     def __del__(self) -> None:

@@ -6,10 +6,11 @@ import ctypes
 import platform
 import warnings
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
+from ..arrays import array_device, is_device_array, modules_of
 from ..checkpoint import load_checkpoint
 from ..errors import BackendError
 from ..model.scan import use_scan_impl
@@ -68,6 +69,7 @@ class TorchBackend:
         self.name = f"torch-{self.device.type}"
         self.batch_size = 32 if self.device.type == "cuda" else 8
         self.engine_key = None
+        self.array_device = array_device(self.device.type)
 
     def _pick_scan_impl(self, scan: str) -> str:
         """The name passed to ``use_scan_impl`` around every forward pass."""
@@ -94,11 +96,13 @@ class TorchBackend:
             return "auto"
 
     @torch.inference_mode()
-    def predict(self, slices: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(slices).to(self.device)
+    def predict(self, slices: Any) -> Any:
+        """numpy slices in, numpy logits out; cupy in, cupy out, handed over through DLPack (no copy)."""
+        on_device = is_device_array(slices)
+        x = (torch.from_dlpack(slices) if on_device else torch.from_numpy(slices)).to(self.device)
         with (
             use_scan_impl(self.scan_impl),
             torch.autocast(self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"),
         ):
-            y = self.model(x)
-        return y.float().cpu().numpy()
+            y = self.model(x).float()
+        return modules_of(slices)[0].from_dlpack(y) if on_device else y.cpu().numpy()
