@@ -180,6 +180,9 @@ def infer(
         bool,
         typer.Option("--no-brain-mask", help="No brain stage: lesions are not restricted to the brain."),
     ] = False,
+    dicom_sr: Annotated[
+        bool, typer.Option(help="With the DICOM SEG, a DICOM SR (TID 1500) of the lesion measurements.")
+    ] = True,
     engine_dir: Annotated[Path, typer.Option(help="Engine cache folder (tensorrt backends).")] = Path(
         "engines"
     ),
@@ -188,7 +191,7 @@ def infer(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Segment MS lesions: NIfTI or a DICOM series in; mask, lesion report (JSON+CSV), DICOM SEG (DICOM
-    input), optional probabilities and QC out."""
+    input: SEG and SR), optional probabilities and QC out."""
     from .backends import load_backend
     from .checkpoint import default_checkpoint
     from .pipeline import infer_volume, plan_outputs, read_ahead
@@ -212,6 +215,7 @@ def infer(
         dicom_seg=dicom_seg,
         brain_mask=brain_mask,
         no_brain_mask=no_brain_mask,
+        dicom_sr=dicom_sr,
     )
     # Output problems are found before the model runs, not after minutes of inference.
     plan_outputs(files, output, options)

@@ -1,4 +1,4 @@
-"""DICOM SEG output for a DICOM series input (optional extra ``dicom``: pydicom and highdicom).
+"""DICOM SEG and SR outputs for a DICOM series input (optional extra ``dicom``: pydicom, highdicom).
 
 A PACS and its viewers place a SEG by the series it references, so the SEG is written on the
 source slices themselves: one frame per source slice and segment, the source's Frame of Reference,
@@ -6,6 +6,7 @@ orientation, pixel spacing and slice positions, and per-frame references to the 
 Instance UIDs. highdicom builds and checks all of that from the source headers; the masks are
 already on the input's exact voxel grid (the pipeline maps its output back), so no resampling
 happens here. Segments are a mapping from label to (codes, mask), so a second segment is one entry.
+The SR (TID 1500) carries the lesion report's numbers and references the SEG's lesion segment.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from .report import DISCLAIMER
 from .volume_io import Volume, atomic_write
 
 INSTALL_HINT = 'pip install "mhunet-deploy[dicom]"'
-SEG_SERIES_NUMBER = 901
+SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 901, 902
 MANUFACTURER = "mhunet-deploy"
+LESION_LABEL = "MS lesion"
+MILLILITER = Code("mL", "UCUM", "milliliter")
+LESION_COUNT_UNIT = Code("{lesions}", "UCUM", "lesions")
 
 
 @dataclass(frozen=True)
@@ -75,23 +79,23 @@ def algorithm(model_info: Mapping[str, Any]) -> Any:
     """The AlgorithmIdentificationSequence of every segment (and measurement): mhunet, its version,
     the model's name and hash (the version is capped at 64 characters; the full hash is a parameter)."""
     hd = _highdicom("DICOM output")
-    name, sha = str(model_info["name"]), str(model_info["sha256"])
     return hd.AlgorithmIdentificationSequence(
         name="mhunet",
         family=codes.cid7162.ArtificialIntelligence,
-        version=f"{__version__} {name} {sha[:12]}",
+        version=_algorithm_version(model_info),
         source=MANUFACTURER,
-        parameters={"model": name, "sha256": sha},
+        parameters={"model": str(model_info["name"]), "sha256": str(model_info["sha256"])},
     )
 
 
-def write_seg(
-    volume: Volume,
-    segments: Mapping[str, tuple[SegmentCodes, np.ndarray]],
-    path: Path,
-    model_info: Mapping[str, Any],
-) -> Path:
-    """Write a binary DICOM SEG of ``segments`` (label -> codes, mask on the input grid) atomically.
+def _algorithm_version(model_info: Mapping[str, Any]) -> str:
+    return f"{__version__} {model_info['name']} {str(model_info['sha256'])[:12]}"
+
+
+def build_seg(
+    volume: Volume, segments: Mapping[str, tuple[SegmentCodes, np.ndarray]], model_info: Mapping[str, Any]
+) -> Any:
+    """A binary DICOM SEG of ``segments`` (label -> codes, mask on the input grid) on the source slices.
 
     Every source slice gets a frame per segment, empty ones included: the SEG's frames are the source
     slices, which the simplest reader can pair by position or by referenced SOP Instance UID.
@@ -115,8 +119,7 @@ def write_seg(
     ]
     # Voxel (i, j, k) is column i, row j of source slice k: frames are (slice, row, column, segment).
     pixels = np.stack([mask.astype(bool).transpose(2, 1, 0) for _, mask in segments.values()], axis=-1)
-    first = sources[0]
-    seg = hd.seg.Segmentation(
+    return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -125,14 +128,105 @@ def write_seg(
         series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=f"Mamba-HUNet {model_info['name']}",
-        software_versions=__version__,
-        device_serial_number=str(model_info["sha256"])[:64],  # the weights are the device
         content_label="MHUNET",
         content_description=DISCLAIMER,
         content_qualification=hd.ContentQualificationValues.RESEARCH,
-        series_description=f"mhunet {', '.join(segments)} ({first.get('SeriesDescription', 'series')})"[:64],
+        series_description=_series_description(", ".join(segments), sources[0]),
         omit_empty_frames=False,
+        **_equipment(model_info),
     )
-    return atomic_write(path, lambda tmp: seg.save_as(tmp, enforce_file_format=True))
+
+
+def build_sr(volume: Volume, seg: Any, report: Mapping[str, Any], model_info: Mapping[str, Any]) -> Any:
+    """A Comprehensive 3D SR, TID 1500 Measurement Report, of the lesion report's numbers.
+
+    The lesion segment of ``seg`` gets a TID 1411 group (it is the region measured): number of
+    lesions and total volume. Each lesion gets a TID 1501 group with its volume, tracked as
+    "MS lesion <id>" with the report's and CSV's id; it references no region of its own, because
+    the SEG holds all lesions in one segment (a lesion is one 26-connected component of it).
+    """
+    hd = _highdicom(str(volume.path))
+    algo = hd.sr.AlgorithmIdentification(
+        name="mhunet",
+        version=_algorithm_version(model_info),
+        parameters=[f"model={model_info['name']}", f"sha256={model_info['sha256']}"],
+    )
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=hd.UID(),
+        name="mhunet",
+        manufacturer_name=MANUFACTURER,
+        model_name=f"Mamba-HUNet {model_info['name']}",
+        serial_number=str(model_info["sha256"])[:64],
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+    lesion_number = next(int(s.SegmentNumber) for s in seg.SegmentSequence if s.SegmentLabel == LESION_LABEL)
+    in_brain = [hd.sr.FindingSite(codes.SCT.Brain)]
+    common = {"finding_type": codes.SCT.Lesion, "finding_sites": in_brain, "algorithm_id": algo}
+    all_lesions = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{LESION_LABEL}s"),
+        # Built by hand: ReferencedSegment.from_segmentation (highdicom 0.28) expects the segment number
+        # per frame, and a one-segment SEG keeps it in the shared functional groups.
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=lesion_number,
+            source_images=[
+                hd.sr.SourceImageForSegmentation(ds.SOPClassUID, ds.SOPInstanceUID) for ds in volume.dicom
+            ],
+        ),
+        finding_category=codes.SCT.MorphologicallyAbnormalStructure,
+        measurements=[
+            hd.sr.Measurement(codes.SCT.NumberOfLesions, report["lesion_count"], LESION_COUNT_UNIT),
+            hd.sr.Measurement(codes.SCT.Volume, report["total_volume_ml"], MILLILITER),
+        ],
+        **common,
+    )
+    each = [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=hd.UID(), identifier=f"{LESION_LABEL} {lesion['id']}"
+            ),
+            measurements=[hd.sr.Measurement(codes.SCT.Volume, lesion["volume_ml"], MILLILITER)],
+            **common,
+        )
+        for lesion in report["lesions"]
+    ]
+    content = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=codes.LN.BrainMRI,
+        imaging_measurements=[all_lesions, *each],
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*volume.dicom, seg],
+        content=content,
+        series_instance_uid=hd.UID(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        content_qualification=hd.ContentQualificationValues.RESEARCH,
+        series_description=_series_description("MS lesion measurements", volume.dicom[0]),
+    )
+
+
+def _equipment(model_info: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": f"Mamba-HUNet {model_info['name']}",
+        "software_versions": __version__,
+        "device_serial_number": str(model_info["sha256"])[:64],  # the weights are the device
+    }
+
+
+def _series_description(what: str, source: Any) -> str:
+    return f"mhunet {what} ({source.get('SeriesDescription', 'series')})"[:64]
+
+
+def write_dicom(dataset: Any, path: Path) -> Path:
+    """Save a SEG or SR atomically, as every output is saved."""
+    return atomic_write(path, lambda tmp: dataset.save_as(tmp, enforce_file_format=True))

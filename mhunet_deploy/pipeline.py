@@ -51,8 +51,10 @@ class InferOptions:
     display_name: str | None = None
     volume_index: int | None = None
     series_uid: str | None = None
-    #: A DICOM series input also gets a DICOM SEG of the mask on its own slices.
+    #: A DICOM series input also gets a DICOM SEG of the mask on its own slices, and with it a DICOM
+    #: SR (TID 1500) of the lesion measurements.
     dicom_seg: bool = True
+    dicom_sr: bool = True
     #: The user's brain mask (--brain-mask), used instead of the model's brain output.
     brain_mask: Path | None = None
     #: --no-brain-mask: no brain stage, lesions are not restricted (ignored when brain_mask is given).
@@ -74,6 +76,8 @@ def output_paths(input_path: Path, out_dir: Path, options: InferOptions) -> dict
     }
     if options.dicom_seg and input_path.is_dir():  # a folder input is a DICOM series
         paths["seg"] = out_dir / f"{name}_seg.dcm"
+        if options.dicom_sr:
+            paths["sr"] = out_dir / f"{name}_sr.dcm"
     if options.brain_mask or not options.no_brain_mask:  # dropped if the model has no brain output
         paths["brain"] = out_dir / f"{name}_brain.nii.gz"
     if options.probabilities:
@@ -331,10 +335,13 @@ def infer_volume(
     if "probabilities" in paths:
         writers["probabilities"] = lambda: save_like(volume.image, prob, paths["probabilities"], np.float32)
     if "seg" in paths:
-        from .dicom_out import LESION, write_seg
+        from .dicom_out import LESION, LESION_LABEL, build_seg, build_sr, write_dicom
 
-        segments = {"MS lesion": (LESION, mask)}
-        writers["seg"] = lambda: write_seg(volume, segments, paths["seg"], options.model_info)
+        seg = build_seg(volume, {LESION_LABEL: (LESION, mask)}, options.model_info)
+        writers["seg"] = lambda: write_dicom(seg, paths["seg"])
+        if "sr" in paths:
+            sr = build_sr(volume, seg, report, options.model_info)
+            writers["sr"] = lambda: write_dicom(sr, paths["sr"])
     if "qc" in paths:
         from .qc import qc_montage
 

@@ -31,13 +31,13 @@ PATIENT26_SLICES = slice(86, 92)
 TINY_THRESHOLD = 0.01838
 
 
-def lesion_tiny(path: Path, threshold: float = TINY_THRESHOLD) -> Path:
+def lesion_tiny(path: Path, threshold: float = TINY_THRESHOLD, min_lesion_mm3: float = 2.0) -> Path:
     """The tiny test model, with post-processing that finds lesions in small synthetic volumes (the
     default threshold) or in real slices (a threshold nearer the top of its probabilities)."""
     save_tiny(path)
     sidecar = path.with_suffix(".json")
     meta = json.loads(sidecar.read_text())
-    meta["postprocess"] = {"threshold": threshold, "min_lesion_mm3": 2.0}
+    meta["postprocess"] = {"threshold": threshold, "min_lesion_mm3": min_lesion_mm3}
     sidecar.write_text(json.dumps(meta, indent=2))
     return path
 

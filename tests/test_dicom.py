@@ -185,7 +185,7 @@ def test_infer_on_dicom_writes_the_mask_on_the_nifti_geometry(tmp_path: Path) ->
     np.testing.assert_allclose(from_dicom.affine, from_nifti.affine, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(from_dicom.dataobj), np.asarray(from_nifti.dataobj))
     assert from_dicom.header["qform_code"] == from_dicom.header["sform_code"] == 1
-    assert not list(out.glob("*_seg.dcm"))  # --no-dicom-seg
+    assert not list(out.glob("*.dcm"))  # --no-dicom-seg: no SEG, and no SR either
 
 
 @needs_pydicom

@@ -35,8 +35,9 @@ pytestmark = [
     needs_highdicom,
     pytest.mark.skipif(not CLINICAL.exists(), reason=f"{CLINICAL} is absent (shared data not mounted)"),
 ]
-#: The tiny random model's lesion probabilities lie near 0.018: this threshold makes input-dependent lesions.
-TINY_THRESHOLD = "0.019"
+#: The tiny random model's lesion probabilities lie near 0.018: this threshold and minimum size give a
+#: few dozen input-dependent lesions.
+POSTPROCESS = ("--threshold", "0.019", "--min-lesion-mm3", "100")
 SLICES = slice(7, 12)
 SERIES = ("oblique", "against_normal")
 
@@ -59,7 +60,7 @@ def run(tmp_path_factory) -> Path:
     tiny = save_tiny(root / "tiny.safetensors")
     cmd = [sys.executable, "-m", "mhunet_deploy.cli", "infer", *(str(root / s) for s in SERIES)]
     res = subprocess.run(
-        [*cmd, "-o", str(root / "out"), "--checkpoint", str(tiny), "--threshold", TINY_THRESHOLD, "--quiet"],
+        [*cmd, "-o", str(root / "out"), "--checkpoint", str(tiny), *POSTPROCESS, "--quiet"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -135,15 +136,66 @@ def test_every_frame_references_its_source_slice(run: Path, name: str) -> None:
     assert sha in algo.AlgorithmParameters
 
 
+def test_the_sr_carries_the_report_and_references_the_seg(run: Path) -> None:
+    """TID 1500 read back with highdicom: the lesion segment's group holds the count and total
+    volume, one group per lesion its volume under the report's id; evidence and study are the
+    source's and the SEG's."""
+    import highdicom as hd
+    import pydicom
+
+    report = json.loads((run / "out" / "oblique_report.json").read_text())
+    seg = pydicom.dcmread(run / "out" / "oblique_seg.dcm", stop_before_pixels=True)
+    sr = hd.sr.srread(run / "out" / "oblique_sr.dcm")
+    first = next(iter(_sources(run / "oblique").values()))
+    assert sr.StudyInstanceUID == first.StudyInstanceUID and sr.PatientID == first.PatientID
+    assert sr.ContentQualification == "RESEARCH" and sr.CompletionFlag == "COMPLETE"
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert {s.SeriesInstanceUID for s in evidence} == {first.SeriesInstanceUID, seg.SeriesInstanceUID}
+    (whole,) = sr.content.get_volumetric_roi_measurement_groups()
+    referenced = whole.referenced_segment
+    assert referenced.referenced_sop_instance_uid == seg.SOPInstanceUID
+    assert referenced.referenced_segment_numbers == [1]
+    assert len(referenced.source_images_for_segmentation) == len(_sources(run / "oblique"))
+    assert whole.finding_type.value == "52988006"  # lesion
+    values = {m.name.value: m.value for m in whole.get_measurements()}
+    assert values == {
+        "246206008": report["lesion_count"],  # number of lesions
+        "118565006": pytest.approx(report["total_volume_ml"]),  # volume (mL)
+    }
+    assert report["lesion_count"] > 1
+    each = {
+        g.tracking_identifier: [(m.name.value, m.value, m.unit.value) for m in g.get_measurements()]
+        for g in sr.content.get_image_measurement_groups()
+    }
+    assert each == {
+        f"MS lesion {lesion['id']}": [("118565006", pytest.approx(lesion["volume_ml"]), "mL")]
+        for lesion in report["lesions"]
+    }
+
+
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy absent: apt-get install dicom3tools")
-def test_dciodvfy_finds_no_error_in_the_seg(run: Path) -> None:
-    for name in SERIES:
-        res = subprocess.run(
-            ["dciodvfy", str(run / "out" / f"{name}_seg.dcm")], capture_output=True, text=True, timeout=60
-        )
+def test_dciodvfy_finds_no_error_in_the_seg_or_the_sr(run: Path) -> None:
+    for path, iod in [(run / "out" / f"{name}_seg.dcm", "Segmentation") for name in SERIES] + [
+        (run / "out" / "oblique_sr.dcm", "Comprehensive3DSR")
+    ]:
+        res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
         errors = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]
         assert res.returncode == 0 and not errors, "\n".join(errors)
-        assert "Segmentation" in res.stdout + res.stderr  # it recognised the IOD it checked
+        assert iod in res.stdout + res.stderr  # it recognised the IOD it checked
+
+
+def test_dicom_outputs_follow_the_options(tmp_path: Path) -> None:
+    from mhunet_deploy.pipeline import InferOptions, output_paths
+
+    (tmp_path / "series").mkdir()
+
+    def keys(**options: bool) -> set[str]:
+        return set(output_paths(tmp_path / "series", tmp_path, InferOptions(**options)))
+
+    assert {"seg", "sr"} <= keys()
+    assert "seg" in keys(dicom_sr=False) and "sr" not in keys(dicom_sr=False)
+    assert not {"seg", "sr"} & keys(dicom_seg=False)
+    assert not {"seg", "sr"} & set(output_paths(tmp_path / "scan.nii.gz", tmp_path, InferOptions()))
 
 
 def test_a_series_without_frame_of_reference_is_refused_unless_no_seg(tmp_path: Path) -> None:
@@ -190,4 +242,4 @@ def test_a_seg_that_cannot_be_written_takes_the_other_outputs_with_it(tmp_path: 
             EverywhereLesion(),
             InferOptions(model_info={"name": "test", "sha256": "0" * 64}),
         )
-    assert [p.name for p in out.iterdir()] == ["s_seg.dcm"]  # mask, report and csv were removed again
+    assert [p.name for p in out.iterdir()] == ["s_seg.dcm"]  # mask, report, csv and SR were removed again

@@ -177,7 +177,7 @@ def test_page_uploads_and_shows_the_result(tmp_path) -> None:
         page.js("document.getElementById('submit').click()")
         page.until("['done', 'failed'].includes(document.body.dataset.state)", timeout=600)
         assert page.js("document.body.dataset.state") == "done", page.js("job.error")
-        assert page.js(SHOWN_DOWNLOADS) == ["mask", "prob", "report", "csv", "seg"]
+        assert page.js(SHOWN_DOWNLOADS) == ["mask", "prob", "report", "csv", "seg", "sr"]
         assert page.js("fetchFile('seg').then((f) => f.name)") == "flair_seg.dcm"
     assert png.startswith(b"\x89PNG")
     (tmp_path / "serve_page.png").write_bytes(png)

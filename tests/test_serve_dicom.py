@@ -34,7 +34,10 @@ SLICES = slice(8, 11)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return lesion_tiny(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", threshold=0.019)
+    # Real slices: fewer, larger lesions than the synthetic scans' settings would find (a few dozen).
+    return lesion_tiny(
+        tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", threshold=0.019, min_lesion_mm3=100
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +63,12 @@ def test_zipped_series_gives_the_seg_of_mhunet_infer(server, tiny, series, tmp_p
     assert reply.status == 200, reply.body
     job = reply.json()
     assert job["input"] == job["report"]["input"]["path"] == "flair_series.zip"
-    assert {"mask", "seg", "report"} <= set(job["links"])
-    seg = request(url + job["links"]["seg"])
-    assert seg.status == 200 and seg.headers["content-type"] == "application/dicom"
-    assert 'filename="flair_series_seg.dcm"' in seg.headers["content-disposition"]
-    assert seg.body[128:132] == b"DICM"
+    assert {"mask", "seg", "sr", "report"} <= set(job["links"])
+    seg, sr = request(url + job["links"]["seg"]), request(url + job["links"]["sr"])
+    for kind, reply in (("seg", seg), ("sr", sr)):
+        assert reply.status == 200 and reply.headers["content-type"] == "application/dicom", kind
+        assert f'filename="flair_series_{kind}.dcm"' in reply.headers["content-disposition"]
+        assert reply.body[128:132] == b"DICM"
     (tmp_path / "served_seg.dcm").write_bytes(seg.body)
     (tmp_path / "served_mask.nii.gz").write_bytes(request(url + job["links"]["mask"]).body)
     assert not (store / job["id"] / "series").exists()  # the unpacked upload is removed once done

@@ -51,8 +51,9 @@ MEDIA_TYPES = {
     "qc": "image/png",
     "csv": "text/csv",
     "seg": "application/dicom",
+    "sr": "application/dicom",
 }
-Download = Literal["mask", "brain", "prob", "qc", "report", "csv", "seg"]
+Download = Literal["mask", "brain", "prob", "qc", "report", "csv", "seg", "sr"]
 
 
 class Progress(BaseModel):
@@ -270,7 +271,8 @@ def create_app(
     )
     def download(job_id: str, kind: Download) -> Response:
         """mask, brain (brain mask), prob (NIfTI on the input's grid), qc (PNG), report (JSON), csv
-        (lesion table), seg (DICOM SEG on the source slices, for a DICOM series upload)."""
+        (lesion table); for a DICOM series upload seg (DICOM SEG on the source slices) and sr (DICOM
+        SR, TID 1500)."""
         job = find(job_id)
         if job.state != "done" or job.report is None:
             raise HTTPException(409, f"job {job_id} is {job.state}; its results are not ready")

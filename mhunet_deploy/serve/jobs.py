@@ -35,6 +35,7 @@ DOWNLOADS = {
     "report": "report",
     "csv": "csv",
     "seg": "seg",
+    "sr": "sr",
 }
 #: The CLI's remedies in the pipeline's messages, as a client of the server can act on them.
 CLI_REMEDIES = {

@@ -63,7 +63,7 @@ class Job:
     slices_done: int = 0
     slices_total: int | None = None
     report: dict[str, Any] | None = None
-    #: Output files by download name (mask, prob, qc, report, csv; seg for a DICOM series), once done.
+    #: Output files by download name (mask, prob, qc, report, csv; seg, sr for DICOM), once done.
     files: dict[str, Path] = field(default_factory=dict)
     status: int | None = None
     error: str | None = None
