@@ -28,7 +28,7 @@ from .volume_io import Volume, atomic_write
 INSTALL_HINT = 'pip install "mhunet-deploy[dicom]"'
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 901, 902
 MANUFACTURER = "mhunet-deploy"
-LESION_LABEL = "MS lesion"
+LESION_LABEL, BRAIN_LABEL = "MS lesion", "Brain"
 MILLILITER = Code("mL", "UCUM", "milliliter")
 LESION_COUNT_UNIT = Code("{lesions}", "UCUM", "lesions")
 
@@ -141,9 +141,10 @@ def build_sr(volume: Volume, seg: Any, report: Mapping[str, Any], model_info: Ma
     """A Comprehensive 3D SR, TID 1500 Measurement Report, of the lesion report's numbers.
 
     The lesion segment of ``seg`` gets a TID 1411 group (it is the region measured): number of
-    lesions and total volume. Each lesion gets a TID 1501 group with its volume, tracked as
-    "MS lesion <id>" with the report's and CSV's id; it references no region of its own, because
-    the SEG holds all lesions in one segment (a lesion is one 26-connected component of it).
+    lesions and total volume; so does its brain segment, if any: brain volume. Each lesion gets a
+    TID 1501 group with its volume, tracked as "MS lesion <id>" with the report's and CSV's id; it
+    references no region of its own, because the SEG holds all lesions in one segment (a lesion is
+    one 26-connected component of it).
     """
     hd = _highdicom(str(volume.path))
     algo = hd.sr.AlgorithmIdentification(
@@ -163,28 +164,45 @@ def build_sr(volume: Volume, seg: Any, report: Mapping[str, Any], model_info: Ma
             observer_type=codes.DCM.Device, observer_identifying_attributes=device
         )
     )
-    lesion_number = next(int(s.SegmentNumber) for s in seg.SegmentSequence if s.SegmentLabel == LESION_LABEL)
-    in_brain = [hd.sr.FindingSite(codes.SCT.Brain)]
-    common = {"finding_type": codes.SCT.Lesion, "finding_sites": in_brain, "algorithm_id": algo}
-    all_lesions = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{LESION_LABEL}s"),
-        # Built by hand: ReferencedSegment.from_segmentation (highdicom 0.28) expects the segment number
-        # per frame, and a one-segment SEG keeps it in the shared functional groups.
-        referenced_segment=hd.sr.ReferencedSegment(
+    number = {str(s.SegmentLabel): int(s.SegmentNumber) for s in seg.SegmentSequence}
+
+    def region(label: str) -> Any:
+        # Built by hand: ReferencedSegment.from_segmentation (highdicom 0.28) expects the segment
+        # number per frame, and a one-segment SEG keeps it in the shared functional groups.
+        return hd.sr.ReferencedSegment(
             sop_class_uid=seg.SOPClassUID,
             sop_instance_uid=seg.SOPInstanceUID,
-            segment_number=lesion_number,
+            segment_number=number[label],
             source_images=[
                 hd.sr.SourceImageForSegmentation(ds.SOPClassUID, ds.SOPInstanceUID) for ds in volume.dicom
             ],
-        ),
-        finding_category=codes.SCT.MorphologicallyAbnormalStructure,
-        measurements=[
-            hd.sr.Measurement(codes.SCT.NumberOfLesions, report["lesion_count"], LESION_COUNT_UNIT),
-            hd.sr.Measurement(codes.SCT.Volume, report["total_volume_ml"], MILLILITER),
-        ],
-        **common,
-    )
+        )
+
+    in_brain = [hd.sr.FindingSite(codes.SCT.Brain)]
+    common = {"finding_type": codes.SCT.Lesion, "finding_sites": in_brain, "algorithm_id": algo}
+    groups = [
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{LESION_LABEL}s"),
+            referenced_segment=region(LESION_LABEL),
+            finding_category=LESION.category,
+            measurements=[
+                hd.sr.Measurement(codes.SCT.NumberOfLesions, report["lesion_count"], LESION_COUNT_UNIT),
+                hd.sr.Measurement(codes.SCT.Volume, report["total_volume_ml"], MILLILITER),
+            ],
+            **common,
+        )
+    ]
+    if BRAIN_LABEL in number:
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=BRAIN_LABEL),
+                referenced_segment=region(BRAIN_LABEL),
+                finding_type=BRAIN.property_type,
+                finding_category=BRAIN.category,
+                algorithm_id=algo,
+                measurements=[hd.sr.Measurement(codes.SCT.Volume, report["brain"]["volume_ml"], MILLILITER)],
+            )
+        )
     each = [
         hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
@@ -198,7 +216,7 @@ def build_sr(volume: Volume, seg: Any, report: Mapping[str, Any], model_info: Ma
     content = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=codes.LN.BrainMRI,
-        imaging_measurements=[all_lesions, *each],
+        imaging_measurements=[*groups, *each],
     )
     return hd.sr.Comprehensive3DSR(
         evidence=[*volume.dicom, seg],

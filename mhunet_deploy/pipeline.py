@@ -335,9 +335,12 @@ def infer_volume(
     if "probabilities" in paths:
         writers["probabilities"] = lambda: save_like(volume.image, prob, paths["probabilities"], np.float32)
     if "seg" in paths:
-        from .dicom_out import LESION, LESION_LABEL, build_seg, build_sr, write_dicom
+        from .dicom_out import BRAIN, BRAIN_LABEL, LESION, LESION_LABEL, build_seg, build_sr, write_dicom
 
-        seg = build_seg(volume, {LESION_LABEL: (LESION, mask)}, options.model_info)
+        segments = {LESION_LABEL: (LESION, mask)}
+        if result.brain_info["source"] == "model":  # a --brain-mask is the user's, not mhunet's
+            segments[BRAIN_LABEL] = (BRAIN, brain)
+        seg = build_seg(volume, segments, options.model_info)
         writers["seg"] = lambda: write_dicom(seg, paths["seg"])
         if "sr" in paths:
             sr = build_sr(volume, seg, report, options.model_info)

@@ -133,9 +133,9 @@ def expected_image(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np
     return data[:, :, ::-1], flipped
 
 
-def seg_on_grid(seg_path: Path, mask: nib.Nifti1Image) -> np.ndarray:
-    """The SEG's first segment as highdicom places it (its own volume and LPS affine), carried onto
-    the NIfTI mask's grid by exact index; fails unless every SEG voxel lands on one of its voxels."""
+def seg_on_grid(seg_path: Path, mask: nib.Nifti1Image, segment: int = 1) -> np.ndarray:
+    """A segment of the SEG as highdicom places it (its own volume and LPS affine), carried onto the
+    NIfTI mask's grid by exact index; fails unless every SEG voxel lands on one of its voxels."""
     import highdicom as hd
 
     volume = hd.seg.segread(seg_path).get_volume()
@@ -146,7 +146,7 @@ def seg_on_grid(seg_path: Path, mask: nib.Nifti1Image) -> np.ndarray:
     np.testing.assert_allclose(ijk, np.round(ijk), atol=1e-3)  # exactly on the grid, not interpolated
     i, j, k = np.round(ijk).astype(int)
     on_grid = np.zeros(mask.shape, dtype=volume.array.dtype)
-    on_grid[i, j, k] = volume.array[..., 0].reshape(-1)
+    on_grid[i, j, k] = volume.array[..., segment - 1].reshape(-1)
     return on_grid
 
 

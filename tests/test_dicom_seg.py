@@ -29,7 +29,7 @@ from tests.dicom_helpers import (
     seg_on_grid,
     write_series,
 )
-from tests.tiny_model import save_tiny
+from tests.tiny_model import TWO, save_tiny
 
 pytestmark = [
     needs_highdicom,
@@ -57,7 +57,7 @@ def run(tmp_path_factory) -> Path:
     data, affine = clinical_crop(SLICES)
     write_series(root / "oblique", data, affine)
     write_series(root / "against_normal", *_flip_rows(data, affine))
-    tiny = save_tiny(root / "tiny.safetensors")
+    tiny = save_tiny(root / "tiny.safetensors", outputs=TWO)  # lesion + brain: two segments
     cmd = [sys.executable, "-m", "mhunet_deploy.cli", "infer", *(str(root / s) for s in SERIES)]
     res = subprocess.run(
         [*cmd, "-o", str(root / "out"), "--checkpoint", str(tiny), *POSTPROCESS, "--quiet"],
@@ -87,6 +87,8 @@ def test_highdicom_places_the_seg_on_the_nifti_mask(run: Path, name: str) -> Non
     want = np.asarray(mask.dataobj)
     assert 0 < want.sum() < want.size / 4, "the tiny model should find some lesions, not everything"
     np.testing.assert_array_equal(seg_on_grid(run / "out" / f"{name}_seg.dcm", mask), want)
+    brain = np.asarray(nib.load(run / "out" / f"{name}_brain.nii.gz").dataobj)
+    np.testing.assert_array_equal(seg_on_grid(run / "out" / f"{name}_seg.dcm", mask, segment=2), brain)
 
 
 @pytest.mark.parametrize("name", SERIES)
@@ -98,7 +100,10 @@ def test_every_frame_references_its_source_slice(run: Path, name: str) -> None:
 
     sources = _sources(run / name)
     mask = nib.load(run / "out" / f"{name}_mask.nii.gz")
-    want = np.asarray(mask.dataobj)
+    want = {
+        1: np.asarray(mask.dataobj),
+        2: np.asarray(nib.load(run / "out" / f"{name}_brain.nii.gz").dataobj),
+    }
     seg = pydicom.dcmread(run / "out" / f"{name}_seg.dcm")
     first = next(iter(sources.values()))
     assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
@@ -106,7 +111,7 @@ def test_every_frame_references_its_source_slice(run: Path, name: str) -> None:
         assert seg[keyword].value == first[keyword].value, keyword
     assert seg.SeriesInstanceUID != first.SeriesInstanceUID
     assert seg.ContentQualification == "RESEARCH"
-    assert int(seg.NumberOfFrames) == len(sources)
+    assert int(seg.NumberOfFrames) == 2 * len(sources)  # one frame per slice and segment
     shared = seg.SharedFunctionalGroupsSequence[0]
     np.testing.assert_allclose(
         shared.PlaneOrientationSequence[0].ImageOrientationPatient, first.ImageOrientationPatient
@@ -120,20 +125,25 @@ def test_every_frame_references_its_source_slice(run: Path, name: str) -> None:
         position = np.asarray(group.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
         np.testing.assert_allclose(position, source.ImagePositionPatient, atol=1e-4)
         _, _, k = np.round(_nifti_index(mask, position)).astype(int)
-        np.testing.assert_array_equal(frames[f], want[:, :, k].T)
-        seen.add(str(uid))
-    assert seen == set(sources)
-    (segment,) = seg.SegmentSequence
-    assert segment.SegmentLabel == "MS lesion" and segment.SegmentAlgorithmType == "AUTOMATIC"
-    category = segment.SegmentedPropertyCategoryCodeSequence[0]
-    kind = segment.SegmentedPropertyTypeCodeSequence[0]
-    assert (category.CodingSchemeDesignator, category.CodeValue) == ("SCT", "49755003")
-    assert (kind.CodingSchemeDesignator, kind.CodeValue) == ("SCT", "52988006")
-    assert segment.AnatomicRegionSequence[0].CodeValue == "12738006"  # brain
-    algo = segment.SegmentationAlgorithmIdentificationSequence[0]
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        np.testing.assert_array_equal(frames[f], want[number][:, :, k].T)
+        seen.add((str(uid), number))
+    assert seen == {(uid, number) for uid in sources for number in (1, 2)}
     sha = json.loads((run / "out" / f"{name}_report.json").read_text())["model"]["sha256"]
-    assert algo.AlgorithmName == "mhunet" and sha[:12] in algo.AlgorithmVersion
-    assert sha in algo.AlgorithmParameters
+    codes = {
+        "MS lesion": ("49755003", "52988006", "12738006"),  # abnormal structure, lesion, in the brain
+        "Brain": ("91723000", "12738006", None),  # anatomical structure, brain
+    }
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == list(codes)
+    for segment, (category, kind, region) in zip(seg.SegmentSequence, codes.values(), strict=True):
+        assert segment.SegmentAlgorithmType == "AUTOMATIC"
+        for sequence, value in (("Category", category), ("Type", kind)):
+            code = segment[f"SegmentedProperty{sequence}CodeSequence"][0]
+            assert (code.CodingSchemeDesignator, code.CodeValue) == ("SCT", value)
+        assert (segment.AnatomicRegionSequence[0].CodeValue if region else None) == region
+        algo = segment.SegmentationAlgorithmIdentificationSequence[0]
+        assert algo.AlgorithmName == "mhunet" and sha[:12] in algo.AlgorithmVersion
+        assert sha in algo.AlgorithmParameters
 
 
 def test_the_sr_carries_the_report_and_references_the_seg(run: Path) -> None:
@@ -151,7 +161,12 @@ def test_the_sr_carries_the_report_and_references_the_seg(run: Path) -> None:
     assert sr.ContentQualification == "RESEARCH" and sr.CompletionFlag == "COMPLETE"
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
     assert {s.SeriesInstanceUID for s in evidence} == {first.SeriesInstanceUID, seg.SeriesInstanceUID}
-    (whole,) = sr.content.get_volumetric_roi_measurement_groups()
+    whole, brain = sr.content.get_volumetric_roi_measurement_groups()
+    assert brain.referenced_segment.referenced_segment_numbers == [2]
+    assert brain.finding_type.value == "12738006"
+    assert [(m.name.value, m.value) for m in brain.get_measurements()] == [
+        ("118565006", pytest.approx(report["brain"]["volume_ml"]))
+    ]
     referenced = whole.referenced_segment
     assert referenced.referenced_sop_instance_uid == seg.SOPInstanceUID
     assert referenced.referenced_segment_numbers == [1]
@@ -243,3 +258,41 @@ def test_a_seg_that_cannot_be_written_takes_the_other_outputs_with_it(tmp_path: 
             InferOptions(model_info={"name": "test", "sha256": "0" * 64}),
         )
     assert [p.name for p in out.iterdir()] == ["s_seg.dcm"]  # mask, report, csv and SR were removed again
+
+
+def test_each_segment_lands_on_its_own_mask(tmp_path: Path) -> None:
+    """Two unrelated, asymmetric masks on the oblique series: each comes back as its own segment."""
+    from mhunet_deploy.dicom_io import load_dicom_series
+    from mhunet_deploy.dicom_out import BRAIN, LESION, build_seg, write_dicom
+
+    write_series(tmp_path / "s", *clinical_crop(slice(7, 10)))
+    volume = load_dicom_series(tmp_path / "s")
+    lesion = np.random.default_rng(10).random(volume.data.shape) < 0.01
+    brain = volume.data > np.median(volume.data)
+    segments = {"MS lesion": (LESION, lesion), "Brain": (BRAIN, brain)}
+    write_dicom(build_seg(volume, segments, {"name": "test", "sha256": "0" * 64}), tmp_path / "seg.dcm")
+    for number, (_, mask) in enumerate(segments.values(), start=1):
+        np.testing.assert_array_equal(seg_on_grid(tmp_path / "seg.dcm", volume.image, number), mask)
+
+
+def test_a_users_brain_mask_is_not_put_in_the_seg(tmp_path: Path) -> None:
+    """--brain-mask restricts the lesions, but it is the user's mask, not mhunet's: no Brain segment."""
+    import highdicom as hd
+    import pydicom
+
+    from mhunet_deploy.dicom_io import load_dicom_series
+    from mhunet_deploy.pipeline import InferOptions, infer_volume
+    from tests.test_pipeline import EverywhereLesion
+
+    data = np.random.default_rng(11).integers(1, 500, (8, 9, 3)).astype(np.float32)
+    write_series(tmp_path / "s", data, np.diag([0.9, 0.9, 5.0, 1.0]))
+    grid = load_dicom_series(tmp_path / "s").image
+    nib.save(nib.Nifti1Image(np.ones(grid.shape, np.uint8), grid.affine), tmp_path / "brain.nii.gz")
+    options = InferOptions(
+        model_info={"name": "test", "sha256": "0" * 64}, brain_mask=tmp_path / "brain.nii.gz"
+    )
+    report = infer_volume(tmp_path / "s", tmp_path / "out", EverywhereLesion(), options)
+    assert report["brain"]["source"] == "user" and report["lesion_count"] == 1
+    seg = pydicom.dcmread(report["outputs"]["seg"], stop_before_pixels=True)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["MS lesion"]
+    assert len(hd.sr.srread(report["outputs"]["sr"]).content.get_volumetric_roi_measurement_groups()) == 1
