@@ -126,6 +126,8 @@ def infer_options(
         min_lesion_mm3=min_lesion_mm3
         if min_lesion_mm3 is not None
         else post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
+        # --min-lesion-mm3 applies to every scan; else the packaged thick-slice size, if any
+        min_lesion_mm3_thick=None if min_lesion_mm3 is not None else post.get("min_lesion_mm3_thick"),
         model_info={
             "name": meta["config"]["name"],
             "sha256": meta["sha256"],
@@ -156,7 +158,13 @@ def infer(
     ] = Path("export"),
     onnx: Annotated[Path | None, typer.Option(help="Run this portable .onnx (onnxruntime backend).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Lesion probability threshold.")] = None,
-    min_lesion_mm3: Annotated[float | None, typer.Option(help="Drop lesions smaller than this.")] = None,
+    min_lesion_mm3: Annotated[
+        float | None,
+        typer.Option(
+            help="Drop lesions smaller than this (mm3), on every scan (default: the model's packaged "
+            "sizes, one for thin and one for thick-slice scans)."
+        ),
+    ] = None,
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Slices per backend call (default: GPU 32, CPU 8).")
     ] = None,

@@ -26,7 +26,7 @@ from .arrays import modules_of, synchronize, to_host
 from .backends.base import Backend
 from .brain import brain_entry, brain_from_probability, load_brain_mask
 from .errors import OutputError
-from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD, lesion_table, segment
+from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD, lesion_table, min_lesion_for, segment
 from .preprocess import Geometry, prepare
 from .report import build_report, write_csv, write_json
 from .volume_io import Volume, load_volume, prepare_output_folder, save_like
@@ -43,6 +43,8 @@ class InferOptions:
 
     threshold: float = DEFAULT_THRESHOLD
     min_lesion_mm3: float = DEFAULT_MIN_LESION_MM3
+    #: For thick-slice scans (``postprocess.min_lesion_for``); None: ``min_lesion_mm3`` for every scan.
+    min_lesion_mm3_thick: float | None = None
     batch_size: int = 8
     probabilities: bool = False
     qc: bool = False
@@ -288,7 +290,7 @@ def infer_volume(
         geometry,
         volume,
         options.threshold,
-        options.min_lesion_mm3,
+        min_lesion_for(volume.zooms, options.min_lesion_mm3, options.min_lesion_mm3_thick),
         user_brain,
         options.no_brain_mask,
     )

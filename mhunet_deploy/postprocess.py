@@ -22,6 +22,8 @@ DEFAULT_THRESHOLD = 0.5
 # Smallest lesion kept, in mm3: removes isolated voxels of noise (one voxel at 1 mm isotropic, two
 # at 0.7 x 0.7 x 4 mm) while keeping the smallest lesions raters mark.
 DEFAULT_MIN_LESION_MM3 = 3.0
+#: Scans with a voxel side above this are thick-slice scans, with a minimum lesion size of their own.
+THICK_SLICE_MM = 3.0
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -30,6 +32,15 @@ def _voxel_mm3(zooms: Sequence[float]) -> float:
     if zooms.shape != (3,) or not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
         raise ValueError(f"zooms must be three positive voxel sizes in mm, got {zooms.tolist()}")
     return float(np.prod(zooms))
+
+
+def min_lesion_for(
+    zooms: Sequence[float], min_lesion_mm3: float, min_lesion_mm3_thick: float | None
+) -> float:
+    """The minimum lesion size for one scan: a thick-slice scan takes ``min_lesion_mm3_thick`` when one is
+    set (a 7 mm slice makes every detection at least 7 mm deep, so the same mm3 means less there)."""
+    thick = min_lesion_mm3_thick is not None and max(float(z) for z in zooms[:3]) > THICK_SLICE_MM
+    return float(min_lesion_mm3_thick) if thick else float(min_lesion_mm3)
 
 
 def segment(

@@ -202,7 +202,7 @@ def verify(
     """All rows, reference first; a skipped candidate is a row with ``passed`` None and the reason."""
     from .backends.torch_backend import TorchBackend
     from .checkpoint import read_meta
-    from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD
+    from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD, min_lesion_for
 
     post = read_meta(checkpoint).get("postprocess", {})
     vol = load_volume(volume)
@@ -219,7 +219,9 @@ def verify(
         ref_logits,
         tuple(reference.outputs),
         post.get("threshold", DEFAULT_THRESHOLD),
-        post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
+        min_lesion_for(
+            vol.zooms, post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3), post.get("min_lesion_mm3_thick")
+        ),
     )
     rows = [compare(case, reference, index)]
     rows[0].note = "reference"
