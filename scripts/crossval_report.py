@@ -180,6 +180,12 @@ def main() -> None:
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--qc-dir", type=Path, help="QC pages of the first --oof's held-out predictions of --qc-case"
+    )
+    ap.add_argument(
+        "--qc-case", action="append", default=[], help="a manifest case for --qc-dir (repeatable)"
+    )
     args = ap.parse_args()
     cases = read_manifest(args.manifest, args.data_root)
     report = {}
@@ -190,16 +196,20 @@ def main() -> None:
         missing = [c.case for c in cases if c.case not in oof]
         if missing:
             raise SystemExit(f"{tar_path}: no out-of-fold prediction for {missing}")
-        jobs = [(c, oof[c.case], [default]) for c in cases]
+        jobs = [(c, oof[c.case], default, True, None, variant) for c in cases]
         with ProcessPoolExecutor(args.workers) as pool:
             results = list(pool.map(_job, jobs))
         sweeps = np.stack([r[0] for r in results])
         thick = np.array([r[2] for r in results])
         chosen = choose(sweeps, thick)
         with ProcessPoolExecutor(args.workers) as pool:
-            rows = list(pool.map(_job, [(c, oof[c.case], [chosen]) for c in cases]))
-        per_scan = {c.case: {"domain": c.domain, **r[1][0]} for c, r in zip(cases, rows, strict=True)}
-        at_default = [r[1][0] for r in results]
+            qc = args.qc_dir if tar_path == args.oof[0] else None
+            jobs = [
+                (c, oof[c.case], [chosen], qc if c.case in args.qc_case else None, variant) for c in cases
+            ]
+            rows = list(pool.map(_job, jobs))
+        per_scan = {c.case: {"domain": c.domain, **r[1]} for c, r in zip(cases, rows, strict=True)}
+        at_default = [r[1] for r in results]
         report[variant] = {
             "postprocess": {
                 "threshold": chosen[0],
@@ -207,7 +217,7 @@ def main() -> None:
                 "min_lesion_mm3_thick": chosen[2],
                 "thick_slice_mm": THICK_SLICE_MM,
             },
-            "chosen": summarise([r[1][0] for r in rows], cases),
+            "chosen": summarise([r[1] for r in rows], cases),
             "default_0.5_no_min": summarise(at_default, cases),
             "per_scan": per_scan,
         }
