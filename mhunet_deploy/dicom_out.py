@@ -6,7 +6,7 @@ orientation, pixel spacing and slice positions, and per-frame references to the 
 Instance UIDs. highdicom builds and checks all of that from the source headers; the masks are
 already on the input's exact voxel grid (the pipeline maps its output back), so no resampling
 happens here. Segments are a mapping from label to (codes, mask), so a second segment is one entry.
-The SR (TID 1500) carries the lesion report's numbers and references the SEG's lesion segment.
+The SR (TID 1500) carries the lesion report's numbers and references the SEG's segments.
 """
 
 from __future__ import annotations

@@ -213,20 +213,26 @@ def test_dicom_outputs_follow_the_options(tmp_path: Path) -> None:
     assert not {"seg", "sr"} & set(output_paths(tmp_path / "scan.nii.gz", tmp_path, InferOptions()))
 
 
-def test_a_series_without_frame_of_reference_is_refused_unless_no_seg(tmp_path: Path) -> None:
+FRAME_OF_REFERENCE_REFUSED = {
+    "none": (lambda k, ds: delattr(ds, "FrameOfReferenceUID"), "the slices lack FrameOfReferenceUID"),
+    "two": (
+        lambda k, ds: k == 2 and setattr(ds, "FrameOfReferenceUID", "1.2.3.4"),
+        "the slices have 2 different FrameOfReferenceUIDs",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FRAME_OF_REFERENCE_REFUSED)
+def test_a_series_without_one_frame_of_reference_is_refused_unless_no_seg(tmp_path: Path, case: str) -> None:
     from mhunet_deploy.pipeline import InferOptions, load_input
 
+    edit, words = FRAME_OF_REFERENCE_REFUSED[case]
     data = np.random.default_rng(6).integers(1, 500, (8, 9, 4)).astype(np.float32)
-    write_series(
-        tmp_path / "s",
-        data,
-        np.diag([0.9, 0.9, 5.0, 1.0]),
-        edit=lambda k, ds: delattr(ds, "FrameOfReferenceUID"),
-    )
+    write_series(tmp_path / "s", data, np.diag([0.9, 0.9, 5.0, 1.0]), edit=edit)
     with pytest.raises(InputError) as info:
         load_input(tmp_path / "s", InferOptions())
     message = str(info.value)
-    assert "lack FrameOfReferenceUID" in message and "--no-dicom-seg" in message and "\n" not in message
+    assert words in message and message.endswith("or pass --no-dicom-seg") and "\n" not in message
     assert load_input(tmp_path / "s", InferOptions(dicom_seg=False)).data.shape == data.shape
 
 
