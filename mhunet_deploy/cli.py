@@ -532,8 +532,19 @@ def train(
     ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     steps_per_epoch: Annotated[int, typer.Option(min=1)] = 200,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    lr: Annotated[float, typer.Option()] = 2e-3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Per process (GPU).")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak LR for one process's batch.")] = 2e-3,
+    lr_scaling: Annotated[
+        str, typer.Option(help="Peak LR with N processes: sqrt (x sqrt N), linear (x N) or none.")
+    ] = "sqrt",
+    gpus: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes, one GPU each (DDP: re-runs this command under torchrun); "
+            "CPU ones with --device cpu.",
+        ),
+    ] = 1,
     crop: Annotated[int, typer.Option(help="Training patch size in pixels (256: whole slices).")] = 128,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -547,23 +558,38 @@ def train(
     verbose: Verbose = False,
 ) -> None:
     """Train Mamba-HUNet (lesion + brain outputs); writes OUT/final.safetensors (+ .json), OUT/last.* for
-    --resume, and with --holdout-fold OUT/holdout.npz (out-of-fold probabilities)."""
+    --resume, and with --holdout-fold OUT/holdout.npz (out-of-fold probabilities). Under torchrun (or
+    with --gpus N) every process trains one shard of the global batch and rank 0 writes."""
     from dataclasses import replace
 
+    from . import distributed as dist
     from .augment import AugmentConfig
     from .model.mamba_hunet import CONFIGS
     from .train import TrainConfig
     from .train import train as run_train
 
+    if not dist.is_main():
+        quiet, verbose = True, False  # rank 0 speaks for the run
     _logging(verbose, quiet)
     if model not in CONFIGS:
         raise InputError(f"unknown model {model!r}; choose one of {', '.join(CONFIGS)}")
+    if lr_scaling not in dist.LR_SCALING:
+        raise InputError(f"unknown --lr-scaling {lr_scaling!r}; choose one of {', '.join(dist.LR_SCALING)}")
+    if dist.launched() and gpus not in (1, dist.world_size()):
+        raise InputError(
+            f"--gpus {gpus} inside a torchrun of {dist.world_size()} processes; give one of them"
+        )
     try:
         augment = AugmentConfig(
             crop=crop, synthetic_fraction=synthetic_fraction, disabled=tuple(no_augment or ())
         )
     except ValueError as e:
         raise InputError(f"{e}; check --no-augment") from e
+    if gpus > 1 and not dist.launched():
+        for src in data or []:
+            if not src.exists():  # the commonest mistake, caught before N processes start
+                raise InputError(f"{src}: no such file or folder; check --data")
+        raise typer.Exit(dist.relaunch(gpus, device, sys.argv[1:]))
     mcfg = CONFIGS[model] if embed_dim is None else replace(CONFIGS[model], embed_dim=embed_dim)
     cfg = TrainConfig(
         model=model,
@@ -571,6 +597,7 @@ def train(
         steps_per_epoch=steps_per_epoch,
         batch_size=batch_size,
         lr=lr,
+        lr_scaling=lr_scaling,
         holdout_fold=holdout_fold,
         seed=seed,
         device=device,
@@ -594,6 +621,7 @@ def train(
                 f"epoch {m['epoch']:3d}  loss {m['train_loss']:.4f}  steps {m['steps']}  {m['seconds']:.0f} s"
             ),
         )
+    dist.teardown()
     if not quiet:
         meta = json.loads(final.with_suffix(".json").read_text())
         scores = meta.get("holdout_scores")

@@ -1,5 +1,5 @@
 """`mhunet train`: real scans plus synthetic heads, Dice + BCE on lesion and brain, AdamW, warm-up +
-cosine schedule, bf16 AMP on CUDA, resumable.
+cosine schedule, bf16 AMP on CUDA, resumable; on several devices under torchrun (``distributed``).
 
 The training loop sees the same slices that inference sees: every volume went through the inference
 preprocessing when it was packed (`data`), and batches are drawn and augmented on the training device
@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed as dist
 from .augment import AugmentConfig, BatchSampler
 from .checkpoint import save_checkpoint
 from .data import Pack
@@ -44,8 +45,11 @@ class TrainConfig:
     model: str = "light"
     epochs: int = 30
     steps_per_epoch: int = 200
+    #: Per rank (process); the global batch is world size x this.
     batch_size: int = 32
+    #: Peak LR for one rank's batch; with several ranks scaled by ``lr_scaling`` (distributed.LR_SCALING).
     lr: float = 2e-3
+    lr_scaling: str = "sqrt"
     weight_decay: float = 0.05
     warmup_steps: int = 100
     #: Weight of the brain output's loss (on volumes whose brain is known).
@@ -116,7 +120,8 @@ def split_pack(pack: Pack, holdout_fold: int | None) -> tuple[Pack, Pack | None]
     fold = pack.table["fold"].astype(int)
     held = fold == holdout_fold
     if not (held & (pack.table["kind"] == "real")).any():
-        raise InputError(f"no real volume has fold {holdout_fold}; the folds are {sorted(set(fold) - {-1})}")
+        folds = sorted(int(f) for f in set(fold) - {-1})
+        raise InputError(f"no real volume has fold {holdout_fold}; the folds are {folds}")
     return pack.select_volumes(~held), pack.select_volumes(held & (pack.table["kind"] == "real"))
 
 
@@ -177,14 +182,6 @@ def _load_optim_state(optim: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     optim.load_state_dict({"state": state, "param_groups": js["param_groups"]})
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    return torch.device(name)
-
-
 def describe(pack: Pack) -> dict[str, Any]:
     """What a pack holds, for the checkpoint's JSON: volumes and slices per kind and domain."""
     kinds = pack.table["kind"]
@@ -207,16 +204,22 @@ def train(
     resume: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    make_sampler: Callable[[Pack, torch.device, AugmentConfig, int], BatchSampler] = BatchSampler,
 ) -> Path:
     """Train and write ``out_dir/final.safetensors`` (+ ``last`` for resuming); with a held-out fold
-    also ``out_dir/holdout.npz`` and its quick scores. Returns the final checkpoint's path."""
-    device = pick_device(cfg.device)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    also ``out_dir/holdout.npz`` and its quick scores. Returns the final checkpoint's path.
+
+    Under torchrun every rank calls this with the same arguments (see ``distributed``); rank 0 writes.
+    ``make_sampler`` builds the batch source from (pack, device, augment config, seed)."""
+    device = dist.setup(cfg.device)
+    # Each rank its own stream (dropout, drop-path); rank 0's is the one-process run's. The initial
+    # weights differ too, but DDP broadcasts rank 0's when it wraps the model.
+    random.seed(cfg.seed + dist.rank())
+    np.random.seed(cfg.seed + dist.rank())
+    torch.manual_seed(cfg.seed + dist.rank())
     train_pack, held = split_pack(pack, cfg.holdout_fold)
-    model = build_model(model_config or CONFIGS[cfg.model]).to(device)
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net = build_model(model_config or CONFIGS[cfg.model]).to(device)
+    optim = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
     data_recipe = {
         **data_recipe,
@@ -225,9 +228,9 @@ def train(
     }
     log.info(
         "training %s (%d parameters, outputs %s) on %s%s; %d slices of %d volumes%s",
-        model.config.name,
-        sum(p.numel() for p in model.parameters()),
-        "+".join(model.config.outputs),
+        net.config.name,
+        sum(p.numel() for p in net.parameters()),
+        "+".join(net.config.outputs),
         device,
         " with bf16 autocast" if use_amp else "",
         len(train_pack),
@@ -244,12 +247,27 @@ def train(
         from .checkpoint import load_checkpoint
 
         loaded, meta = load_checkpoint(last, device=str(device))
-        model.load_state_dict(loaded.state_dict())
+        net.load_state_dict(loaded.state_dict())
         opt_js = json.loads((out_dir / "last_optim.json").read_text())
         _load_optim_state(optim, load_file(str(out_dir / "last_optim.safetensors")), opt_js)
         start_epoch, history = meta["epoch"] + 1, meta["history"]
         steps_done, spent = meta["steps"], meta["train_seconds"]
-    sampler = BatchSampler(train_pack, device, cfg.augment, cfg.seed + start_epoch)
+    # Every rank draws with replacement from the whole pack, on a stream of its own (distinct for each
+    # (rank, resume point); rank 0's is the one-process stream). For with-replacement sampling this is
+    # what a DistributedSampler gives: i.i.d. draws, so N independent streams of B are one global batch
+    # of N x B from the same distribution; sharding the pools would only forbid two ranks the same slice.
+    sampler = make_sampler(train_pack, device, cfg.augment, cfg.seed + start_epoch + dist.rank() * cfg.epochs)
+    world = dist.world_size()
+    sched = replace(cfg, lr=dist.scaled_lr(cfg.lr, world, cfg.lr_scaling))
+    scaling = {
+        "world_size": world,
+        "backend": torch.distributed.get_backend() if dist.active() else None,
+        "per_rank_batch": cfg.batch_size,
+        "global_batch": world * cfg.batch_size,
+        "lr_scaling": cfg.lr_scaling,
+        "peak_lr": sched.lr,
+    }
+    model = dist.wrap(net, device)
     total_steps = cfg.epochs * cfg.steps_per_epoch
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
     started = time.perf_counter() - spent
@@ -263,11 +281,12 @@ def train(
             gstep = epoch * cfg.steps_per_epoch + step
             progress_frac = gstep / total_steps
             if budget_s:
-                progress_frac = max(progress_frac, (time.perf_counter() - started) / budget_s)
+                elapsed = dist.from_main(time.perf_counter() - started, device)
+                progress_frac = max(progress_frac, elapsed / budget_s)
                 if progress_frac >= 1.0 and losses:
                     break
             for g in optim.param_groups:
-                g["lr"] = lr_at(gstep, progress_frac, cfg)
+                g["lr"] = lr_at(gstep, progress_frac, sched)
             timed = TIMED_STEPS[0] <= steps_done < TIMED_STEPS[1]
             ta = _sync_clock(device, timed)
             x, target, brain_known = sampler.sample(cfg.batch_size)
@@ -290,7 +309,7 @@ def train(
             break
         metrics = {
             "epoch": epoch,
-            "train_loss": float(np.mean(losses)),
+            "train_loss": dist.mean(float(np.mean(losses)), device),
             "steps": steps_done,
             "seconds": time.perf_counter() - t0,
         }
@@ -306,17 +325,24 @@ def train(
             "train_seconds": time.perf_counter() - started,
             "history": history,
             "step_timing": {k: v / n_timed for k, v in timing.items()} if n_timed else None,
+            "distributed": scaling,
         }
-        save_checkpoint(model, last, meta)
-        _save_optim_state(optim, out_dir)
-        if budget_s and time.perf_counter() - started > budget_s:
+        if dist.is_main():
+            save_checkpoint(net, last, meta)
+            _save_optim_state(optim, out_dir)
+        if budget_s and dist.from_main(time.perf_counter() - started, device) > budget_s:
             break
     if not meta:
         raise InputError(f"{out_dir}: training ran no step (already at --epochs {cfg.epochs}?)")
-    if held is not None:
-        meta["holdout_scores"] = predict_holdout(model, held, device, cfg.batch_size, out_dir / "holdout.npz")
-        log.info("held-out fold %d: %s", cfg.holdout_fold, meta["holdout_scores"])
-    save_checkpoint(model, final, meta)
+    meta["distributed"] = {**scaling, "weight_spread": dist.weight_spread(net, device)}
+    if dist.is_main():
+        if held is not None:
+            meta["holdout_scores"] = predict_holdout(
+                net, held, device, cfg.batch_size, out_dir / "holdout.npz"
+            )
+            log.info("held-out fold %d: %s", cfg.holdout_fold, meta["holdout_scores"])
+        save_checkpoint(net, final, meta)
+    dist.barrier()
     return final
 
 
