@@ -64,12 +64,12 @@ def test_scan_and_its_merge_are_an_fp32_island(outputs: tuple[str, ...]) -> None
 class _Session:
     """A portable graph on onnxruntime's CPU EP, shaped like a Backend for ``verify.compare``."""
 
-    def __init__(self, model: onnx.ModelProto, precision: str) -> None:
+    def __init__(self, model: onnx.ModelProto, precision: str, outputs: tuple[str, ...]) -> None:
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         self.dtype = np.float16 if precision == "fp16" else np.float32
-        self.name, self.precision, self.outputs = "onnxruntime-cpu", precision, ("lesion",)
+        self.name, self.precision, self.outputs = "onnxruntime-cpu", precision, outputs
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
         (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: slices.astype(self.dtype)})
@@ -86,7 +86,7 @@ def test_packaged_weights_fp16_portable_graph_matches_fp32_on_patient26() -> Non
     from mhunet_deploy.exporting.inline import inline_scans, scan_signatures
     from mhunet_deploy.exporting.torch_export import export_plugin_graph, export_scan_graph
     from mhunet_deploy.pipeline import EMPTY_SLICE_LOGIT, predict_volume
-    from mhunet_deploy.postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD
+    from mhunet_deploy.postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD, min_lesion_for
     from mhunet_deploy.preprocess import prepare
     from mhunet_deploy.verify import Case, central_slices, compare
     from mhunet_deploy.volume_io import load_volume
@@ -100,7 +100,8 @@ def test_packaged_weights_fp16_portable_graph_matches_fp32_on_patient26() -> Non
     volume = load_volume(PATIENT26)
     slices, geometry = prepare(volume)
     index = central_slices(slices, SLICES)
-    reference = np.full(slices.shape, EMPTY_SLICE_LOGIT, dtype=np.float32)  # lesion-only weights: 1 channel
+    outputs = model.config.outputs  # every output channel of the packaged model (lesion, brain)
+    reference = np.full((len(slices), len(outputs), *slices.shape[2:]), EMPTY_SLICE_LOGIT, np.float32)
     reference[index] = predict_volume(TorchBackend(ckpt, device="cpu"), slices[index], SLICES)
     post = read_meta(ckpt).get("postprocess", {})
     case = Case(
@@ -108,16 +109,18 @@ def test_packaged_weights_fp16_portable_graph_matches_fp32_on_patient26() -> Non
         slices,
         geometry,
         reference,
-        ("lesion",),
+        outputs,
         post.get("threshold", DEFAULT_THRESHOLD),
-        post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
+        min_lesion_for(
+            volume.zooms, post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3), post.get("min_lesion_mm3_thick")
+        ),
     )
-    half = _Session(portable16, "fp16")
-    row = compare(case, half, index, batch_size=SLICES)  # Dice >= 0.99, same lesion count
+    half = _Session(portable16, "fp16", outputs)
+    row = compare(case, half, index, batch_size=SLICES)  # Dice >= 0.99, same lesion count, brain Dice
     assert np.isfinite(half.last).all()
     print(
         f"fp16 portable: max |Δ| {row.max_abs} median {row.median_abs} Dice {row.dice:.4f} "
-        f"lesions {row.lesions}/{row.ref_lesions}"
+        f"brain Dice {row.brain_dice} ({row.brain_ml} mL) lesions {row.lesions}/{row.ref_lesions}"
     )
     assert row.ref_lesions > 0  # the slices carry lesions, so Dice and the count mean something
     assert row.passed, row.failures
