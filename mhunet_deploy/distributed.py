@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import uuid
 import warnings
@@ -167,6 +168,7 @@ def relaunch(nproc: int, device: str, argv: list[str]) -> int:
             else f"--gpus {nproc} but PyTorch sees no CUDA GPU; give --device cpu for {nproc} CPU processes"
         )
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, without its banner
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -187,4 +189,8 @@ def relaunch(nproc: int, device: str, argv: list[str]) -> int:
     except ChildFailedError as e:
         code = e.get_first_failure()[1].exitcode
         return code if code > 0 else 128 - code  # killed by signal -code
+    except SignalException as e:  # this process was signalled; the launcher has stopped the workers
+        if e.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        return 128 + int(e.sigval)
     return 0
