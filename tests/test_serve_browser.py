@@ -149,10 +149,15 @@ def test_page_uploads_and_shows_the_result(tmp_path) -> None:
             assert row[:3] == [str(lesion["id"]), f"{lesion['volume_ml']:.3f}", str(lesion["voxels"])]
         assert page.js("document.getElementById('count').textContent") == str(report["lesion_count"])
         assert page.js("document.getElementById('qc').naturalWidth") > 1000  # the montage, decoded
-        # The packaged model has no brain output: no brain volume, the reason on hover, no download.
-        assert page.js("document.getElementById('brain').textContent") == "none"
-        assert page.js("document.getElementById('brain').title") == report["brain"]["reason"]
-        assert page.js("document.getElementById('brain-link').hidden") is True
+        # The brain volume as the report has it: the packaged weights have a brain output, so its mask
+        # is among the downloads; a lesion-only model would show "none" and the reason on hover.
+        brain = report["brain"]
+        assert brain["source"] == ("model" if "brain" in report["model"]["outputs"] else None)
+        shown_brain = page.js("document.getElementById('brain').textContent")
+        assert shown_brain == (f"{brain['volume_ml']:.0f}" if brain["source"] else "none")
+        assert page.js("document.getElementById('brain-link').hidden") is (brain["source"] is None)
+        if brain["source"]:
+            assert page.js("fetchFile('brain').then((f) => f.name)") == "patient26_crop_brain.nii.gz"
         # The page's download path (with the key): the mask under the server's file name.
         assert page.js("fetchFile('mask').then((f) => f.name + ' ' + f.blob.size)").startswith(
             "patient26_crop_mask.nii.gz "

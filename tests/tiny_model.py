@@ -1,7 +1,8 @@
 """Tiny checkpoints exported once per test session, shared by the export/backend/verify tests.
 
 Exporting costs ~10 s on two cores, so every test that needs graphs reuses one export per output
-layout: lesion-only (``ONE``, what the packaged weights have) and lesion + brain (``TWO``). Import it
+layout: lesion-only (``ONE``, what older checkpoints have) and lesion + brain (``TWO``, what the
+packaged weights have). Import it
 as ``tests.tiny_model`` only (``tests`` is a package, so pytest does not put ``tests/`` on sys.path): a
 second name would be a second module with its own cache, and a second export.
 """
