@@ -50,7 +50,7 @@ def test_infer_packaged_weights_keeps_geometry(tmp_path) -> None:
     res = mhunet("infer", str(CASE01), "-o", str(tmp_path), "--qc", "--probabilities", "--quiet")
     assert res.returncode == 0, res.stderr
     src = nib.load(CASE01)
-    for name in ("case01_FLAIR_mask.nii.gz", "case01_FLAIR_prob.nii.gz"):
+    for name in ("case01_FLAIR_mask.nii.gz", "case01_FLAIR_prob.nii.gz", "case01_FLAIR_brain.nii.gz"):
         out = nib.load(tmp_path / name)
         assert out.shape == src.shape
         np.testing.assert_array_equal(out.affine, src.affine)
@@ -63,6 +63,10 @@ def test_infer_packaged_weights_keeps_geometry(tmp_path) -> None:
     assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
     report = json.loads((tmp_path / "case01_FLAIR_report.json").read_text())
     assert report["backend"].startswith("torch") and report["model"]["name"] == "light"
+    # A skull-on clinical scan: the packaged model's brain mask, and no lesion voxel outside it.
+    brain = np.asarray(nib.load(tmp_path / "case01_FLAIR_brain.nii.gz").dataobj)
+    assert report["brain"]["source"] == "model" and 900 < report["brain"]["volume_ml"] < 2000
+    assert not mask[brain == 0].any()
     assert report["lesion_count"] == len(report["lesions"])
     assert (tmp_path / "case01_FLAIR_qc.png").stat().st_size > 10_000
 
