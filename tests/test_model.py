@@ -84,8 +84,17 @@ def test_flops_are_counted_and_scale_with_batch() -> None:
 
 
 def test_drop_path_only_in_training() -> None:
-    model = build_model(ModelConfig(embed_dim=8, depths=(1, 1, 1, 1), stem_channels=4, drop_path=0.5))
-    x = torch.randn(2, 1, 64, 64)
+    """Stochastic depth changes training passes and nothing else: eval passes agree, training passes
+    with drop_path differ, and without drop_path (head dropout off too) training passes agree, so the
+    difference is drop path's, not BatchNorm's or dropout's."""
+    tiny = {"embed_dim": 8, "depths": (1, 1, 1, 1), "stem_channels": 4, "head_dropout": 0.0}
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**tiny, drop_path=0.5))
+    x = torch.randn(4, 1, 64, 64)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), model(x))
+        model.train()
+        assert not torch.allclose(model(x), model(x))
+        plain = build_model(ModelConfig(**tiny, drop_path=0.0)).train()
+        torch.testing.assert_close(plain(x), plain(x))

@@ -6,6 +6,7 @@ third_party/TensorRT/include, the plugin library and its harness build and the h
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -29,13 +30,59 @@ def test_contract_header_is_generated_text():
     )
 
 
+def _c_value(text: str) -> str | int | float:
+    """A C++ literal as Python: "s" -> s, 3 -> 3, 20.0f -> 20.0."""
+    text = text.strip()
+    if text.startswith('"'):
+        return text.strip('"')
+    return float(text.rstrip("f")) if "." in text else int(text)
+
+
+def _constexprs(src: str) -> dict[str, str | int | float]:
+    """Every ``constexpr ... kName = <literal>;`` in ``src``: name -> value."""
+    pattern = r'constexpr [\w :*]+? (k\w+) = ("[^"]*"|-?[\d.]+f?);'
+    return {m[1]: _c_value(m[2]) for m in re.finditer(pattern, src)}
+
+
+def _table(src: str, name: str) -> list[str | int | float]:
+    """The values of the brace-initialised array ``name`` in ``src``."""
+    found = re.search(rf"\b{name}\[[^]]*\]\s*=\s*\{{([^}}]*)\}}", src)
+    assert found, f"no table {name}[] in the plugin source; update this test with it"
+    return [_c_value(v) for v in found[1].split(",")]
+
+
 def test_plugin_uses_contract_constants():
+    """The values the native code compiles with are contract.py's: the generated header's constants,
+    and the plugin's and kernel's own tables (input ranks and names, fp32-only inputs, softplus
+    threshold), parsed from the sources and compared value by value."""
     src = (SCAN / "selective_scan_plugin.cpp").read_text()
     for name in ("kPluginName", "kPluginVersion", "kPluginNamespace", "kAttr_delta_softplus"):
         assert f"ct::{name}" in src
     assert '"SelectiveScan"' not in src and '"mhunet"' not in src, (
         "plugin must not hard-code contract strings"
     )
+    header = _constexprs((SCAN / "selective_scan_contract.h").read_text())
+    assert header == {
+        "kPluginName": contract.PLUGIN_NAME,
+        "kPluginVersion": contract.PLUGIN_VERSION,
+        "kPluginNamespace": contract.PLUGIN_NAMESPACE,
+        "kNbInputs": len(contract.INPUTS),
+        "kNbOutputs": len(contract.OUTPUTS),
+        **{f"kInput_{p.name}": i for i, p in enumerate(contract.INPUTS)},
+        **{
+            k: v for a, d in contract.ATTRIBUTES.items() for k, v in ((f"kAttr_{a}", a), (f"kDefault_{a}", d))
+        },
+        "kSoftplusThreshold": contract.SOFTPLUS_THRESHOLD,
+    }
+    assert _table(src, "ranks") == [len(p.shape) for p in contract.INPUTS]
+    assert _table(src, "names") == [p.name for p in contract.INPUTS]
+    fp32_only = re.search(r"bool isFp32Only\(int32_t index\)\s*\{([^}]*)\}", src)
+    assert fp32_only, "no isFp32Only() in the plugin source; update this test with it"
+    assert set(re.findall(r"ct::kInput_(\w+)", fp32_only[1])) == {
+        p.name for p in contract.INPUTS if p.fp32_only
+    }
+    kernel = _constexprs((SCAN / "selective_scan.cu").read_text())
+    assert kernel["kSoftplusThreshold"] == contract.SOFTPLUS_THRESHOLD
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH")
