@@ -63,7 +63,7 @@ def synchronize(a: Any) -> None:
 def _gpu_arrays_problem() -> str | None:
     """Why pre- and post-processing cannot run on the GPU here, or None when they can."""
     if importlib.util.find_spec("cupy") is None:
-        return 'cupy is not installed (pip install "mhunet-deploy[gpu]")'
+        return "cupy is not installed"
     try:
         import cupy
 
@@ -81,5 +81,7 @@ def array_device(device: str) -> str:
     problem = _gpu_arrays_problem()
     if problem is None:
         return "cuda"
-    log.warning("pre- and post-processing run on the CPU: %s", problem)
+    log.warning(
+        "pre- and post-processing run on the CPU: %s (GPU: pip install 'mhunet-deploy[gpu]')", problem
+    )
     return "cpu"

@@ -1,29 +1,39 @@
-"""Slices per second and seconds per volume of every backend and precision this machine can run, side
-by side on one volume and one preprocessing.
+"""Seconds per stage of a whole `mhunet infer` volume for every backend and precision this machine can
+run, side by side on one scan.
 
-Shared by `mhunet bench` and ``scripts/bench_cpu.py``; model time only (``predict_volume``): one
-untimed warm-up pass over the same slices (first-call costs: CUDA lazy loading, library handles, kernel
-caches), then the best of ``repeats`` timed passes, so load, engine-build and session-creation costs do
-not blur the comparison. A backend that cannot be loaded here is listed with the reason instead.
+Shared by `mhunet bench` and ``scripts/bench_cpu.py``. Each backend is loaded once (``setup_s``), then
+runs the whole pipeline (``pipeline.infer_volume``: load, preprocess, model, postprocess, write) once
+untimed-but-reported (``first``: first-call costs such as CUDA lazy loading, library handles, kernel
+caches and cupy kernel compiles) and ``repeats`` times; the run with the best total is the warm figure.
+A cold process start (imports, CUDA context) is not in here: time ``mhunet infer`` for that
+(scripts/gpu/bench_runtime.sh). With ``slices``, a slab of that many central axial slices is run, and
+the model time is also extrapolated to every slice of the volume that has signal. A backend that cannot
+be loaded here is listed with the reason instead.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations
 
 from .backends import has_graph, has_module, load_backend, torch_cuda
 from .errors import MhunetError
 from .exporting.manifest import DEFAULT_EXPORT_DIR
-from .pipeline import predict_volume
+from .pipeline import infer_volume
 from .preprocess import prepare
 from .verify import central_slices
-from .volume_io import load_volume
+from .volume_io import Volume, load_volume
 
 #: (backend, device, precision)
 Candidate = tuple[str, str, str]
+STAGES = ("load_s", "preprocess_s", "model_s", "postprocess_s", "write_s", "total_s")
 
 
 @dataclass
@@ -31,14 +41,24 @@ class Timing:
     backend: str
     device: str
     precision: str
+    #: Axial slices in the volume that ran (the whole scan, or the central slab).
     slices: int
-    seconds: float | None
+    #: Slices with signal in the whole scan (the model's work for a whole volume).
     volume_slices: int
+    #: Backend load, seconds; then the first run's and the best warm run's stage timings.
+    setup_s: float | None = None
+    first: dict[str, float] = field(default_factory=dict)
+    warm: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
     @property
+    def seconds(self) -> float | None:
+        """Warm model seconds for the slices that ran."""
+        return self.warm.get("model_s")
+
+    @property
     def seconds_per_volume(self) -> float | None:
-        """Extrapolated from the timed slices to every slice of the volume that has signal."""
+        """Warm model seconds extrapolated to every slice of the volume that has signal."""
         return None if self.seconds is None else self.seconds / self.slices * self.volume_slices
 
 
@@ -65,48 +85,86 @@ def candidates(
     return [c for c in out if c[1] in devices]
 
 
+def central_slab(volume: Volume, count: int) -> nib.Nifti1Image:
+    """The ``count`` axial slices around the middle of the slices with signal, as an image of their own
+    (same voxel sizes and orientation; the affine follows the crop)."""
+    slices, _ = prepare(volume)
+    busy = central_slices(slices, None)
+    middle = int(busy[len(busy) // 2]) if len(busy) else len(slices) // 2
+    start = int(np.clip(middle - count // 2, 0, max(len(slices) - count, 0)))
+    ornt = orientations.io_orientation(volume.image.affine)
+    axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])  # the voxel axis running along S
+    n = volume.data.shape[axis]
+    lo = start if ornt[axis, 1] > 0 else n - (start + count)
+    index = [slice(None)] * 3
+    index[axis] = slice(max(lo, 0), max(lo, 0) + count)
+    return volume.image.slicer[tuple(index)]
+
+
 def bench(
     checkpoint: Path,
     volume: Path,
     backends: list[Candidate],
     slices: int | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     export_dir: Path = DEFAULT_EXPORT_DIR,
     repeats: int = 1,
 ) -> list[Timing]:
-    """Time each (backend, device, precision) on the same prepared slices (best of ``repeats``)."""
-    prepared, _ = prepare(load_volume(volume))
-    busy = central_slices(prepared, None)
-    x = prepared[central_slices(prepared, slices)]
+    """Time each (backend, device, precision) on the same scan (or its central slab of ``slices``),
+    through the whole pipeline with the checkpoint's post-processing; ``batch_size`` None: the backend's."""
+    from .cli import infer_options
+
+    full = load_volume(volume)
+    prepared, _ = prepare(full)
+    volume_slices = len(central_slices(prepared, None))
+    options, _ = infer_options(checkpoint, None, None)
     out = []
-    for name, device, precision in backends:
-        try:
-            backend = load_backend(name, checkpoint, device, precision, export_dir=export_dir)
-            predict_volume(backend, x, batch_size)  # warm-up
-        except MhunetError as e:
-            out.append(Timing(name, device, precision, len(x), None, len(busy), f"skipped: {e}"))
-            continue
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            predict_volume(backend, x, batch_size)  # returns host arrays: GPU work is finished
-            best = min(best, time.perf_counter() - t0)
-        out.append(Timing(backend.name, device, precision, len(x), best, len(busy)))
+    with tempfile.TemporaryDirectory(prefix="mhunet-bench-") as tmp:
+        path, image, count = Path(volume), full.image, len(prepared)
+        if slices is not None and slices < count:
+            path, image, count = Path(tmp) / "slab.nii.gz", central_slab(full, slices), slices
+            nib.save(image, path)
+        for name, device, precision in backends:
+            row = Timing(name, device, precision, count, volume_slices)
+            try:
+                t0 = time.perf_counter()
+                backend = load_backend(name, checkpoint, device, precision, export_dir=export_dir)
+                row.setup_s = time.perf_counter() - t0
+                options.batch_size = batch_size or backend.batch_size
+                runs = [
+                    infer_volume(path, Path(tmp) / f"{name}-{device}-{precision}-{i}", backend, options)
+                    for i in range(1 + repeats)
+                ]
+            except MhunetError as e:
+                row.note = f"skipped: {e}"
+                out.append(row)
+                continue
+            row.backend = backend.name
+            row.first = runs[0]["timings"]
+            row.warm = min((r["timings"] for r in runs[1:]), key=lambda t: t["total_s"])
+            row.note = f"{'x'.join(map(str, image.shape[:3]))} voxels, batch {options.batch_size}"
+            out.append(row)
     return out
 
 
 def markdown_table(timings: list[Timing]) -> str:
+    """Warm seconds per stage (best of the repeats), the first run's total and the backend load time."""
+    stages = " | ".join(s.removesuffix("_s") for s in STAGES)
     lines = [
-        "| backend | device | precision | slices | seconds | slices/s | seconds per volume |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        f"| backend | device | precision | slices | setup | first total | {stages} | model slices/s "
+        "| model s per volume | note |",
+        "| --- | --- | --- | ---: |" + " ---: |" * (len(STAGES) + 4) + " --- |",
     ]
     for t in timings:
         if t.seconds is None:
-            lines.append(f"| {t.backend} | {t.device} | {t.precision} | | | | {t.note} |")
+            empty = " |" * (len(STAGES) + 5)
+            lines.append(f"| {t.backend} | {t.device} | {t.precision} |{empty} {t.note} |")
             continue
+        cells = " | ".join(f"{t.warm[s]:.3f}" for s in STAGES)
         lines.append(
-            f"| {t.backend} | {t.device} | {t.precision} | {t.slices} | {t.seconds:.2f} | "
-            f"{t.slices / t.seconds:.1f} | {t.seconds_per_volume:.2f} |"
+            f"| {t.backend} | {t.device} | {t.precision} | {t.slices} | {t.setup_s:.2f} | "
+            f"{t.first['total_s']:.3f} | {cells} | {t.slices / t.seconds:.1f} | {t.seconds_per_volume:.2f} "
+            f"| {t.note} |"
         )
     return "\n".join(lines)
 

@@ -21,7 +21,6 @@ from nibabel import orientations
 
 from .arrays import modules_of, to_host
 from .errors import InputError
-from .metrics import AFFINE_ATOL_MM
 from .volume_io import Volume, load_volume
 
 BRAIN_THRESHOLD = 0.5
@@ -70,6 +69,8 @@ def _holes_per_plane(stack: Any) -> Any:
 def load_brain_mask(path: Path, volume: Volume) -> np.ndarray:
     """A user's brain mask (voxels > 0) for ``volume``, refused in one line unless it is on the scan's
     voxel grid (same shape, affines equal within AFFINE_ATOL_MM) and covers at least one voxel."""
+    from .metrics import AFFINE_ATOL_MM  # metrics imports scipy.ndimage: not on the GPU path
+
     try:
         mask = load_volume(path, allow_constant=True)
     except InputError as e:

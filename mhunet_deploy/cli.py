@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from . import __version__
-from .errors import InputError, MhunetError
+from .errors import BackendError, InputError, MhunetError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+    from rich.table import Table
+
     from .pipeline import InferOptions
 
 app = typer.Typer(
@@ -64,6 +65,8 @@ def _logging(verbose: bool, quiet: bool = False) -> None:
 
 
 def _progress(quiet: bool) -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -73,6 +76,13 @@ def _progress(quiet: bool) -> Progress:
         disable=quiet,
         transient=True,
     )
+
+
+def _table(*args: Any, **kwargs: Any) -> Table:
+    """A rich Table, imported on first use (``mhunet infer -q`` and ``--json`` never need one)."""
+    from rich.table import Table
+
+    return Table(*args, **kwargs)
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -274,7 +284,7 @@ def infer(
     if as_json:
         print(json.dumps({"results": results, "failures": failures}, default=str))
     elif not quiet:
-        table = Table("input", "lesions", "volume mL", "brain mL", "seconds", "mask")
+        table = _table("input", "lesions", "volume mL", "brain mL", "seconds", "mask")
         for r in results:
             brain_ml = r["brain"]["volume_ml"]
             table.add_row(
@@ -392,7 +402,7 @@ def info(
     else:
         raise InputError(f"unknown model {model!r}; choose one of {', '.join(CONFIGS)}")
     flops = count_flops(net)
-    table = Table(title=f"Mamba-HUNet '{net.config.name}'", show_header=False)
+    table = _table(title=f"Mamba-HUNet '{net.config.name}'", show_header=False)
     table.add_row("parameters", f"{count_parameters(net):,}")
     table.add_row("GFLOPs (dense: conv/linear)", f"{flops['dense'] / 1e9:.3f}")
     table.add_row("GFLOPs (selective scan)", f"{flops['scan'] / 1e9:.3f}")
@@ -430,7 +440,7 @@ def evaluate(
     if as_json:
         print(dumps(result))
         return
-    table = Table("metric", "value")
+    table = _table("metric", "value")
     for k, v in result.items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     out.print(table)
@@ -658,7 +668,7 @@ def export_cmd(
         path, _ = ensure_engine("tensorrt", checkpoint or default_checkpoint(), "fp16", out_dir, engine_dir)
         paths.append(path)
     if not quiet:
-        table = Table("graph", "nodes", "MB")
+        table = _table("graph", "nodes", "MB")
         for p in paths:
             nodes = json.loads(p.with_suffix(".json").read_text()).get("node_count", "")
             table.add_row(str(p), str(nodes), f"{p.stat().st_size / 1e6:.2f}")
@@ -698,7 +708,7 @@ def verify(
     per_channel = f" ({' / '.join(channels)})" if len(channels) > 1 else ""
     columns = ["backend", "precision", "slices", f"max |Δ|{per_channel}", f"median |Δ|{per_channel}", "Dice"]
     columns += ["brain Dice (mL)"] * brain + ["lesions", "mL", "result"]
-    table = Table(*columns)
+    table = _table(*columns)
     for r in rows:
         if r.passed is None and r.note.startswith("skipped"):
             table.add_row(r.backend, r.precision, *[""] * (len(columns) - 3), escape(r.note))
@@ -734,16 +744,18 @@ def bench(
     device: Annotated[
         list[str] | None, typer.Option(help="Only backends on this device (cpu, cuda); repeatable.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 8,
-    repeats: Annotated[int, typer.Option(min=1, help="Timed passes after a warm-up; the best is shown.")] = 3,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Slices per forward pass (default: GPU 32, CPU 8).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs after the first; the best is shown.")] = 3,
     export_dir: Annotated[Path, typer.Option(help="Folder of exported graphs.")] = Path("export"),
     verbose: Verbose = False,
 ) -> None:
-    """Slices/s and seconds per volume for every backend and precision available here, side by side."""
+    """Seconds per stage (load, preprocess, model, postprocess, write) of a whole volume, first run and
+    warm, for every backend and precision available here, side by side."""
     from .bench import bench as run_bench
     from .bench import candidates, markdown_table
     from .checkpoint import default_checkpoint
-    from .errors import BackendError
 
     _logging(verbose)
     volume = _required_volume(volume)
@@ -753,6 +765,48 @@ def bench(
         raise BackendError("nothing to time: no backend available for the requested device(s)")
     timings = run_bench(ckpt, volume, pairs, slices, batch_size, export_dir, repeats)
     print(markdown_table(timings))
+
+
+@app.command("build-kernels")
+def build_kernels(
+    arch: Annotated[
+        str | None, typer.Option(help="Compute capability to build for, e.g. 90 (default: this GPU's).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Library file to write (default: the cache the torch backend reads).")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Compile the CUDA scan kernel library with nvcc (about a minute) for the torch backend to load."""
+    import time
+
+    try:
+        from . import cuda_scan
+    except ImportError as e:
+        raise BackendError(f"mhunet build-kernels needs {e.name}; pip install 'mhunet-deploy[torch]'") from e
+    if arch is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendError(
+                "no CUDA GPU visible to PyTorch to build for; pass --arch (e.g. 90 for H100/H200)"
+            )
+        arch = cuda_scan.gpu_arch()
+    if not arch.isdigit():
+        raise InputError(f"--arch {arch!r} is not a compute capability; give digits such as 90 or 87")
+    t0 = time.perf_counter()
+    if not quiet:
+        err.print(f"building the scan kernel library for sm_{arch} with nvcc ...")
+    try:
+        path = cuda_scan.build_library(arch, out)
+    except cuda_scan.KernelLibraryError as e:
+        raise BackendError(f"kernel library not built: {e}") from e
+    if not quiet:
+        lines = [f"wrote {path} ({time.perf_counter() - t0:.0f} s)"]
+        if out is not None:
+            lines.append(f"the torch backend uses it with {cuda_scan.SCAN_LIBRARY_ENV}={path}")
+        for line in lines:
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -768,7 +822,7 @@ def doctor(
     if as_json:
         print(to_json(checks))
     else:
-        table = Table("check", "", "detail", "fix")
+        table = _table("check", "", "detail", "fix")
         marks = {"ok": "[green]ok[/]", "warn": "[yellow]--[/]", "fail": "[red]FAIL[/]"}
         for c in checks:
             table.add_row(c.name, marks[c.status], escape(c.detail), escape(c.fix))

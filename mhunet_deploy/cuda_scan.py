@@ -1,20 +1,26 @@
-"""Our CUDA selective-scan kernel as a PyTorch op (forward only), JIT-built from ``mhunet_deploy/kernels``.
+"""Our CUDA selective-scan kernel for the torch backend (forward only), from the prebuilt kernel library.
 
-The same ``selective_scan.cu`` that the TensorRT plugin links (``plugins/CMakeLists.txt`` builds it from
-this package's ``kernels/``, which ships in the wheel so an installed package can build it too) is compiled
-here with ``torch.utils.cpp_extension.load`` (about 45 s on the H200 the first time; cached afterwards in
-torch's extension directory, ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, keyed by the module
-name and a hash of the sources, so a second process on the same machine only loads it). Torch side only:
-runtime modules must not import this module.
+``libmhunet_scan`` is the same ``kernels/selective_scan.cu`` that the TensorRT plugin links, built ahead of
+time: by CMake (``cmake -S plugins -B build -DMHUNET_KERNEL_ONLY=ON && cmake --build build``, which
+writes ``build/libmhunet_scan.so``) or by ``mhunet build-kernels`` (nvcc, for this machine's GPU, into
+the user cache). It is called through its C launcher (``kernels/selective_scan.h``) with ctypes, on raw
+device pointers and torch's current CUDA stream: nothing is compiled at run time and no torch C++
+extension is involved. Every build embeds the sha256 key of the sources it was compiled from
+(:func:`source_sha256`); a library built from other sources is refused, never run.
 
 ``register_cuda_scan()`` adds the scan implementation ``"cuda"`` to ``mhunet_deploy.model.scan`` (our kernel
-for CUDA tensors without autograd, the chunked torch scan otherwise); ``TorchBackend(scan="auto")`` uses it.
-Nothing is compiled at import time: importing this module on a CPU-only machine is free.
+for CUDA tensors without autograd, the chunked torch scan otherwise); ``TorchBackend(scan="auto")`` uses it
+and falls back to the PyTorch scan, with a one-line note, when no usable library is found.
+Torch side only: runtime modules must not import this module.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
+import shutil
+import subprocess
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,8 +28,23 @@ import torch
 
 #: The name under which ``register_cuda_scan`` registers our kernel with ``mhunet_deploy.model.scan``.
 SCAN_IMPL_NAME = "cuda"
+#: An explicit library path; when set, nothing else is looked at.
+SCAN_LIBRARY_ENV = "MHUNET_SCAN_LIB"
+#: Where ``mhunet build-kernels`` writes (default: $XDG_CACHE_HOME/mhunet/kernels or ~/.cache/mhunet/kernels).
+KERNEL_CACHE_ENV = "MHUNET_KERNEL_CACHE"
+LIBRARY_NAME = "libmhunet_scan.so"
+#: The kernel-only CMake build folders, relative to the working directory (as for the plugin library).
+CMAKE_CANDIDATES = (Path("build") / LIBRARY_NAME, Path("plugins/build") / LIBRARY_NAME)
+#: The files the library is compiled from, in the order their hashes enter the key (plugins/CMakeLists.txt).
+SOURCES = ("selective_scan.cu", "selective_scan.h")
+_STATUS_OK = 0
+_FP32, _FP16 = 0, 1
 
 _SRC_DIR = Path(__file__).resolve().parent / "kernels"
+
+
+class KernelLibraryError(RuntimeError):
+    """Why the kernel library cannot be used here (absent, built from other sources, not for this GPU)."""
 
 
 def source_dir() -> Path:
@@ -31,33 +52,169 @@ def source_dir() -> Path:
     return _SRC_DIR
 
 
+def source_sha256() -> str:
+    """The key a library must carry: sha256 of the hex sha256 of each of ``SOURCES``, concatenated
+    (what ``plugins/CMakeLists.txt`` computes with ``file(SHA256)`` and ``string(SHA256)``)."""
+    digests = "".join(hashlib.sha256((_SRC_DIR / name).read_bytes()).hexdigest() for name in SOURCES)
+    return hashlib.sha256(digests.encode()).hexdigest()
+
+
+def cache_dir() -> Path:
+    """The folder ``mhunet build-kernels`` writes libraries into."""
+    env = os.environ.get(KERNEL_CACHE_ENV)
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mhunet" / "kernels"
+
+
+def cached_library(arch: str) -> Path:
+    """The file ``mhunet build-kernels`` writes for compute capability ``arch`` (e.g. "90"): keyed by the
+    sources, so a package with other sources never finds it."""
+    return cache_dir() / f"libmhunet_scan-{source_sha256()[:16]}-sm{arch}.so"
+
+
+def gpu_arch() -> str:
+    """The compute capability of torch's current CUDA device, as nvcc spells it ("90")."""
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}{minor}"
+
+
+def build_library(arch: str, out: Path | None = None, nvcc: str | None = None) -> Path:
+    """Compile the kernel library for ``arch`` with nvcc (what CMake builds, one architecture) into
+    ``out`` (default: :func:`cached_library`), atomically; returns its path. About 30-60 s."""
+    nvcc = nvcc or shutil.which("nvcc") or _toolkit_nvcc()
+    if nvcc is None:
+        raise KernelLibraryError("nvcc not found (install the CUDA toolkit or put nvcc on PATH)")
+    out = Path(out) if out else cached_library(arch)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    cuda_lib = Path(nvcc).resolve().parent.parent / "lib64"
+    cmd = [
+        nvcc,
+        "-O3",
+        "-std=c++17",
+        "--shared",
+        "-Xcompiler",
+        "-fPIC",
+        "-cudart",
+        "shared",
+        f"-Xlinker=-rpath,{cuda_lib}",
+        f"-gencode=arch=compute_{arch},code=sm_{arch}",
+        f'-DMHUNET_SCAN_SOURCE_SHA256="{source_sha256()}"',
+        f"-I{_SRC_DIR}",
+        str(_SRC_DIR / "selective_scan.cu"),
+        "-o",
+        str(tmp),
+    ]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise KernelLibraryError(f"nvcc failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _toolkit_nvcc() -> str | None:
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").is_file():
+            return str(Path(home) / "bin" / "nvcc")
+    return None
+
+
+class ScanLibrary:
+    """The C launcher of one built kernel library (``kernels/selective_scan.h``), through ctypes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            lib = ctypes.CDLL(str(self.path))
+        except OSError as e:
+            raise KernelLibraryError(f"{self.path} cannot be loaded ({e})") from e
+        try:
+            key = lib.mhunet_selective_scan_source_sha256
+        except AttributeError:
+            raise KernelLibraryError(
+                f"{self.path} is not a current mhunet kernel library (no source key)"
+            ) from None
+        key.restype = ctypes.c_char_p
+        self.source_sha256 = key().decode()
+        if self.source_sha256 != source_sha256():
+            raise KernelLibraryError(
+                f"{self.path} was built from other kernel sources (key {self.source_sha256[:12]}, "
+                f"these sources {source_sha256()[:12]})"
+            )
+        ptr, i32 = ctypes.c_void_p, ctypes.c_int
+        self._fwd = lib.mhunet_selective_scan_fwd_config
+        self._fwd.argtypes = [ptr] * 8 + [i32] * 10 + [ptr]
+        self._fwd.restype = i32
+        self._error = lib.mhunet_selective_scan_error_string
+        self._error.argtypes, self._error.restype = [i32], ctypes.c_char_p
+        self._configs = lib.mhunet_selective_scan_configs
+        self._configs.argtypes, self._configs.restype = [ctypes.POINTER(i32), i32], i32
+        self._default = lib.mhunet_selective_scan_default_config
+        self._default.argtypes = [i32] * 5 + [ctypes.POINTER(i32)] * 3
+
+    def fwd(self, u, delta, A, B, C, D, delta_bias, y, delta_softplus: bool, config=(0, 0, 0)) -> None:
+        """Launch on torch's current stream of u's device; tensors as checked by selective_scan_cuda."""
+        batch, dim, length = u.shape
+        pointers = [t.data_ptr() if t is not None else None for t in (u, delta, A, B, C, D, delta_bias, y)]
+        stream = torch.cuda.current_stream(u.device).cuda_stream
+        dtype = _FP16 if u.dtype == torch.float16 else _FP32
+        rc = self._fwd(
+            *pointers, batch, dim, length, A.shape[1], B.shape[1], int(delta_softplus), dtype, *config, stream
+        )
+        if rc != _STATUS_OK:
+            raise RuntimeError(f"selective_scan_cuda: {self._error(rc).decode()}")
+
+    def configs(self) -> list[tuple[int, int, int]]:
+        """The compiled kernel configurations (items, cpw, spi)."""
+        buf = (ctypes.c_int * (3 * 64))()
+        n = min(self._configs(buf, 64), 64)
+        return [(buf[3 * i], buf[3 * i + 1], buf[3 * i + 2]) for i in range(n)]
+
+    def default_config(
+        self, batch: int, dim: int, length: int, groups: int, fp16: bool
+    ) -> tuple[int, int, int]:
+        """The configuration (items, cpw, spi) the kernel uses by default for a shape."""
+        out = [ctypes.c_int() for _ in range(3)]
+        self._default(batch, dim, length, groups, _FP16 if fp16 else _FP32, *(ctypes.byref(v) for v in out))
+        return tuple(v.value for v in out)
+
+
+def find_library() -> Path:
+    """The library to load: ``$MHUNET_SCAN_LIB``; else ``mhunet build-kernels``'s for this GPU; else a
+    kernel-only CMake build (:data:`CMAKE_CANDIDATES`). KernelLibraryError says what to do otherwise."""
+    env = os.environ.get(SCAN_LIBRARY_ENV)
+    if env:
+        if not Path(env).is_file():
+            raise KernelLibraryError(f"${SCAN_LIBRARY_ENV} is {env}, which does not exist")
+        return Path(env)
+    candidates = [cached_library(gpu_arch()), *CMAKE_CANDIDATES]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise KernelLibraryError(
+            "no kernel library built for these sources; run `mhunet build-kernels` (nvcc), or build "
+            "plugins/ with CMake (-DMHUNET_KERNEL_ONLY=ON) and run from the folder holding build/"
+        )
+    return found
+
+
 @lru_cache(maxsize=1)
-def _module():
+def load_library() -> ScanLibrary:
+    """Load (once) and check the kernel library: its source key, and one tiny launch on this GPU (a
+    library compiled for other GPUs fails there, not inside a model)."""
     if not torch.cuda.is_available():
-        raise RuntimeError("selective_scan_cuda needs a CUDA GPU; none is visible to torch")
-    from torch.utils.cpp_extension import load
-
-    srcs = [_SRC_DIR / "torch_binding.cpp", _SRC_DIR / "selective_scan.cu"]
-    missing = [str(s) for s in srcs if not s.exists()]
-    if missing:
-        raise FileNotFoundError(f"selective_scan_cuda: kernel sources not found: {missing}")
-    arch = os.environ.get("MHUNET_SCAN_ARCH")
-    if arch is None:
-        major, minor = torch.cuda.get_device_capability()
-        arch = f"{major}{minor}"
-    return load(
-        name=f"mhunet_selective_scan_sm{arch}",
-        sources=[str(s) for s in srcs],
-        extra_include_paths=[str(_SRC_DIR)],
-        extra_cflags=["-O3", "-std=c++17"],
-        extra_cuda_cflags=["-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}"],
-        verbose=os.environ.get("MHUNET_SCAN_VERBOSE", "0") == "1",
-    )
-
-
-def load_extension():
-    """Build (or load the cached build of) the extension; returns the loaded module."""
-    return _module()
+        raise KernelLibraryError("the CUDA scan kernel needs a CUDA GPU; none is visible to torch")
+    lib = ScanLibrary(find_library())
+    x = torch.zeros(1, 1, 1, device="cuda")
+    try:
+        lib.fwd(x, x, x[0], x[None], x[None], None, None, torch.empty_like(x), True)
+        torch.cuda.synchronize()
+    except RuntimeError as e:
+        raise KernelLibraryError(f"{lib.path} does not run on this GPU (sm_{gpu_arch()}): {e}") from e
+    return lib
 
 
 def selective_scan_cuda(
@@ -68,7 +225,7 @@ def selective_scan_cuda(
     u, delta: (B, D, L); A: (D, N) fp32; B, C: (B, G, N, L); D, delta_bias: (D,) fp32 or None.
     u, delta, B, C share one dtype (float32 or float16); y has u's dtype. N <= 16.
     ``items``/``cpw``/``spi`` override the kernel configuration (0 = default; the compiled ones:
-    ``load_extension().configs()``); for tuning only.
+    ``load_library().configs()``); for tuning only.
     ``out``: optional contiguous (B, D, L) tensor of u's dtype to write y into (returned).
     """
     tensors = (u, delta, A, B, C, D, delta_bias)
@@ -91,7 +248,36 @@ def selective_scan_cuda(
         None if D is None else D.float().contiguous(),
         None if delta_bias is None else delta_bias.float().contiguous(),
     ]
-    return _module().fwd(*args, bool(delta_softplus), int(items), int(cpw), int(spi), out)
+    _check_shapes(*args)
+    if out is None:
+        out = torch.empty_like(args[0])
+    elif out.shape != u.shape or out.dtype != dt or out.device != u.device or not out.is_contiguous():
+        raise ValueError(
+            "selective_scan_cuda: out must be a contiguous tensor of u's shape, dtype and device"
+        )
+    with torch.cuda.device(u.device):
+        load_library().fwd(*args, out, bool(delta_softplus), (int(items), int(cpw), int(spi)))
+    return out
+
+
+def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
+    """What the launcher trusts: shapes, one CUDA device (raw pointers carry neither)."""
+    batch, dim, length = u.shape
+    groups, dstate = B.shape[1], A.shape[1]
+    expected = {
+        "delta": (delta, (batch, dim, length)),
+        "A": (A, (dim, dstate)),
+        "B": (B, (batch, groups, dstate, length)),
+        "C": (C, (batch, groups, dstate, length)),
+        "D": (D, (dim,)),
+        "delta_bias": (delta_bias, (dim,)),
+    }
+    for name, (t, shape) in expected.items():
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"selective_scan_cuda: {name} must be {shape}, got {tuple(t.shape)}")
+    tensors = [t for t in (u, delta, A, B, C, D, delta_bias) if t is not None]
+    if not u.is_cuda or any(t.device != u.device for t in tensors):
+        raise ValueError("selective_scan_cuda: all tensors must be on one CUDA device")
 
 
 def _kernel_applies(u, delta, A, B, C, D, delta_bias) -> bool:
@@ -123,16 +309,16 @@ def scan_cuda_or_chunked(
     return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
-def register_cuda_scan(build: bool = True) -> str:
+def register_cuda_scan(load: bool = True) -> str:
     """Register our kernel as the scan implementation ``"cuda"`` and return that name.
 
-    ``build=True`` (default) builds or loads the extension now, so a missing nvcc or a compile error
-    surfaces here (as the exception of ``torch.utils.cpp_extension.load``), not in the middle of a forward
-    pass; it needs a CUDA GPU. ``build=False`` only registers (the first CUDA call then builds).
+    ``load=True`` (default) loads and checks the library now (:func:`load_library`), so a missing or
+    foreign library surfaces here as KernelLibraryError, not in the middle of a forward pass; it needs a
+    CUDA GPU. ``load=False`` only registers (the first CUDA call then loads).
     """
     from mhunet_deploy.model.scan import register_scan_impl
 
-    if build:
-        load_extension()
+    if load:
+        load_library()
     register_scan_impl(SCAN_IMPL_NAME, scan_cuda_or_chunked)
     return SCAN_IMPL_NAME

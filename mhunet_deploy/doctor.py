@@ -126,6 +126,47 @@ def check_plugin() -> Check:
     return Check("plugin library", "ok", f"{lib} (loads, exports getCreators)")
 
 
+def _torch_cuda() -> bool:
+    if _module_version("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_scan_kernel() -> Check:
+    """The prebuilt CUDA scan library the torch backend loads on a GPU (nothing is built here)."""
+    name = "scan kernel library"
+    if _module_version("torch") is None:
+        return Check(
+            name, "warn", "torch not installed: no torch backend", "pip install 'mhunet-deploy[torch]'"
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        return Check(name, "ok", "not needed here: no CUDA GPU, the torch backend runs on the CPU")
+    from .cuda_scan import KernelLibraryError, load_library
+
+    try:
+        lib = load_library()
+    except KernelLibraryError as e:
+        return Check(name, "warn", f"{e}; the torch backend runs the PyTorch scan", "mhunet build-kernels")
+    return Check(name, "ok", f"{lib.path} (sources {lib.source_sha256[:12]}, runs on this GPU)")
+
+
+def check_gpu_arrays() -> Check:
+    """Whether pre- and post-processing can run on the GPU (cupy), where a GPU backend runs."""
+    from .arrays import _gpu_arrays_problem
+
+    name = "gpu pre/post-processing"
+    problem = _gpu_arrays_problem()
+    if problem is None:
+        return Check(name, "ok", f"cupy {_module_version('cupy')}")
+    if not _torch_cuda() and this_gpu() is None:
+        return Check(name, "ok", f"not needed here: no CUDA GPU ({problem})")
+    return Check(name, "warn", f"{problem}: they run on the CPU", "pip install 'mhunet-deploy[gpu]'")
+
+
 def check_weights() -> Check:
     from .checkpoint import default_checkpoint, read_meta, sha256_file
 
@@ -196,6 +237,8 @@ def run_checks(export_dir: Path, engine_dir: Path) -> list[Check]:
         lambda: check_library("tensorrt", "tensorrt", "install TensorRT >= 10 (JetPack on Jetson)"),
         lambda: check_library("tensorrt_rtx", "tensorrt-rtx", "pip install 'mhunet-deploy[rtx]' (RTX GPUs)"),
         check_gpu,
+        check_scan_kernel,
+        check_gpu_arrays,
         check_plugin,
         lambda: check_graphs(export_dir),
     ]

@@ -92,7 +92,7 @@ def _reorient(data: Any, ornt: np.ndarray) -> Any:
     for axis, flip in enumerate(ornt[:, 1]):
         if flip == -1:
             data = xp.flip(data, axis=axis)
-    return data.transpose(np.argsort(ornt[:, 0]))
+    return data.transpose(tuple(int(a) for a in np.argsort(ornt[:, 0])))
 
 
 def _resample_slices(
@@ -110,7 +110,7 @@ def _resample_slices(
         for plane, target in zip(planes, out, strict=True):
             ndi.affine_transform(plane, zoom, offset=shift, output=target, order=order, mode="nearest")
     else:
-        zoom3, shift3 = np.r_[1.0, zoom], np.r_[0.0, shift]
+        zoom3, shift3 = xp.asarray(np.r_[1.0, zoom]), tuple(np.r_[0.0, shift])
         ndi.affine_transform(planes, zoom3, offset=shift3, output=out, order=order, mode="nearest")
     return out
 

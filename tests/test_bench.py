@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mhunet_deploy.bench import bench, candidates
+from mhunet_deploy.bench import STAGES, bench, candidates, markdown_table
 from tests.test_cli import small_volume
 from tests.tiny_model import tiny_export
 
@@ -26,13 +26,22 @@ def test_bench_times_each_backend_and_reports_what_cannot_load(tmp_path) -> None
     vol = small_volume(tmp_path / "v.nii.gz")
     pairs = [("torch", "cpu", "fp32"), ("onnxruntime", "cpu", "fp32"), ("onnxruntime", "cpu", "fp16")]
     timings = bench(ckpt, vol, pairs, batch_size=4, export_dir=tmp_path)
-    # tmp_path holds no graphs: the onnxruntime rows carry the reason, the torch row a time
-    assert timings[0].seconds is not None and timings[0].seconds > 0
-    assert timings[0].seconds_per_volume >= timings[0].seconds * 0.99
+    # tmp_path holds no graphs: the onnxruntime rows carry the reason, the torch row a time per stage
+    torch_row = timings[0]
+    assert torch_row.seconds is not None and torch_row.seconds > 0
+    assert torch_row.seconds_per_volume >= torch_row.seconds * 0.99
+    assert list(torch_row.warm) == list(STAGES) and all(v > 0 for v in torch_row.warm.values())
+    assert torch_row.warm["total_s"] == pytest.approx(sum(torch_row.warm[s] for s in STAGES[:-1]))
+    assert torch_row.first["total_s"] > 0 and torch_row.setup_s > 0
+    assert "batch 4" in torch_row.note
     assert all(t.seconds is None and "skipped" in t.note for t in timings[1:])
     timed = bench(ckpt, vol, pairs, slices=3, batch_size=2, export_dir=export_dir)
     assert [t.seconds is not None for t in timed] == [True, True, True]
     assert all(t.slices == 3 and t.volume_slices >= 3 for t in timed)
+    assert all("40x48x3 voxels" in t.note for t in timed)  # the central slab is what ran
+    table = markdown_table(timings).splitlines()
+    assert len({line.count("|") for line in table}) == 1  # every row has every column
+    assert "| preprocess |" in table[0] and "| write |" in table[0]
 
 
 @pytest.mark.slow

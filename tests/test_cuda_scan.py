@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -10,7 +14,8 @@ torch = pytest.importorskip("torch")
 gpu = [
     pytest.mark.gpu,
     pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA GPU (the kernel is JIT-built with nvcc)"
+        not torch.cuda.is_available(),
+        reason="needs a CUDA GPU and the kernel library (mhunet build-kernels, or CMake)",
     ),
 ]
 
@@ -97,7 +102,7 @@ def test_cuda_impl_falls_back_to_chunked_without_a_gpu_kernel_call():
     import mhunet_deploy.cuda_scan as cs
     from mhunet_deploy.model.scan import selective_scan_chunked, use_scan_impl
 
-    assert cs.register_cuda_scan(build=False) == "cuda"
+    assert cs.register_cuda_scan(load=False) == "cuda"
     g = torch.Generator().manual_seed(0)
     u = torch.randn(1, 8, 20, generator=g)
     args = (
@@ -117,10 +122,10 @@ def test_cuda_impl_falls_back_to_chunked_without_a_gpu_kernel_call():
     ref = selective_scan_chunked(*args, None, True)
     assert torch.allclose(y, ref) and torch.allclose(y_grad.detach(), ref)
     assert y_grad.requires_grad
-    assert cs._module.cache_info().currsize == 0  # no extension build was attempted
+    assert cs.load_library.cache_info().currsize == 0  # the kernel library was never needed
 
 
-def test_torch_backend_on_cpu_does_not_touch_the_extension():
+def test_torch_backend_on_cpu_does_not_touch_the_kernel_library():
     from mhunet_deploy.backends.torch_backend import TorchBackend
     from mhunet_deploy.errors import BackendError
 
@@ -130,3 +135,50 @@ def test_torch_backend_on_cpu_does_not_touch_the_extension():
         TorchBackend(device="cpu", scan="cuda")
     with pytest.raises(BackendError, match="unknown scan"):
         TorchBackend(device="cpu", scan="mamba")
+
+
+def _fake_library(tmp_path, body: str):
+    """A real shared library (gcc) that is not a current kernel build: what a stale or foreign file is."""
+    src, lib = tmp_path / "fake.c", tmp_path / "libfake.so"
+    src.write_text(body)
+    subprocess.run(["gcc", "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
+    return lib
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not found")
+def test_a_library_built_from_other_sources_is_refused(tmp_path):
+    from mhunet_deploy.cuda_scan import KernelLibraryError, ScanLibrary
+
+    stale = _fake_library(
+        tmp_path, 'const char* mhunet_selective_scan_source_sha256(void) { return "0123"; }'
+    )
+    with pytest.raises(KernelLibraryError, match="built from other kernel sources"):
+        ScanLibrary(stale)
+    (tmp_path / "old").mkdir()
+    old = _fake_library(tmp_path / "old", "int mhunet_selective_scan_configs(int* o, int n) { return 0; }")
+    with pytest.raises(KernelLibraryError, match="not a current mhunet kernel library"):
+        ScanLibrary(old)
+
+
+def test_explicit_library_path_must_exist(tmp_path, monkeypatch):
+    from mhunet_deploy.cuda_scan import SCAN_LIBRARY_ENV, KernelLibraryError, find_library
+
+    monkeypatch.setenv(SCAN_LIBRARY_ENV, str(tmp_path / "missing.so"))
+    with pytest.raises(KernelLibraryError, match="does not exist"):
+        find_library()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found on PATH")
+def test_build_kernels_writes_a_library_the_backend_accepts(tmp_path):
+    """`mhunet build-kernels` (nvcc, no GPU needed to compile) writes a library with the sources' key."""
+    from mhunet_deploy.cuda_scan import ScanLibrary, source_sha256
+
+    out = tmp_path / "libmhunet_scan.so"
+    cmd = [sys.executable, "-m", "mhunet_deploy.cli", "build-kernels", "--arch", "90", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr
+    assert f"MHUNET_SCAN_LIB={out}" in res.stderr
+    assert ScanLibrary(out).source_sha256 == source_sha256()
+    bad = subprocess.run(cmd[:4] + ["--arch", "sm90"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --arch 'sm90'"), bad.stderr

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import platform
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,13 @@ from ..checkpoint import load_checkpoint
 from ..errors import BackendError
 from ..model.scan import use_scan_impl
 
-#: scan choices: "auto" = our CUDA kernel on CUDA when it builds (else the model's default dispatcher:
-#: mamba-ssm when installed, else the chunked torch scan); "cuda" = our kernel or an error;
+#: scan choices: "auto" = our CUDA kernel on CUDA when its prebuilt library is there (``mhunet
+#: build-kernels`` or CMake; else, with a one-line note, the model's default dispatcher: mamba-ssm when
+#: installed, else the chunked torch scan); "cuda" = our kernel or an error;
 #: "reference" = the chunked torch scan everywhere (the FP32 reference path).
 SCAN_CHOICES = ("auto", "cuda", "reference")
+
+log = logging.getLogger(__name__)
 
 #: glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -69,7 +72,8 @@ class TorchBackend:
         self.name = f"torch-{self.device.type}"
         self.batch_size = 32 if self.device.type == "cuda" else 8
         self.engine_key = None
-        self.array_device = array_device(self.device.type)
+        # cupy computes on its current device, 0: another GPU keeps pre/post-processing on the CPU.
+        self.array_device = array_device(self.device.type if self.device.index in (None, 0) else "cpu")
 
     def _pick_scan_impl(self, scan: str) -> str:
         """The name passed to ``use_scan_impl`` around every forward pass."""
@@ -79,20 +83,15 @@ class TorchBackend:
             if scan == "cuda":
                 raise BackendError("torch backend: scan='cuda' needs a CUDA device")
             return "auto"
-        # Imported only here: a CPU-only run never touches the extension (nor nvcc).
-        from ..cuda_scan import register_cuda_scan
+        # Imported only here: a CPU-only run never touches the kernel library.
+        from ..cuda_scan import KernelLibraryError, register_cuda_scan
 
         try:
-            return register_cuda_scan(build=True)  # JIT build ~45 s once, then torch's extension cache
-        except Exception as e:  # noqa: BLE001 - any build/load failure falls back (auto) or is reported (cuda)
+            return register_cuda_scan()  # loads the prebuilt library; nothing is compiled
+        except KernelLibraryError as e:
             if scan == "cuda":
-                raise BackendError(f"torch backend: our CUDA scan kernel did not build/load: {e}") from e
-            warnings.warn(
-                f"torch backend: our CUDA scan kernel did not build/load ({e!s:.200}); "
-                "using the default scan dispatcher",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+                raise BackendError(f"torch backend: our CUDA scan kernel cannot be used: {e}") from e
+            log.warning("torch backend: PyTorch scan, our CUDA kernel cannot be used: %s", e)
             return "auto"
 
     @torch.inference_mode()

@@ -527,3 +527,12 @@ extern "C" const char* mhunet_selective_scan_error_string(int code)
     default: return "unknown selective-scan status";
     }
 }
+
+#ifndef MHUNET_SCAN_SOURCE_SHA256
+#define MHUNET_SCAN_SOURCE_SHA256 "unknown"
+#endif
+
+extern "C" const char* mhunet_selective_scan_source_sha256(void)
+{
+    return MHUNET_SCAN_SOURCE_SHA256;
+}

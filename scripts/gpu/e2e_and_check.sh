@@ -5,9 +5,9 @@
 #     .whl holds the nibabel wheel; shared/data is a git-ignored copy of ../shared/data (patient26);
 #     third_party/TensorRT/include (headers only) lets the plugin + harness build (skipped without it).
 # 1. QUICK=1 scripts/gpu/verify_kernel.sh: plugin build + harness, kernel correctness (no speed/tuning);
-#    builds our torch extension once into torch's extension cache (TORCH_EXTENSIONS_DIR, ~45 s).
+#    CMake builds build/plugins/libmhunet_scan.so, the kernel library the torch backend loads (~30 s).
 # 2. scripts/gpu/e2e_torch.py at batch 8 and 32: patient26 FLAIR through TorchBackend fp32 reference scan vs
-#    fp16 (and fp32) with our kernel (reuses the cached extension build).
+#    fp16 (and fp32) with our kernel (that library, through MHUNET_SCAN_LIB).
 # 3. scripts/gpu/fp16_parity.py: logits of fp32/fp16 x chunked/cuda scan on 64 slices.
 # Everything lands in $OUT; the key tables are printed last.
 set -uo pipefail
@@ -21,9 +21,8 @@ if ! python3 -c "import nibabel" 2>/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
-# one stable build directory for both steps (same name + same sources -> the second step only loads it)
-export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/mhunet_torch_ext}
-export MAX_JOBS=${MAX_JOBS:-16}
+# the kernel library step 1 builds, for the torch backend of steps 2 and 3
+export MHUNET_SCAN_LIB=$PWD/build/plugins/libmhunet_scan.so
 status=0
 echo "=== 1. QUICK verify_kernel.sh ($(( $(date +%s) - t0 ))s)"
 QUICK=1 OUT="$OUT" VERIFY_BUDGET_S=200 bash scripts/gpu/verify_kernel.sh || status=1

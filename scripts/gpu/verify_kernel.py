@@ -142,10 +142,10 @@ def main():
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 60 << 20)
     log(f"device {dev_name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MiB, torch {torch.__version__}")
-    from mhunet_deploy.cuda_scan import load_extension, selective_scan_cuda
+    from mhunet_deploy.cuda_scan import load_library, selective_scan_cuda
 
     t = time.time()
-    ext = load_extension()
+    ext = load_library()
     build_s = time.time() - t
     configs = [tuple(c) for c in ext.configs()]
     log(f"our extension built/loaded in {build_s:.1f}s; {len(configs)} kernel configurations")

@@ -2,9 +2,10 @@
 # Run on the GPU machine from the repository root (the lead runs it with the device tool):
 #   carry: third_party/TensorRT/include  (+ .whl holding mamba_ssm-*.tar.gz for the mamba-ssm comparison)
 #   command: bash scripts/gpu/verify_kernel.sh        (QUICK=1: plugin harness + correctness only, no
-#            speed table, no tuning sweep, no mamba-ssm build; ~1.5 min of which ~45 s extension build)
-# Builds the plugin library + harness against the TensorRT headers (no libnvinfer), runs the harness,
-# then scripts/gpu/verify_kernel.py (correctness + speed). Everything lands in $OUT.
+#            speed table, no tuning sweep, no mamba-ssm build; ~1.5 min of which ~30 s CMake build)
+# Builds the plugin library + harness against the TensorRT headers (no libnvinfer; without them the kernel
+# library alone), runs the harness, then scripts/gpu/verify_kernel.py (correctness + speed) on the built
+# libmhunet_scan.so. Everything lands in $OUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/verify_out}
@@ -29,8 +30,12 @@ if [ -f "$TRT_INC/NvInferRuntime.h" ]; then
     tail -20 "$OUT/build.log"; status=1
   fi
 else
-  echo "SKIP plugin build: $TRT_INC missing (carry third_party/TensorRT/include)"
+  echo "SKIP plugin build: $TRT_INC missing (carry third_party/TensorRT/include); kernel library only"
+  { cmake -S plugins -B build/plugins -DMHUNET_KERNEL_ONLY=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+      && cmake --build build/plugins -j 16; } > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; status=1; }
 fi
+# verify_kernel.py runs the kernel through the library the torch backend loads (cuda_scan, ctypes)
+export MHUNET_SCAN_LIB=$PWD/build/plugins/libmhunet_scan.so
 quick=()
 [ "${QUICK:-0}" = "1" ] && quick=(--quick)
 python3 scripts/gpu/verify_kernel.py --out "$OUT" "${quick[@]}" > "$OUT/verify.log" 2>&1; vrc=$?
