@@ -91,7 +91,9 @@ def lesion_table(labels: Any, affine: np.ndarray, zooms: Sequence[float]) -> lis
     counts = to_host(xp.bincount(lab, minlength=n + 1)[1:])
     # Integer coordinates: their float64 sums are exact, so the centroids do not depend on the order
     # of summation (sequential on the CPU, atomic on the GPU).
-    sums = np.stack([to_host(xp.bincount(lab, weights=c, minlength=n + 1)[1:]) for c in coords], axis=1)
+    sums = np.stack(
+        [to_host(xp.bincount(lab, weights=c.astype(np.float64), minlength=n + 1)[1:]) for c in coords], axis=1
+    )
     lows = np.stack([to_host(ndi.minimum(c, lab, ids)) for c in coords], axis=1).astype(int)
     highs = np.stack([to_host(ndi.maximum(c, lab, ids)) for c in coords], axis=1).astype(int)
     present = np.flatnonzero(counts)  # label numbers with no voxels (labels not from `segment`) drop out

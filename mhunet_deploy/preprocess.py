@@ -111,7 +111,10 @@ def _resample_slices(
             ndi.affine_transform(plane, zoom, offset=shift, output=target, order=order, mode="nearest")
     else:
         zoom3, shift3 = xp.asarray(np.r_[1.0, zoom]), tuple(np.r_[0.0, shift])
-        ndi.affine_transform(planes, zoom3, offset=shift3, output=out, order=order, mode="nearest")
+        # cupyx sizes its kernel from output_shape (default: the input's), not from `output`.
+        ndi.affine_transform(
+            planes, zoom3, offset=shift3, output_shape=out.shape, output=out, order=order, mode="nearest"
+        )
     return out
 
 

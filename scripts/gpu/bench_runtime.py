@@ -60,6 +60,7 @@ def parity_case(name: str, volume, threshold: float, min_mm3: float) -> dict:
     import cupy
 
     from mhunet_deploy.arrays import to_host
+    from mhunet_deploy.brain import brain_from_probability
     from mhunet_deploy.pipeline import sigmoid
     from mhunet_deploy.postprocess import lesion_table, segment
     from mhunet_deploy.preprocess import prepare
@@ -75,6 +76,9 @@ def parity_case(name: str, volume, threshold: float, min_mm3: float) -> dict:
     same_prob_labels = segment(cupy.asarray(prob_cpu), zooms, threshold, min_mm3)
     table_cpu = lesion_table(labels_cpu, affine, zooms)
     table_same = lesion_table(same_prob_labels, affine, zooms)
+    brain_prob = geometry.to_input_grid(sigmoid(3.0 * (slices_cpu + 0.5)))  # the head's tissue as "brain"
+    brain_cpu = brain_from_probability(brain_prob, affine)
+    brain_same = to_host(brain_from_probability(cupy.asarray(brain_prob), affine))
     near = np.abs(prob_cpu - threshold) <= PROB_ATOL
     mask_diff = int(((labels_cpu > 0) != (to_host(labels_gpu) > 0)).sum())
     pairs = list(zip(table_cpu, table_same, strict=False))
@@ -102,6 +106,8 @@ def parity_case(name: str, volume, threshold: float, min_mm3: float) -> dict:
         "same_prob_labels_equal": bool((to_host(same_prob_labels) == labels_cpu).all()),
         "same_prob_table_equal": rows_equal,
         "same_prob_centroid_max_abs_mm": centroid_diff,
+        "same_prob_brain_equal": bool((brain_same == brain_cpu).all()),
+        "brain_voxels": int(brain_cpu.sum()),
     }
     result["passed"] = bool(
         result["geometry_equal"]
@@ -111,6 +117,7 @@ def parity_case(name: str, volume, threshold: float, min_mm3: float) -> dict:
         and result["same_prob_labels_equal"]
         and rows_equal
         and centroid_diff <= 1e-6
+        and result["same_prob_brain_equal"]
     )
     return result
 
@@ -162,7 +169,7 @@ def warm_and_folder(args, options, volume_path: Path) -> dict:
         "batch_size": args.batch_size,
         "repeats": args.repeats,
     }
-    masks = {}
+    masks, brains = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, device in (("device", backend.array_device), ("host", "cpu")):
             backend.array_device = device
@@ -174,12 +181,15 @@ def warm_and_folder(args, options, volume_path: Path) -> dict:
             out[f"warm_{label}_all"] = [r["timings"] for r in runs[1:]]
             out["lesions_" + label] = runs[-1]["lesion_count"]
             masks[label] = np.asarray(nib.load(runs[-1]["outputs"]["mask"]).dataobj) > 0
+            if "brain" in runs[-1]["outputs"]:
+                brains[label] = np.asarray(nib.load(runs[-1]["outputs"]["brain"]).dataobj) > 0
             print(
                 f"{label} pre/post on {device}: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in out[f"warm_{label}"].items())
             )
         out["mask_dice_device_vs_host"] = dice(masks["device"], masks["host"])
         out["mask_diff_voxels_device_vs_host"] = int((masks["device"] != masks["host"]).sum())
+        out["brain_dice_device_vs_host"] = dice(brains["device"], brains["host"]) if brains else None
         backend.array_device = out["array_device"]
         folder = Path(tmp) / "folder"
         folder.mkdir()
@@ -216,7 +226,7 @@ def markdown(summary: dict) -> str:
     else:
         lines += [
             "| case | shape | slices max abs | prob max abs | mask voxels | differing | near threshold "
-            "| lesions CPU/GPU | same-prob labels, table | passed |",
+            "| lesions CPU/GPU | same-prob labels, table, brain | passed |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
         ]
         for r in par:
@@ -224,7 +234,8 @@ def markdown(summary: dict) -> str:
                 f"| {r['case']} | {'x'.join(map(str, r['shape']))} | {r['slices_max_abs']:.2e} | "
                 f"{r['prob_max_abs']:.2e} | {r['mask_voxels']} | {r['mask_diff_voxels']} | "
                 f"{r['near_threshold_voxels']} | {r['lesions_cpu']}/{r['lesions_gpu']} | "
-                f"{r['same_prob_labels_equal']}, {r['same_prob_table_equal']} | {r['passed']} |"
+                f"{r['same_prob_labels_equal']}, {r['same_prob_table_equal']}, {r['same_prob_brain_equal']} "
+                f"| {r['passed']} |"
             )
     w = summary["warm"]
     lines += [
@@ -250,6 +261,7 @@ def markdown(summary: dict) -> str:
         "",
         f"pre+post share of the warm total: {share:.1%}; mask Dice device vs host pre/post "
         f"{w['mask_dice_device_vs_host']:.6f} ({w['mask_diff_voxels_device_vs_host']} voxels differ); "
+        f"brain mask Dice {w['brain_dice_device_vs_host']}; "
         f"lesions {w['lesions_device']} / {w['lesions_host']}",
         "",
         f"folder of {f['volumes']}: {f['wall_s']:.2f} s wall, {f['per_volume_s']:.3f} s per volume "
