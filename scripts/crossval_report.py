@@ -124,12 +124,40 @@ def score(maps: dict, threshold: float, min_thin: float, min_thick: float) -> di
     return row
 
 
+def qc_page(case: Case, maps: dict, setting: tuple[float, float, float], variant: str, out: Path) -> Path:
+    """The QC page of a held-out prediction (the montage `mhunet infer --qc` draws)."""
+    from mhunet_deploy.postprocess import lesion_table
+    from mhunet_deploy.qc import qc_montage
+
+    volume = load_volume(case.image)
+    size = min_lesion_for(maps["zooms"], *setting[1:])
+    labels = segment(maps["prob"], maps["zooms"], setting[0], size, within=maps["brain"])
+    lesions = lesion_table(labels, volume.image.affine, maps["zooms"])
+    voxel_ml = float(np.prod(maps["zooms"])) / 1000
+    brain = maps["brain"]
+    report = {
+        "input": {"path": f"{case.case} ({case.domain}): held-out prediction of fold {case.fold}'s model"},
+        "lesion_count": len(lesions),
+        "total_volume_ml": float(sum(r["volume_ml"] for r in lesions)),
+        "brain": {"source": "model", "volume_ml": float(brain.sum()) * voxel_ml} if brain is not None else {},
+        "model": {"name": f"{variant} (cross-validation fold model)"},
+        "backend": "torch-cuda",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"qc_oof_{case.case}.png"
+    qc_montage(volume.image, labels > 0, report, path, brain=brain)
+    return path
+
+
 def _job(
-    args: tuple[Case, dict[str, np.ndarray], list[tuple[float, float, float]]],
-) -> tuple[np.ndarray, list]:
-    case, oof, settings = args
+    args: tuple[Case, dict[str, np.ndarray], tuple[float, float, float], bool, Path | None, str],
+) -> tuple[np.ndarray | None, dict, bool]:
+    """One scan: the sweep (first pass), or the scores and QC page at the chosen setting (second)."""
+    case, oof, setting, with_sweep, qc_dir, variant = args
     maps = scan_maps(case, oof)
-    return sweep(maps), [score(maps, *s) for s in settings], maps["thick"]
+    if qc_dir is not None:
+        qc_page(case, maps, setting, variant, qc_dir)
+    return sweep(maps) if with_sweep else None, score(maps, *setting), maps["thick"]
 
 
 def choose(sweeps: np.ndarray, thick: np.ndarray) -> tuple[float, float, float]:
@@ -205,7 +233,8 @@ def main() -> None:
         with ProcessPoolExecutor(args.workers) as pool:
             qc = args.qc_dir if tar_path == args.oof[0] else None
             jobs = [
-                (c, oof[c.case], [chosen], qc if c.case in args.qc_case else None, variant) for c in cases
+                (c, oof[c.case], chosen, False, qc if c.case in args.qc_case else None, variant)
+                for c in cases
             ]
             rows = list(pool.map(_job, jobs))
         per_scan = {c.case: {"domain": c.domain, **r[1]} for c, r in zip(cases, rows, strict=True)}
