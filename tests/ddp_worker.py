@@ -22,7 +22,7 @@ from mhunet_deploy.augment import AugmentConfig, BatchSampler
 from mhunet_deploy.data import Pack
 from mhunet_deploy.model.mamba_hunet import ModelConfig
 from mhunet_deploy.train import TrainConfig, train
-from tests.test_train import TINY, toy_pack
+from tests.train_helpers import TINY, toy_pack
 
 SEED = 7
 

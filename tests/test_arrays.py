@@ -45,7 +45,7 @@ import sys
 import numpy as np
 from pathlib import Path
 from mhunet_deploy.pipeline import InferOptions, infer_volume
-from tests.test_cli import small_volume
+from tests.cli_helpers import small_volume
 
 class Constant:
     name, precision, batch_size, engine_key, array_device = "c", "fp32", 8, None, "cpu"

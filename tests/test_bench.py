@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from mhunet_deploy.bench import STAGES, bench, candidates, markdown_table
-from tests.test_cli import small_volume
-from tests.tiny_model import tiny_export
+from tests.cli_helpers import small_volume
+from tests.tiny_model import TinyExport
 
 
-def test_candidates_follow_what_is_installed_and_exported(tmp_path) -> None:
+def test_candidates_follow_what_is_installed_and_exported(tiny_export: TinyExport, tmp_path) -> None:
     ckpt, export_dir = tiny_export()
     found = candidates(ckpt, export_dir, ("cpu",))
     assert ("torch", "cpu", "fp32") in found
@@ -21,7 +21,7 @@ def test_candidates_follow_what_is_installed_and_exported(tmp_path) -> None:
     assert all(name != "onnxruntime" for name, _, _ in candidates(ckpt, tmp_path, ("cpu",)))
 
 
-def test_bench_times_each_backend_and_reports_what_cannot_load(tmp_path) -> None:
+def test_bench_times_each_backend_and_reports_what_cannot_load(tiny_export: TinyExport, tmp_path) -> None:
     ckpt, export_dir = tiny_export()
     vol = small_volume(tmp_path / "v.nii.gz")
     pairs = [("torch", "cpu", "fp32"), ("onnxruntime", "cpu", "fp32"), ("onnxruntime", "cpu", "fp16")]
@@ -45,7 +45,7 @@ def test_bench_times_each_backend_and_reports_what_cannot_load(tmp_path) -> None
 
 
 @pytest.mark.slow
-def test_cli_bench_prints_a_row_per_backend(tmp_path) -> None:
+def test_cli_bench_prints_a_row_per_backend(tiny_export: TinyExport, tmp_path) -> None:
     ckpt, export_dir = tiny_export()
     vol = small_volume(tmp_path / "v.nii.gz")
     args = ["bench", "--checkpoint", str(ckpt), "--volume", str(vol), "--export-dir", str(export_dir)]

@@ -4,45 +4,16 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.tiny_model import TWO, save_tiny
+from tests.cli_helpers import mhunet, small_volume
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CASE01 = DATA / "clinical_flair" / "case01_FLAIR.nii.gz"
-
-
-def mhunet(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mhunet_deploy.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return save_tiny(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def tiny_two(tmp_path_factory) -> Path:
-    """The tiny model with a brain output (lesion, brain)."""
-    return save_tiny(tmp_path_factory.mktemp("ckpt") / "tiny2.safetensors", outputs=TWO)
-
-
-def small_volume(path: Path, shape=(40, 48, 12), seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    data = rng.normal(100, 10, shape).astype(np.float32)
-    data[10:20, 10:20, 4:8] += 60
-    img = nib.Nifti1Image(data, np.diag([0.9, 0.9, 3.0, 1.0]))
-    img.set_qform(img.affine, code=1)
-    nib.save(img, path)
-    return path
 
 
 @pytest.mark.skipif(not CASE01.exists(), reason="../shared/data/clinical_flair absent")

@@ -250,7 +250,7 @@ def test_without_highdicom_one_line_says_what_to_install(tmp_path: Path, monkeyp
 def test_a_seg_that_cannot_be_written_takes_the_other_outputs_with_it(tmp_path: Path) -> None:
     from mhunet_deploy.errors import OutputError
     from mhunet_deploy.pipeline import InferOptions, infer_volume
-    from tests.test_pipeline import EverywhereLesion
+    from tests.fake_backends import EverywhereLesion
 
     data = np.random.default_rng(8).integers(1, 500, (8, 9, 3)).astype(np.float32)
     write_series(tmp_path / "s", data, np.diag([0.9, 0.9, 5.0, 1.0]))
@@ -288,7 +288,7 @@ def test_a_users_brain_mask_is_not_put_in_the_seg(tmp_path: Path) -> None:
 
     from mhunet_deploy.dicom_io import load_dicom_series
     from mhunet_deploy.pipeline import InferOptions, infer_volume
-    from tests.test_pipeline import EverywhereLesion
+    from tests.fake_backends import EverywhereLesion
 
     data = np.random.default_rng(11).integers(1, 500, (8, 9, 3)).astype(np.float32)
     write_series(tmp_path / "s", data, np.diag([0.9, 0.9, 5.0, 1.0]))

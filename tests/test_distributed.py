@@ -16,7 +16,7 @@ import torch.distributed
 
 from mhunet_deploy.distributed import scaled_lr
 from tests import ddp_worker
-from tests.test_train import toy_pack
+from tests.train_helpers import toy_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 

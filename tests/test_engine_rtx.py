@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from mhunet_deploy.engine import ensure_engine
 from mhunet_deploy.errors import BackendError
-from tests.tiny_model import TWO, tiny_export
+from tests.tiny_model import TWO, TinyExport
 
 needs_rtx = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt_rtx") is None,
@@ -21,13 +22,19 @@ needs_rtx = pytest.mark.skipif(
 AOT_TARGET = ("SM86",)
 
 
-def aot_build(engines: Path) -> tuple[Path, dict]:
+@pytest.fixture
+def aot_build(tiny_export: TinyExport) -> Callable[[Path], tuple[Path, dict]]:
+    """``aot_build(engines)``: the tiny graph's TensorRT-RTX engine for AOT_TARGET in that folder."""
     ckpt, export = tiny_export()
-    return ensure_engine("tensorrt-rtx", ckpt, "fp16", export, engines, compute_capabilities=AOT_TARGET)
+    return lambda engines: ensure_engine(
+        "tensorrt-rtx", ckpt, "fp16", export, engines, compute_capabilities=AOT_TARGET
+    )
 
 
 @needs_rtx
-def test_rtx_aot_build_is_cached_rebuilt_when_stale_and_refused_when_foreign(tmp_path: Path) -> None:
+def test_rtx_aot_build_is_cached_rebuilt_when_stale_and_refused_when_foreign(
+    tmp_path: Path, aot_build
+) -> None:
     path, sidecar = aot_build(tmp_path)
     assert path.stat().st_size > 0 and sidecar["key"]["target"] == {"compute_capabilities": ["SM86"]}
     assert sidecar["key"]["precision"] == "fp16"
@@ -45,7 +52,7 @@ def test_rtx_aot_build_is_cached_rebuilt_when_stale_and_refused_when_foreign(tmp
 
 
 @needs_rtx
-def test_stale_engine_is_rebuilt(tmp_path: Path) -> None:
+def test_stale_engine_is_rebuilt(tmp_path: Path, aot_build) -> None:
     stale = tmp_path / "light_portable_fp16.tensorrt-rtx.engine"
     stale.write_bytes(b"not an engine")  # no sidecar: cannot be trusted
     path, sidecar = aot_build(tmp_path)
@@ -53,7 +60,7 @@ def test_stale_engine_is_rebuilt(tmp_path: Path) -> None:
 
 
 @needs_rtx
-def test_rtx_network_carries_every_output_channel() -> None:
+def test_rtx_network_carries_every_output_channel(tiny_export: TinyExport) -> None:
     """The network TensorRT-RTX parses from a lesion + brain graph outputs both channels, which is the
     engine output shape the TensorRT backend sizes its buffers from (running it needs an RTX GPU)."""
     import tensorrt_rtx as trt
@@ -69,7 +76,7 @@ def test_rtx_network_carries_every_output_channel() -> None:
     assert out.name == "logits" and tuple(out.shape) == (-1, 2, 256, 256)
 
 
-def test_tensorrt_needs_tensorrt() -> None:
+def test_tensorrt_needs_tensorrt(tiny_export: TinyExport) -> None:
     """Full TensorRT cannot be installed here (ARCHITECTURE.md, What runs where); it runs where it is."""
     if importlib.util.find_spec("tensorrt") is None:
         pytest.skip("TensorRT (python module tensorrt) not installed; TensorRT engine tests need it")

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import onnx
 import pytest
 
 from mhunet_deploy import contract
 from mhunet_deploy.exporting.manifest import graph_filename
-from tests.tiny_model import ONE, TWO, tiny_export
+from tests.tiny_model import ONE, TWO, TinyExport
 
 GRAPHS = [(k, p) for k in ("plugin", "portable") for p in ("fp32", "fp16")]
 #: Node budget of a whole portable model (ARCHITECTURE.md, Backends: no Loop, no per-step unrolling).
 PORTABLE_NODE_LIMIT = 5000
 
 
-def load(kind: str, precision: str, outputs: tuple[str, ...] = ONE) -> tuple[onnx.ModelProto, dict]:
-    _, export = tiny_export(outputs)
-    path = export / graph_filename("light", kind, precision)
-    return onnx.load(str(path)), json.loads(path.with_suffix(".json").read_text())
+@pytest.fixture
+def load(tiny_export: TinyExport) -> Callable[..., tuple[onnx.ModelProto, dict]]:
+    """``load(kind, precision, outputs=ONE)``: a graph of the session's tiny export and its manifest."""
+
+    def graph(kind: str, precision: str, outputs: tuple[str, ...] = ONE) -> tuple[onnx.ModelProto, dict]:
+        _, export = tiny_export(outputs)
+        path = export / graph_filename("light", kind, precision)
+        return onnx.load(str(path)), json.loads(path.with_suffix(".json").read_text())
+
+    return graph
 
 
 def types(model: onnx.ModelProto) -> dict[str, int]:
@@ -31,7 +38,9 @@ def types(model: onnx.ModelProto) -> dict[str, int]:
 
 @pytest.mark.parametrize("outputs", [ONE, TWO])
 @pytest.mark.parametrize(("kind", "precision"), GRAPHS)
-def test_manifest_describes_graph(kind: str, precision: str, outputs: tuple[str, ...]) -> None:
+def test_manifest_describes_graph(
+    load, tiny_export: TinyExport, kind: str, precision: str, outputs: tuple[str, ...]
+) -> None:
     from mhunet_deploy.checkpoint import sha256_file
     from mhunet_deploy.exporting.manifest import output_channels
 
@@ -53,7 +62,7 @@ def test_manifest_describes_graph(kind: str, precision: str, outputs: tuple[str,
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_plugin_graph_has_one_contract_node_per_ss2d(precision: str) -> None:
+def test_plugin_graph_has_one_contract_node_per_ss2d(load, precision: str) -> None:
     model, _ = load("plugin", precision)
     scans = [n for n in model.graph.node if n.op_type == contract.OP_TYPE]
     assert len(scans) == 7  # depths (1, 1, 1, 1): 4 encoder + 3 decoder SS2D calls
@@ -71,7 +80,7 @@ def test_plugin_graph_has_one_contract_node_per_ss2d(precision: str) -> None:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_portable_graph_is_standard_ops_without_loops(precision: str) -> None:
+def test_portable_graph_is_standard_ops_without_loops(load, precision: str) -> None:
     model, manifest = load("portable", precision)
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
     assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
@@ -80,7 +89,7 @@ def test_portable_graph_is_standard_ops_without_loops(precision: str) -> None:
 
 
 @pytest.mark.parametrize("outputs", [ONE, TWO])
-def test_fp16_graphs_keep_fp32_islands(outputs: tuple[str, ...]) -> None:
+def test_fp16_graphs_keep_fp32_islands(load, outputs: tuple[str, ...]) -> None:
     for kind in ("plugin", "portable"):
         model, _ = load(kind, "fp16", outputs)
         t = types(model)
@@ -92,7 +101,7 @@ def test_fp16_graphs_keep_fp32_islands(outputs: tuple[str, ...]) -> None:
         assert halves and floats  # weights in fp16; norm parameters and the scan's A/D/delta_bias in fp32
 
 
-def test_manifest_without_output_channels_is_lesion_only_and_checked() -> None:
+def test_manifest_without_output_channels_is_lesion_only_and_checked(load) -> None:
     """Manifests from before the field are one-channel exports; a count that disagrees is refused."""
     from mhunet_deploy.errors import BackendError
     from mhunet_deploy.exporting.manifest import output_channels

@@ -14,7 +14,7 @@ import pytest
 from mhunet_deploy import contract
 from mhunet_deploy.exporting.fp16 import SCAN_MERGE_OPS
 from mhunet_deploy.exporting.manifest import INPUT_NAME, OUTPUT_NAME, graph_filename
-from tests.tiny_model import ONE, PATIENT26, TWO, tiny_export
+from tests.tiny_model import ONE, PATIENT26, TWO, TinyExport
 
 #: Slices of patient26 the onnxruntime fp16 graph runs on (fp16 on the CPU EP is slow: ~10-30 s each).
 SLICES = 2
@@ -30,7 +30,7 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("outputs", [ONE, TWO])
-def test_scan_and_its_merge_are_an_fp32_island(outputs: tuple[str, ...]) -> None:
+def test_scan_and_its_merge_are_an_fp32_island(tiny_export: TinyExport, outputs: tuple[str, ...]) -> None:
     _, export = tiny_export(outputs)
     model = onnx.load(str(export / graph_filename("light", "plugin", "fp16")))
     t = _types(model)

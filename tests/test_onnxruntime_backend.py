@@ -16,23 +16,23 @@ import pytest
 from mhunet_deploy.backends import choose_auto, load_backend
 from mhunet_deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
 from mhunet_deploy.errors import BackendError
-from tests.tiny_model import ONE, TWO, save_tiny, tiny_export
+from tests.tiny_model import ONE, TWO, TinyExport, save_tiny
 
 
-def test_missing_export_says_run_export(tmp_path: Path) -> None:
+def test_missing_export_says_run_export(tiny_export: TinyExport, tmp_path: Path) -> None:
     ckpt, _ = tiny_export()
     with pytest.raises(BackendError, match="run `mhunet export"):
         OnnxRuntimeBackend(ckpt, export_dir=tmp_path)
 
 
-def test_export_of_other_weights_is_refused(tmp_path: Path) -> None:
+def test_export_of_other_weights_is_refused(tiny_export: TinyExport, tmp_path: Path) -> None:
     _, export = tiny_export()
     other = save_tiny(tmp_path / "other.safetensors", seed=1)
     with pytest.raises(BackendError, match="other weights"):
         OnnxRuntimeBackend(other, export_dir=export)
 
 
-def test_edited_graph_is_refused(tmp_path: Path) -> None:
+def test_edited_graph_is_refused(tiny_export: TinyExport, tmp_path: Path) -> None:
     ckpt, export = tiny_export()
     copy = tmp_path / "export"
     shutil.copytree(export, copy)
@@ -42,7 +42,7 @@ def test_edited_graph_is_refused(tmp_path: Path) -> None:
         OnnxRuntimeBackend(ckpt, export_dir=copy)
 
 
-def test_plugin_graph_path_is_refused() -> None:
+def test_plugin_graph_path_is_refused(tiny_export: TinyExport) -> None:
     ckpt, export = tiny_export()
     with pytest.raises(BackendError, match="needs portable"):
         OnnxRuntimeBackend(ckpt, onnx_path=export / "light_plugin_fp32.onnx")
@@ -50,7 +50,9 @@ def test_plugin_graph_path_is_refused() -> None:
 
 @pytest.mark.parametrize("outputs", [ONE, TWO])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_predict_shape_dtype_and_name(precision: str, outputs: tuple[str, ...]) -> None:
+def test_predict_shape_dtype_and_name(
+    tiny_export: TinyExport, precision: str, outputs: tuple[str, ...]
+) -> None:
     ckpt, export = tiny_export(outputs)
     backend = load_backend("onnxruntime", ckpt, "cpu", precision, export_dir=export)
     y = backend.predict(np.zeros((1, 1, 256, 256), np.float32))
@@ -59,7 +61,7 @@ def test_predict_shape_dtype_and_name(precision: str, outputs: tuple[str, ...]) 
     assert backend.outputs == outputs
 
 
-def test_two_output_model_every_channel_matches_torch() -> None:
+def test_two_output_model_every_channel_matches_torch(tiny_export: TinyExport) -> None:
     """Both channels (lesion, brain) come through the portable graph as PyTorch computes them."""
     ckpt, export = tiny_export(TWO)
     x = np.random.default_rng(0).standard_normal((2, 1, 256, 256)).astype(np.float32)
@@ -72,14 +74,14 @@ def test_two_output_model_every_channel_matches_torch() -> None:
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
-def test_auto_prefers_exported_graph_over_torch_cpu(tmp_path: Path) -> None:
+def test_auto_prefers_exported_graph_over_torch_cpu(tiny_export: TinyExport, tmp_path: Path) -> None:
     ckpt, export = tiny_export()
     assert choose_auto(ckpt, "cpu", "fp32", export)[0] == "onnxruntime"
     assert choose_auto(ckpt, "cpu", "fp32", tmp_path)[0] == "torch"
 
 
 @pytest.mark.parametrize("outputs", [ONE, TWO], ids=["lesion", "lesion+brain"])
-def test_infer_runs_without_torch(tmp_path: Path, outputs: tuple[str, ...]) -> None:
+def test_infer_runs_without_torch(tiny_export: TinyExport, tmp_path: Path, outputs: tuple[str, ...]) -> None:
     """`mhunet infer --backend onnxruntime` where `import torch` fails (a shim package raises ImportError);
     with a brain output, the brain stage runs there too."""
     ckpt, export = tiny_export(outputs)

@@ -10,25 +10,10 @@ import numpy as np
 import pytest
 
 from mhunet_deploy.pipeline import InferOptions, infer_volume
-from tests.test_volume_io import TRUE_ZOOMS, scan_with_pixdim
+from tests.corpus import TRUE_ZOOMS, scan_with_pixdim
+from tests.fake_backends import EverywhereLesion
 
 SHAPE = (12, 10, 6)
-
-
-class EverywhereLesion:
-    """A backend that calls every voxel lesion, so the report's one lesion is the whole scan."""
-
-    name = "everywhere"
-    precision = "fp32"
-    outputs = ("lesion",)
-    batch_size = 8
-    array_device = "cpu"
-
-    def __init__(self, engine_key: dict | None = None) -> None:
-        self.engine_key = engine_key
-
-    def predict(self, slices: np.ndarray) -> np.ndarray:
-        return np.full(slices.shape, 30.0, dtype=np.float32)
 
 
 def _infer(tmp_path: Path, scan: Path, backend: EverywhereLesion) -> dict:

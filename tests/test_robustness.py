@@ -26,16 +26,11 @@ import pytest
 from mhunet_deploy import cli
 from mhunet_deploy.engine import FLAVORS, engine_path, plugin_library_problem
 from mhunet_deploy.exporting.manifest import find_graph
-from tests.test_cli import mhunet
-from tests.test_volume_io import BAD_INPUTS
-from tests.tiny_model import save_tiny, tiny_export
+from tests.cli_helpers import mhunet
+from tests.corpus import BAD_INPUTS
+from tests.tiny_model import TinyExport
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 def _noise(shape: tuple[int, ...], dtype: type = np.float32, seed: int = 0) -> np.ndarray:
@@ -374,7 +369,7 @@ def _infer_rtx(tmp_path: Path, checkpoint: Path, export: Path, engines: Path) ->
     )
 
 
-def test_engine_of_another_library_version_is_refused(tmp_path: Path) -> None:
+def test_engine_of_another_library_version_is_refused(tiny_export: TinyExport, tmp_path: Path) -> None:
     try:
         import tensorrt_rtx
     except ImportError:
@@ -392,7 +387,7 @@ def test_engine_of_another_library_version_is_refused(tmp_path: Path) -> None:
     assert engine.read_bytes() == before  # never overwritten: it may be a colleague's
 
 
-def test_engine_of_another_gpu_is_refused(tmp_path: Path) -> None:
+def test_engine_of_another_gpu_is_refused(tiny_export: TinyExport, tmp_path: Path) -> None:
     from mhunet_deploy.engine import current_gpu
     from mhunet_deploy.errors import BackendError
 

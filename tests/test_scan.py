@@ -14,60 +14,40 @@ import torch
 from mhunet_deploy import contract
 from mhunet_deploy.model import scan
 from mhunet_deploy.scan_numpy import reference_ops, selective_scan_numpy
+from tests.scan_helpers import rel_error, scan_inputs
 
 FAST = [scan.selective_scan_chunked, scan.selective_scan_logstep]
-
-
-def _inputs(
-    bsz: int, d: int, g: int, n: int, length: int, dtype: torch.dtype, seed: int = 0, delta_scale: float = 1.0
-) -> tuple[torch.Tensor, ...]:
-    """Random scan inputs; A and D stay fp32 (fp64 for fp64 runs), as in the contract."""
-    gen = torch.Generator().manual_seed(seed)
-    wdt = torch.float64 if dtype == torch.float64 else torch.float32
-
-    def r(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, dtype=torch.float64)
-
-    u = r(bsz, d, length).to(dtype)
-    delta = (r(bsz, d, length) * delta_scale).to(dtype)
-    A = (-torch.exp(r(d, n))).to(wdt)
-    B, C = r(bsz, g, n, length).to(dtype), r(bsz, g, n, length).to(dtype)
-    return u, delta, A, B, C, r(d).to(wdt), r(d).to(wdt)
-
-
-def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((y.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
 
 
 @pytest.mark.parametrize("fn", FAST, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("length", [1, 7, 63, 65, 257])
 @pytest.mark.parametrize("g", [1, 4])
 def test_fast_matches_loop_fp32(fn: scan.ScanFn, length: int, g: int) -> None:
-    u, delta, A, B, C, D, bias = _inputs(2, 8, g, 4, length, torch.float32, seed=length + g)
+    u, delta, A, B, C, D, bias = scan_inputs(2, 8, g, 4, length, torch.float32, seed=length + g)
     y = fn(u, delta, A, B, C, D, bias, True)
     assert y.dtype == torch.float32 and y.shape == u.shape
-    assert _rel(y, scan.selective_scan_loop(u, delta, A, B, C, D, bias, True)) < 1e-5
+    assert rel_error(y, scan.selective_scan_loop(u, delta, A, B, C, D, bias, True)) < 1e-5
 
 
 @pytest.mark.parametrize("fn", FAST, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("softplus", [True, False])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_fast_matches_loop_fp64(fn: scan.ScanFn, softplus: bool, with_bias: bool) -> None:
-    u, delta, A, B, C, D, bias = _inputs(2, 8, 4, 4, 65, torch.float64, seed=3)
+    u, delta, A, B, C, D, bias = scan_inputs(2, 8, 4, 4, 65, torch.float64, seed=3)
     if not softplus:
         delta = delta.abs()  # without softplus the contract expects delta >= 0 already
     bias = bias.abs() if with_bias else None
     y = fn(u, delta, A, B, C, D, bias, softplus)
     assert y.dtype == torch.float64
-    assert _rel(y, scan.selective_scan_loop(u, delta, A, B, C, D, bias, softplus)) < 1e-10
+    assert rel_error(y, scan.selective_scan_loop(u, delta, A, B, C, D, bias, softplus)) < 1e-10
 
 
 @pytest.mark.parametrize("fn", FAST, ids=lambda f: f.__name__)
 def test_fp16_in_fp16_out(fn: scan.ScanFn) -> None:
-    u, delta, A, B, C, D, bias = _inputs(1, 8, 4, 4, 33, torch.float16)
+    u, delta, A, B, C, D, bias = scan_inputs(1, 8, 4, 4, 33, torch.float16)
     y = fn(u, delta, A, B, C, D, bias, True)
     assert y.dtype == torch.float16
-    assert _rel(y, scan.selective_scan_loop(u, delta, A, B, C, D, bias, True)) < 1e-3
+    assert rel_error(y, scan.selective_scan_loop(u, delta, A, B, C, D, bias, True)) < 1e-3
 
 
 @pytest.mark.parametrize("fn", FAST, ids=lambda f: f.__name__)
@@ -77,7 +57,7 @@ def test_fp16_in_fp16_out(fn: scan.ScanFn) -> None:
     ids=["raw-1e-8..1e4", "softplus-very-negative", "softplus-wide"],
 )
 def test_extreme_deltas(fn: scan.ScanFn, softplus: bool, lo: float, hi: float) -> None:
-    u, _, A, B, C, D, _ = _inputs(2, 8, 4, 4, 70, torch.float32, seed=5)
+    u, _, A, B, C, D, _ = scan_inputs(2, 8, 4, 4, 70, torch.float32, seed=5)
     gen = torch.Generator().manual_seed(6)
     if lo > 0:  # log-uniform over the whole positive range
         delta = torch.exp(torch.empty(u.shape).uniform_(np.log(lo), np.log(hi), generator=gen))
@@ -86,11 +66,11 @@ def test_extreme_deltas(fn: scan.ScanFn, softplus: bool, lo: float, hi: float) -
     A = A * torch.logspace(-3, 4, A.shape[1])  # from barely decaying to very negative
     y = fn(u, delta, A, B, C, D, None, softplus)
     assert torch.isfinite(y).all()
-    assert _rel(y, scan.selective_scan_loop(u, delta, A, B, C, D, None, softplus)) < 1e-5
+    assert rel_error(y, scan.selective_scan_loop(u, delta, A, B, C, D, None, softplus)) < 1e-5
 
 
 def test_chunked_gradcheck() -> None:
-    u, delta, A, B, C, D, bias = _inputs(1, 4, 2, 3, 11, torch.float64, seed=7)
+    u, delta, A, B, C, D, bias = scan_inputs(1, 4, 2, 3, 11, torch.float64, seed=7)
     args = tuple(x.requires_grad_() for x in (u, delta, A, B, C, D, bias))
 
     def f(*xs: torch.Tensor) -> torch.Tensor:
@@ -100,20 +80,20 @@ def test_chunked_gradcheck() -> None:
 
 
 def test_chunked_chunk_sizes_agree() -> None:
-    u, delta, A, B, C, D, bias = _inputs(1, 8, 4, 4, 100, torch.float64, seed=8)
+    u, delta, A, B, C, D, bias = scan_inputs(1, 8, 4, 4, 100, torch.float64, seed=8)
     ref = scan.selective_scan_loop(u, delta, A, B, C, D, bias, True)
     for chunk in (1, 3, 16, 128):
         y = scan.selective_scan_chunked(u, delta, A, B, C, D, bias, True, chunk=chunk)
-        assert _rel(y, ref) < 1e-10
+        assert rel_error(y, ref) < 1e-10
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_numpy_matches_torch_loop(dtype: torch.dtype) -> None:
-    u, delta, A, B, C, D, bias = _inputs(2, 8, 4, 4, 37, dtype, seed=9)
+    u, delta, A, B, C, D, bias = scan_inputs(2, 8, 4, 4, 37, dtype, seed=9)
     ref = scan.selective_scan_loop(u, delta, A, B, C, D, bias, True)
     y = selective_scan_numpy(*(x.numpy() for x in (u, delta, A, B, C, D, bias)), True)
     assert y.dtype == u.numpy().dtype
-    assert _rel(torch.from_numpy(y), ref) < (1e-5 if dtype == torch.float32 else 1e-10)
+    assert rel_error(torch.from_numpy(y), ref) < (1e-5 if dtype == torch.float32 else 1e-10)
 
 
 def test_onnx_reference_op() -> None:
@@ -136,11 +116,11 @@ def test_onnx_reference_op() -> None:
             helper.make_opsetid(contract.DOMAIN, contract.DOMAIN_VERSION),
         ],
     )
-    xs = _inputs(2, 8, 4, 4, 19, torch.float32, seed=10)
+    xs = scan_inputs(2, 8, 4, 4, 19, torch.float32, seed=10)
     (y,) = ReferenceEvaluator(model, new_ops=reference_ops()).run(
         None, {k: v.numpy() for k, v in zip(names, xs, strict=True)}
     )
-    assert _rel(torch.from_numpy(y), scan.selective_scan_loop(*xs, True)) < 1e-5
+    assert rel_error(torch.from_numpy(y), scan.selective_scan_loop(*xs, True)) < 1e-5
 
 
 class _Wrap(torch.nn.Module):
@@ -157,7 +137,7 @@ class _Wrap(torch.nn.Module):
 def test_logstep_onnx_export() -> None:
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    u, delta, A, B, C, D, bias = _inputs(2, 8, 4, 4, 70, torch.float32, seed=11)
+    u, delta, A, B, C, D, bias = scan_inputs(2, 8, 4, 4, 70, torch.float32, seed=11)
     names = ["u", "delta", "B", "C"]
     f = io.BytesIO()
     with scan.use_scan_impl("logstep"), torch.no_grad():
@@ -174,19 +154,19 @@ def test_logstep_onnx_export() -> None:
     model = onnx.load_from_string(f.getvalue())
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"Loop", "Scan", "If"}, ops
-    xs = _inputs(3, 8, 4, 4, 70, torch.float32, seed=12)  # another batch size
+    xs = scan_inputs(3, 8, 4, 4, 70, torch.float32, seed=12)  # another batch size
     sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(
         None, {"u": xs[0].numpy(), "delta": xs[1].numpy(), "B": xs[3].numpy(), "C": xs[4].numpy()}
     )
     ref = scan.selective_scan_loop(xs[0], xs[1], A, xs[3], xs[4], D, bias, True)
-    assert _rel(torch.from_numpy(y), ref) < 1e-5
+    assert rel_error(torch.from_numpy(y), ref) < 1e-5
 
 
 def test_dispatch_and_registry() -> None:
-    u, delta, A, B, C, D, bias = _inputs(1, 8, 4, 4, 9, torch.float64)
+    u, delta, A, B, C, D, bias = scan_inputs(1, 8, 4, 4, 9, torch.float64)
     ref = scan.selective_scan_loop(u, delta, A, B, C, D, bias, True)
-    assert _rel(scan.selective_scan(u, delta, A, B, C, D, bias, True), ref) < 1e-10
+    assert rel_error(scan.selective_scan(u, delta, A, B, C, D, bias, True), ref) < 1e-10
     calls = []
 
     def plugin(*args: object) -> torch.Tensor:
@@ -222,9 +202,9 @@ def test_scan_numpy_imports_without_torch() -> None:
 
 def test_chunked_inference_split_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """The in-place (no autograd) path, with the batch split in halves, matches the oracle."""
-    u, delta, A, B, C, D, bias = _inputs(5, 8, 4, 4, 70, torch.float32, seed=13)
+    u, delta, A, B, C, D, bias = scan_inputs(5, 8, 4, 4, 70, torch.float32, seed=13)
     ref = scan.selective_scan_loop(u, delta, A, B, C, D, bias, True)
     monkeypatch.setattr(scan, "CHUNKED_BLOCK", 8 * 70 * 4)
     with torch.inference_mode():
         y = scan.selective_scan_chunked(u, delta, A, B, C, D, bias, True, chunk=16)
-    assert _rel(y, ref) < 1e-5
+    assert rel_error(y, ref) < 1e-5

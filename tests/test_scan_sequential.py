@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mhunet_deploy.model import scan
-from tests.test_scan import _inputs, _rel
+from tests.scan_helpers import rel_error, scan_inputs
 
 
 @pytest.fixture
@@ -21,32 +21,32 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("g", [1, 4])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.float64, 1e-10)])
 def test_blocks_match_loop(length: int, g: int, dtype: torch.dtype, tol: float) -> None:
-    xs = _inputs(2, 8, g, 4, length, dtype, seed=20 + length + g)
+    xs = scan_inputs(2, 8, g, 4, length, dtype, seed=20 + length + g)
     copies = [x.clone() for x in xs]
     with torch.inference_mode():
         y = scan.selective_scan_chunked(*xs, True)
     assert y.dtype == dtype and y.shape == xs[0].shape
-    assert _rel(y, scan.selective_scan_loop(*xs, True)) < tol
+    assert rel_error(y, scan.selective_scan_loop(*xs, True)) < tol
     assert all(torch.equal(x, c) for x, c in zip(xs, copies, strict=True))  # inputs untouched
 
 
 @pytest.mark.usefixtures("small_blocks")
 @pytest.mark.parametrize("softplus", [True, False])
 def test_blocks_without_bias(softplus: bool) -> None:
-    u, delta, A, B, C, D, _ = _inputs(2, 8, 4, 4, 40, torch.float64, seed=30)
+    u, delta, A, B, C, D, _ = scan_inputs(2, 8, 4, 4, 40, torch.float64, seed=30)
     delta = delta if softplus else delta.abs()
     with torch.inference_mode():
         y = scan.selective_scan_chunked(u, delta, A, B, C, D, None, softplus)
-    assert _rel(y, scan.selective_scan_loop(u, delta, A, B, C, D, None, softplus)) < 1e-10
+    assert rel_error(y, scan.selective_scan_loop(u, delta, A, B, C, D, None, softplus)) < 1e-10
 
 
 @pytest.mark.usefixtures("small_blocks")
 def test_blocks_fp16_in_fp16_out() -> None:
-    xs = _inputs(2, 8, 4, 4, 33, torch.float16, seed=31)
+    xs = scan_inputs(2, 8, 4, 4, 33, torch.float16, seed=31)
     with torch.inference_mode():
         y = scan.selective_scan_chunked(*xs, True)
     assert y.dtype == torch.float16
-    assert _rel(y, scan.selective_scan_loop(*xs, True)) < 1e-3
+    assert rel_error(y, scan.selective_scan_loop(*xs, True)) < 1e-3
 
 
 @pytest.mark.usefixtures("small_blocks")
@@ -56,7 +56,7 @@ def test_blocks_fp16_in_fp16_out() -> None:
     ids=["raw-1e-8..1e4", "softplus-very-negative", "softplus-wide"],
 )
 def test_blocks_extreme_deltas(softplus: bool, lo: float, hi: float) -> None:
-    u, _, A, B, C, D, _ = _inputs(2, 8, 4, 4, 70, torch.float32, seed=32)
+    u, _, A, B, C, D, _ = scan_inputs(2, 8, 4, 4, 70, torch.float32, seed=32)
     gen = torch.Generator().manual_seed(33)
     if lo > 0:
         delta = torch.exp(torch.empty(u.shape).uniform_(np.log(lo), np.log(hi), generator=gen))
@@ -66,20 +66,20 @@ def test_blocks_extreme_deltas(softplus: bool, lo: float, hi: float) -> None:
     with torch.inference_mode():
         y = scan.selective_scan_chunked(u, delta, A, B, C, D, None, softplus)
     assert torch.isfinite(y).all()
-    assert _rel(y, scan.selective_scan_loop(u, delta, A, B, C, D, None, softplus)) < 1e-5
+    assert rel_error(y, scan.selective_scan_loop(u, delta, A, B, C, D, None, softplus)) < 1e-5
 
 
 def test_one_chunk_matches_parallel_chunks() -> None:
     """The CPU inference default (one chunk, in blocks) and parallel chunks agree to rounding."""
-    xs = _inputs(3, 16, 4, 8, 300, torch.float64, seed=34)
+    xs = scan_inputs(3, 16, 4, 8, 300, torch.float64, seed=34)
     with torch.inference_mode():
         one = scan.selective_scan_chunked(*xs, True)
         parallel = scan.selective_scan_chunked(*xs, True, chunk=32)
-    assert _rel(one, parallel) < 1e-12
+    assert rel_error(one, parallel) < 1e-12
 
 
 def test_intra_op_threads_restored() -> None:
     before = torch.get_num_threads()
     with torch.inference_mode():
-        scan.selective_scan_chunked(*_inputs(1, 8, 4, 4, 9, torch.float32), True)
+        scan.selective_scan_chunked(*scan_inputs(1, 8, 4, 4, 9, torch.float32), True)
     assert torch.get_num_threads() == before

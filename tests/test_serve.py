@@ -49,37 +49,38 @@ def job_folders(store: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
+def finder(tmp_path_factory) -> Path:
+    """The tiny model with post-processing that finds lesions in the synthetic scans (lesion_tiny)."""
     return lesion_tiny(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny):
+def server(tmp_path_factory, finder):
     """No API key, a 0.5 MB upload limit (the synthetic scans are ~0.1 MB), a store we can look into."""
     root = tmp_path_factory.mktemp("serve")
     store = root / "store"
-    args = ("--checkpoint", str(tiny), "--backend", "torch", "--device", "cpu")
+    args = ("--checkpoint", str(finder), "--backend", "torch", "--device", "cpu")
     with running_server(root / "log", *args, "--store", str(store), "--max-upload-mb", "0.5") as url:
         yield url, store
 
 
 @pytest.fixture(scope="module")
-def direct(tiny):
+def direct(finder):
     """The CLI's code path in this process: same options, same backend, same batch size."""
     from mhunet_deploy.backends import load_backend
     from mhunet_deploy.cli import infer_options
     from mhunet_deploy.pipeline import infer_volume
 
-    options, _ = infer_options(tiny, None, None, probabilities=True, qc=True)
-    engine = load_backend("torch", tiny, device="cpu")
+    options, _ = infer_options(finder, None, None, probabilities=True, qc=True)
+    engine = load_backend("torch", finder, device="cpu")
     options.batch_size = engine.batch_size
     return lambda path, out: infer_volume(path, out, engine, options)
 
 
-def test_health_openapi_and_page(server, tiny) -> None:
+def test_health_openapi_and_page(server, finder) -> None:
     url, _ = server
     health = request(f"{url}/healthz").json()
-    sha = json.loads(tiny.with_suffix(".json").read_text())["sha256"]
+    sha = json.loads(finder.with_suffix(".json").read_text())["sha256"]
     assert (health["backend"], health["precision"], health["model"]["sha256"]) == ("torch-cpu", "fp32", sha)
     assert health["engine_key"] is None and health["queue_length"] == 0 and not health["auth_required"]
     schema = request(f"{url}/openapi.json").json()
@@ -180,7 +181,7 @@ def bad_uploads(folder: Path) -> dict[str, tuple[bytes, int]]:
     }
 
 
-def test_bad_uploads_get_the_cli_message_and_leave_nothing(server, tiny, tmp_path) -> None:
+def test_bad_uploads_get_the_cli_message_and_leave_nothing(server, finder, tmp_path) -> None:
     url, store = server
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -190,7 +191,7 @@ def test_bad_uploads_get_the_cli_message_and_leave_nothing(server, tiny, tmp_pat
     # The CLI on the same files, run where they lie, so its messages name them as the server does.
     cli = subprocess.run(
         [sys.executable, "-m", "mhunet_deploy.cli", "infer", *cases, "-o", "out", "--json"]
-        + ["--checkpoint", str(tiny), "--backend", "torch", "--device", "cpu"],
+        + ["--checkpoint", str(finder), "--backend", "torch", "--device", "cpu"],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -304,10 +305,10 @@ def test_queue_positions_and_progress(server, tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def keyed_server(tmp_path_factory, tiny):
+def keyed_server(tmp_path_factory, finder):
     """API key from the environment, a store of 2 jobs whose results expire after 4 s."""
     root = tmp_path_factory.mktemp("keyed")
-    args = ("--checkpoint", str(tiny), "--backend", "torch", "--device", "cpu", "--store", str(root / "s"))
+    args = ("--checkpoint", str(finder), "--backend", "torch", "--device", "cpu", "--store", str(root / "s"))
     limits = ("--max-jobs", "2", "--expire-s", "4")
     with running_server(root / "log", *args, *limits, env={"MHUNET_API_KEY": KEY}) as url:
         yield url, root / "s"

@@ -33,7 +33,7 @@ SLICES = slice(8, 11)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
+def finder(tmp_path_factory) -> Path:
     # Real slices: fewer, larger lesions than the synthetic scans' settings would find (a few dozen).
     return lesion_tiny(
         tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", threshold=0.019, min_lesion_mm3=100
@@ -41,9 +41,9 @@ def tiny(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny):
+def server(tmp_path_factory, finder):
     root = tmp_path_factory.mktemp("serve")
-    args = ("--checkpoint", str(tiny), "--backend", "torch", "--device", "cpu", "--store")
+    args = ("--checkpoint", str(finder), "--backend", "torch", "--device", "cpu", "--store")
     with running_server(root / "log", *args, str(root / "store"), "--max-upload-mb", str(UPLOAD_MB)) as url:
         yield url, root / "store"
 
@@ -55,7 +55,7 @@ def series(tmp_path_factory) -> Path:
     return folder
 
 
-def test_zipped_series_gives_the_seg_of_mhunet_infer(server, tiny, series, tmp_path) -> None:
+def test_zipped_series_gives_the_seg_of_mhunet_infer(server, finder, series, tmp_path) -> None:
     url, store = server
     archive = zip_of(tmp_path / "flair series.zip", series)
     assert archive.stat().st_size < UPLOAD_MB * 1e6
@@ -75,7 +75,7 @@ def test_zipped_series_gives_the_seg_of_mhunet_infer(server, tiny, series, tmp_p
 
     cli = subprocess.run(
         [sys.executable, "-m", "mhunet_deploy.cli", "infer", str(series), "-o", str(tmp_path / "cli")]
-        + ["--checkpoint", str(tiny), "--backend", "torch", "--device", "cpu", "--json", "--quiet"],
+        + ["--checkpoint", str(finder), "--backend", "torch", "--device", "cpu", "--json", "--quiet"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from mhunet_deploy.augment import AugmentConfig
-from mhunet_deploy.data import Pack, PackPart
 from mhunet_deploy.train import TrainConfig, dice_bce_loss, lr_at, model_loss, split_pack, train
+from tests.train_helpers import TINY, toy_pack
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TINY = {"embed_dim": 8, "depths": (1, 1, 1, 1), "stem_channels": 4, "img_size": 64}
 
 
 def test_loss_is_low_for_perfect_and_high_for_inverted_prediction() -> None:
@@ -45,25 +44,6 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
     assert lr_at(10, 0.0, cfg) == pytest.approx(1e-3)
     assert lr_at(50, 0.5, cfg) == pytest.approx(5e-4)
     assert lr_at(99, 1.0, cfg) == pytest.approx(0.0, abs=1e-12)
-
-
-def toy_pack(rng: np.random.Generator, subjects: int = 4, size: int = 64) -> Pack:
-    """Bright squares on noise, one volume per subject, fold = subject index; the last brain unknown."""
-    parts = []
-    for s in range(subjects):
-        image = rng.integers(60, 90, (4, size, size)).astype(np.uint8)
-        lesion = np.zeros((4, size, size), np.uint8)
-        lesion[:2, 20:30, 20:30] = 1
-        image[lesion > 0] = 220
-        brain = np.zeros_like(lesion)
-        brain[:, 8:56, 8:56] = 1
-        known = s < subjects - 1
-        info = {
-            "lo": -2.0, "hi": 4.0, "brain_known": known, "skull_on": True, "grid": f"g{s}", "slice_mm": 1.0,
-            "voxel_mm3": 1.0, "case": f"c{s}", "subject": f"s{s}", "domain": "toy", "fold": s, "kind": "real",
-        }  # fmt: skip
-        parts.append(PackPart(image, lesion, brain if known else 0 * brain, np.ones(4, bool), info))
-    return Pack.from_parts(parts)
 
 
 def test_holdout_fold_leaves_training_and_is_predicted(tmp_path) -> None:

@@ -16,8 +16,8 @@ from mhunet_deploy.verify import (
     register_polygraphy_reference,
     verify,
 )
-from tests.test_cli import mhunet
-from tests.tiny_model import ONE, PATIENT26, TWO, tiny_export
+from tests.cli_helpers import mhunet
+from tests.tiny_model import ONE, PATIENT26, TWO, TinyExport
 
 
 @pytest.mark.parametrize("command", ["verify", "bench"])
@@ -48,7 +48,7 @@ def test_fp16_tolerance_is_on_the_task() -> None:
 
 @pytest.mark.skipif(not PATIENT26.is_file(), reason=f"{PATIENT26} not present")
 @pytest.mark.parametrize("outputs", [ONE, TWO], ids=["lesion", "lesion+brain"])
-def test_cpu_backends_match_torch_on_patient26(outputs: tuple[str, ...]) -> None:
+def test_cpu_backends_match_torch_on_patient26(tiny_export: TinyExport, outputs: tuple[str, ...]) -> None:
     """The real-volume parity test: plugin graph (ReferenceEvaluator), onnxruntime fp32 and fp16, on
     every output channel, and the brain mask's Dice for a model with a brain output."""
     ckpt, export = tiny_export(outputs)

@@ -1,24 +1,22 @@
-"""Tiny checkpoints exported once per test session, shared by the export/backend/verify tests.
+"""The tiny model the tests run: its config, output layouts and checkpoint writer.
 
-Exporting costs ~10 s on two cores, so every test that needs graphs reuses one export per output
-layout: lesion-only (``ONE``, what older checkpoints have) and lesion + brain (``TWO``, what the
-packaged weights have). Import it
-as ``tests.tiny_model`` only (``tests`` is a package, so pytest does not put ``tests/`` on sys.path): a
-second name would be a second module with its own cache, and a second export.
+The session fixtures built from it live in ``tests/conftest.py``: ``tiny`` and ``tiny_two`` (checkpoints)
+and ``tiny_export`` (graphs exported once per session per output layout: lesion-only ``ONE``, what the
+packaged weights had first, and lesion + brain ``TWO``; an export costs ~10 s on two cores).
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
-import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 TINY = {"embed_dim": 8, "depths": (1, 1, 1, 1), "stem_channels": 4}
 ONE = ("lesion",)
 TWO = ("lesion", "brain")
 PATIENT26 = Path(__file__).resolve().parent.parent.parent / "shared/data/open_ms/patient26/FLAIR.nii.gz"
+
+#: The ``tiny_export`` fixture: outputs -> (checkpoint, export dir) of the session's tiny model.
+TinyExport = Callable[..., tuple[Path, Path]]
 
 
 def save_tiny(path: Path, seed: int = 0, outputs: tuple[str, ...] = ONE) -> Path:
@@ -30,20 +28,3 @@ def save_tiny(path: Path, seed: int = 0, outputs: tuple[str, ...] = ONE) -> Path
 
     torch.manual_seed(seed)
     return save_checkpoint(build_model(ModelConfig(**TINY, outputs=outputs)), path, {})
-
-
-def tiny_export(outputs: tuple[str, ...] = ONE) -> tuple[Path, Path]:
-    """(checkpoint, export dir) of the session's tiny model with these outputs, exported with
-    `export_graphs` on first use."""
-    return _export(tuple(outputs))  # one cache key per layout, however the call spells it
-
-
-@functools.cache
-def _export(outputs: tuple[str, ...]) -> tuple[Path, Path]:
-    from mhunet_deploy.exporting.exporter import export_graphs
-
-    root = Path(tempfile.mkdtemp(prefix="mhunet-tiny-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    ckpt = save_tiny(root / "tiny.safetensors", outputs=outputs)
-    export_graphs(ckpt, root / "export")
-    return ckpt, root / "export"
