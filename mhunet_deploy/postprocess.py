@@ -78,7 +78,7 @@ def lesion_table(labels: Any, affine: np.ndarray, zooms: Sequence[float]) -> lis
 
     Measured over the labelled voxels only, all lesions at once (counts and coordinate sums by
     ``bincount``, extents by ``ndimage.minimum/maximum``), so the cost follows the lesion load, not the
-    volume's size or the lesion count (whole-volume ``center_of_mass`` took ~1 s per 7 M-voxel volume)."""
+    volume's size or the lesion count (a whole-volume ``center_of_mass`` did not: BENCHMARKS.md section 5)."""
     xp, ndi = modules_of(labels)
     voxel_ml = _voxel_mm3(zooms) / 1000.0
     where = xp.flatnonzero(labels)

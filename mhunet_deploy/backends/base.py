@@ -13,8 +13,8 @@ class Backend(Protocol):
     #: Names of the logit channels ``predict`` returns, in order: "lesion" first, then "brain" for a
     #: model with a brain-extraction output (ModelConfig.outputs; the export manifest's output_channels).
     outputs: tuple[str, ...]
-    #: Slices per ``predict`` call that suits the runtime: a GPU wants large batches (H200, light model:
-    #: 32 slices run the model stage 2.5x faster than 8, BENCHMARKS.md), a CPU gains nothing past ~8.
+    #: Slices per ``predict`` call that suits the runtime: a GPU wants large batches (32 slices, BENCHMARKS.md
+    #: section 5), a CPU gains nothing past ~8.
     batch_size: int
     #: The sidecar key of the engine that runs (TensorRT, TensorRT-RTX; see engine.py), copied into
     #: each report so a result can be traced to its engine; None for backends without an engine.

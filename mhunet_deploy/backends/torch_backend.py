@@ -31,9 +31,9 @@ def keep_freed_memory() -> None:
     """Have glibc keep freed memory for reuse instead of handing it back to the kernel.
 
     By default glibc maps large blocks (all above 32 MiB) afresh and unmaps them on free, so every
-    forward pass page-faults its large temporaries again (8-32 MiB each at batch 8). On the 2-core VM
-    of BENCHMARKS.md that made CPU forward passes 1.4-1.8x slower. Serving every block from the heap,
-    never trimmed, keeps the peak resident instead. Process-wide; nothing happens outside glibc.
+    forward pass page-faults its large temporaries again (8-32 MiB each at batch 8; the cost on a CPU:
+    BENCHMARKS.md section 9). Serving every block from the heap, never trimmed, keeps the peak resident
+    instead. Process-wide; nothing happens outside glibc.
     """
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL(None)

@@ -414,15 +414,9 @@ extern "C" void mhunet_selective_scan_default_config(
     int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi)
 {
     (void) groups;
-    // From the tuning sweep of every compiled configuration on the H200 (BENCHMARKS.md section 10: B = 8
-    // and 32, the four stage shapes of both model configs, fp16 and fp32, N = 16, G = 4). The fastest
-    // per shape, and the rule that picks within ~3 % of it everywhere:
-    //   L = 64:            2x2x1 (2 steps per lane cover L; two channels per warp share B/C loads)
-    //   L >= 256, fp16:    8x1x2 (fastest or within 3 % at 15 of 16 shapes; light B=8 L=4096: 8x1x4 -3 %)
-    //   L >= 256, fp32:    8x2x1 (two channels share the fp32 B/C smem reads), except a long sequence over
-    //                      few rows (L >= 2048, B x D < 8192: paper B=8 L=4096), where 8x1x2 is 10 % faster
-    //                      and 8x2x1's 128 registers leave too few warps.
-    // L = 128 (4x1x2) lies between measured shapes: interpolated, not measured.
+    // The rule chosen from the tuning sweep of every compiled configuration (NOTES.md, "Default
+    // configuration"; the sweep: BENCHMARKS.md section 4): L = 64: 2x2x1; L = 128: 4x1x2 (interpolated);
+    // L >= 256: fp16 8x1x2, fp32 8x2x1 except a long sequence over few rows (L >= 2048, B x D < 8192): 8x1x2.
     const long long rows = (long long) batch * dim;
     int it = 8, cp = 1, sp = 2;
     if (len <= 64)

@@ -58,7 +58,7 @@ int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const flo
     int groups, int delta_softplus, int dtype, int items, int cpw, int spi, cudaStream_t stream);
 
 //! The configuration mhunet_selective_scan_fwd uses for a shape and dtype (writes items, cpw and spi): a
-//! small table keyed on L, batch x dim and dtype, from the H200 tuning sweep (selective_scan.cu).
+//! small table keyed on L, batch x dim and dtype, from the tuning sweep (kernels/NOTES.md).
 void mhunet_selective_scan_default_config(
     int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi);
 

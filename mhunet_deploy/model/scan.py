@@ -100,8 +100,7 @@ def _one_intra_op_thread() -> Iterator[None]:
 
     The sequential path issues thousands of short ops; on several threads each is an OpenMP parallel
     region whose end waits for every thread, so on a loaded machine every op waits for a descheduled
-    worker. On the shared 2-core VM, forward passes ran 3-20x slower with 2 threads than with 1 in
-    the scan, and only ~12 % faster when the machine was idle.
+    worker; one thread loses little when the machine is idle (BENCHMARKS.md section 9).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
