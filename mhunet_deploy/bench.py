@@ -128,13 +128,13 @@ def bench(
             row = Timing(name, device, precision, count, volume_slices)
             try:
                 t0 = time.perf_counter()
-                backend = load_backend(name, checkpoint, device, precision, export_dir=export_dir)
-                row.setup_s = time.perf_counter() - t0
-                options.batch_size = batch_size or backend.batch_size
-                runs = [
-                    infer_volume(path, Path(tmp) / f"{name}-{device}-{precision}-{i}", backend, options)
-                    for i in range(1 + repeats)
-                ]
+                with load_backend(name, checkpoint, device, precision, export_dir=export_dir) as backend:
+                    row.setup_s = time.perf_counter() - t0
+                    options.batch_size = batch_size or backend.batch_size
+                    runs = [
+                        infer_volume(path, Path(tmp) / f"{name}-{device}-{precision}-{i}", backend, options)
+                        for i in range(1 + repeats)
+                    ]
             except MhunetError as e:
                 row.note = f"skipped: {e}"
                 out.append(row)

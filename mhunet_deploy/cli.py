@@ -239,8 +239,10 @@ def infer(
     plan_outputs(files, output, options)
     # A folder this run creates is removed again if nothing is written into it (all inputs bad).
     # The first input is read while the backend loads, each next one while the current one runs.
-    with output_folder(output), read_ahead(files, options) as inputs:
-        engine = load_backend(
+    with (
+        output_folder(output),
+        read_ahead(files, options) as inputs,
+        load_backend(
             backend,
             ckpt,
             device=device,
@@ -249,7 +251,8 @@ def infer(
             onnx_path=onnx,
             on_choice=None if quiet else _announce_choice,
             engine_dir=engine_dir,
-        )
+        ) as engine,
+    ):
         options.batch_size = batch_size or engine.batch_size
         if not quiet:
             err.print(f"backend: [bold]{engine.name}[/] ({engine.precision}), model {meta['config']['name']}")
@@ -359,7 +362,7 @@ def serve(
     ckpt = checkpoint or default_checkpoint()
     options, meta = infer_options(ckpt, None, None, probabilities=True, qc=True)
     sock = bind(host, port)  # before the model loads: a port in use fails at once
-    engine = load_backend(
+    with load_backend(
         backend,
         ckpt,
         device=device,
@@ -367,22 +370,24 @@ def serve(
         export_dir=export_dir,
         on_choice=_announce_choice,
         engine_dir=engine_dir,
-    )
-    options.batch_size = engine.batch_size
-    jobs = JobStore(store, max_jobs, int(max_store_mb * 1e6), expire_s)
-    web = create_app(
-        engine, options, jobs, api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 1e6)
-    )
-    auth = "API key required (X-API-Key)" if api_key else "no API key"
-    if insecure and not api_key and not is_loopback(host):
-        err.print(f"[yellow]warning:[/] --insecure: anyone who reaches {escape(host)} can use this server")
-    err.print(
-        f"mhunet serve: {url_of(sock)} - backend [bold]{engine.name}[/] ({engine.precision}), model "
-        f"{meta['config']['name']} sha256 {meta['sha256'][:12]}, {auth}; {DISCLAIMER}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    run(web, sock, log_level="info" if verbose else "warning")
+    ) as engine:
+        options.batch_size = engine.batch_size
+        jobs = JobStore(store, max_jobs, int(max_store_mb * 1e6), expire_s)
+        web = create_app(
+            engine, options, jobs, api_key=api_key or None, max_upload_bytes=int(max_upload_mb * 1e6)
+        )
+        auth = "API key required (X-API-Key)" if api_key else "no API key"
+        if insecure and not api_key and not is_loopback(host):
+            err.print(
+                f"[yellow]warning:[/] --insecure: anyone who reaches {escape(host)} can use this server"
+            )
+        err.print(
+            f"mhunet serve: {url_of(sock)} - backend [bold]{engine.name}[/] ({engine.precision}), model "
+            f"{meta['config']['name']} sha256 {meta['sha256'][:12]}, {auth}; {DISCLAIMER}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        run(web, sock, log_level="info" if verbose else "warning")  # the worker stops before this returns
 
 
 @app.command()

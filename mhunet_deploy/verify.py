@@ -46,7 +46,7 @@ FP16_MIN_BRAIN_DICE = 0.99
 REFERENCE_EVALUATOR_SLICES = 2
 
 
-class PluginGraphReference:
+class PluginGraphReference(Backend):
     """The fp32 plugin graph on ``onnx.reference.ReferenceEvaluator`` with the numpy SelectiveScan."""
 
     def __init__(self, checkpoint: Path, export_dir: Path = DEFAULT_EXPORT_DIR) -> None:
@@ -65,6 +65,9 @@ class PluginGraphReference:
     def predict(self, slices: np.ndarray) -> np.ndarray:
         (logits,) = self.evaluator.run(None, {INPUT_NAME: slices})
         return logits.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self.evaluator = None
 
 
 @dataclass
@@ -208,22 +211,24 @@ def verify(
     vol = load_volume(volume)
     prepared, geometry = prepare(vol)
     index = central_slices(prepared, slices)
-    reference = TorchBackend(checkpoint, device="cpu", precision="fp32")
-    shape = (len(prepared), len(reference.outputs), *prepared.shape[2:])
-    ref_logits = np.full(shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
-    ref_logits[index] = predict_volume(reference, prepared[index], 8)
-    case = Case(
-        vol,
-        prepared,
-        geometry,
-        ref_logits,
-        tuple(reference.outputs),
-        post.get("threshold", DEFAULT_THRESHOLD),
-        min_lesion_for(
-            vol.zooms, post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3), post.get("min_lesion_mm3_thick")
-        ),
-    )
-    rows = [compare(case, reference, index)]
+    with TorchBackend(checkpoint, device="cpu", precision="fp32") as reference:
+        shape = (len(prepared), len(reference.outputs), *prepared.shape[2:])
+        ref_logits = np.full(shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
+        ref_logits[index] = predict_volume(reference, prepared[index], 8)
+        case = Case(
+            vol,
+            prepared,
+            geometry,
+            ref_logits,
+            tuple(reference.outputs),
+            post.get("threshold", DEFAULT_THRESHOLD),
+            min_lesion_for(
+                vol.zooms,
+                post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
+                post.get("min_lesion_mm3_thick"),
+            ),
+        )
+        rows = [compare(case, reference, index)]
     rows[0].note = "reference"
     if on_row:
         on_row(rows[0])
@@ -234,8 +239,8 @@ def verify(
         except BackendError as e:
             row = Row(cand.label, cand.precision, note=f"skipped: {e}")
         else:
-            subset = index[central_slices(prepared[index], cand.max_slices)]
-            row = compare(case, backend, subset)
+            with backend:
+                row = compare(case, backend, index[central_slices(prepared[index], cand.max_slices)])
         log.info(
             "%s %s: %s in %.1f s",
             cand.label,

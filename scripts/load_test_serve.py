@@ -51,12 +51,12 @@ def main() -> int:
     ckpt = lesion_tiny(root / "tiny.safetensors")
     scans = [varied_volume(root / f"scan{i}.nii.gz", seed=i) for i in range(args.scans)]
     options, _ = infer_options(ckpt, None, None, probabilities=True, qc=True)
-    engine = load_backend("torch", ckpt, device="cpu")
-    options.batch_size = engine.batch_size
     expected = {}
-    for scan in scans:
-        report = infer_volume(scan, root / "direct", engine, options)
-        expected[scan.name] = (report["lesions"], np.asarray(nib.load(report["outputs"]["mask"]).dataobj))
+    with load_backend("torch", ckpt, device="cpu") as engine:
+        options.batch_size = engine.batch_size
+        for scan in scans:
+            report = infer_volume(scan, root / "direct", engine, options)
+            expected[scan.name] = (report["lesions"], np.asarray(nib.load(report["outputs"]["mask"]).dataobj))
 
     def one(i: int) -> tuple[str, float]:
         scan = scans[i % len(scans)]

@@ -74,6 +74,19 @@ def test_two_output_model_every_channel_matches_torch(tiny_export: TinyExport) -
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["onnxruntime", "torch"])
+def test_backend_closes_at_the_end_of_with(tiny_export: TinyExport, name: str) -> None:
+    """``with`` closes the backend: it drops its session or model (so it predicts no more), and a second
+    ``close()`` does nothing."""
+    ckpt, export = tiny_export()
+    x = np.zeros((1, 1, 256, 256), np.float32)
+    with load_backend(name, ckpt, "cpu", "fp32", export_dir=export) as backend:
+        assert backend.predict(x).shape == (1, 1, 256, 256)
+    with pytest.raises((AttributeError, TypeError)):
+        backend.predict(x)
+    backend.close()
+
+
 def test_auto_prefers_exported_graph_over_torch_cpu(tiny_export: TinyExport, tmp_path: Path) -> None:
     ckpt, export = tiny_export()
     assert choose_auto(ckpt, "cpu", "fp32", export)[0] == "onnxruntime"

@@ -72,9 +72,9 @@ def direct(finder):
     from mhunet_deploy.pipeline import infer_volume
 
     options, _ = infer_options(finder, None, None, probabilities=True, qc=True)
-    engine = load_backend("torch", finder, device="cpu")
-    options.batch_size = engine.batch_size
-    return lambda path, out: infer_volume(path, out, engine, options)
+    with load_backend("torch", finder, device="cpu") as engine:
+        options.batch_size = engine.batch_size
+        yield lambda path, out: infer_volume(path, out, engine, options)
 
 
 def test_health_openapi_and_page(server, finder) -> None:

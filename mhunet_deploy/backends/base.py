@@ -1,8 +1,16 @@
-"""What every backend offers the pipeline: normalised slices in, one logit channel per model output out."""
+"""What every backend offers the pipeline: normalised slices in, one logit channel per model output out.
+
+A backend is loaded (ready to run) when constructed and holds its runtime's resources until
+``close()``: use it as ``with load_backend(...) as backend:`` so device memory, streams and sessions are
+freed when the caller is done, not whenever the garbage collector gets to it (Polygraphy's runners
+pair activate/deactivate the same way). Backends inherit ``__enter__``/``__exit__`` from this class.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+B = TypeVar("B", bound="Backend")
 
 
 class Backend(Protocol):
@@ -28,3 +36,14 @@ class Backend(Protocol):
         """Map float32 slices (S, 1, 256, 256) to float32 logits (S, len(outputs), 256, 256), returned
         where the slices are (numpy in, numpy out; cupy in, cupy out)."""
         ...
+
+    def close(self) -> None:
+        """Free what the runtime holds (the model, sessions, device buffers, streams); calling it again
+        does nothing. A closed backend predicts no more."""
+        ...
+
+    def __enter__(self: B) -> B:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

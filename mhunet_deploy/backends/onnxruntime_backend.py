@@ -20,6 +20,7 @@ from ..exporting.manifest import (
     find_graph,
     output_channels,
 )
+from .base import Backend
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -40,7 +41,7 @@ def cuda_ep_available() -> bool:
     return CUDA_EP in _ort().get_available_providers()
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     """Runs the portable fp32 or fp16 graph of a checkpoint with onnxruntime."""
 
     def __init__(
@@ -73,3 +74,7 @@ class OnnxRuntimeBackend:
     def predict(self, slices: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: slices.astype(self.input_dtype, copy=False)})
         return logits.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        """Drop the session: onnxruntime frees its arena (and CUDA EP memory) with it."""
+        self.session = None

@@ -17,6 +17,7 @@ from ..arrays import array_device, is_device_array, modules_of
 from ..engine import DEFAULT_ENGINE_DIR, FLAVORS, BatchProfile, ensure_engine, import_library
 from ..errors import BackendError
 from ..exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, OUTPUT_NAME, find_graph, output_channels
+from .base import Backend
 
 
 def _check(result: tuple) -> object:
@@ -29,7 +30,7 @@ def _check(result: tuple) -> object:
     return values[0] if len(values) == 1 else None
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     """Runs the engine of a checkpoint's fp16 (or fp32) graph on CUDA device 0."""
 
     def __init__(
@@ -128,6 +129,13 @@ class TensorRTBackend:
             _check(self._cudart.cudaStreamSynchronize(self.stream))  # also keeps x alive until done
         return out.astype(np.float32, copy=False)
 
-    def __del__(self) -> None:
-        for ptr in getattr(self, "buffers", {}).values():
-            self._cudart.cudaFree(ptr)
+    def close(self) -> None:
+        """Free the device buffers and destroy the stream, then drop context, engine and runtime (in that
+        order: TensorRT objects go before what they were made from)."""
+        for ptr in self.buffers.values():
+            _check(self._cudart.cudaFree(ptr))
+        self.buffers = {}
+        if self.stream is not None:
+            _check(self._cudart.cudaStreamDestroy(self.stream))
+            self.stream = None
+        self.context = self.engine = self.runtime = None

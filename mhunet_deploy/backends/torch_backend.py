@@ -14,6 +14,7 @@ from ..arrays import array_device, is_device_array, modules_of
 from ..checkpoint import load_checkpoint
 from ..errors import BackendError
 from ..model.scan import use_scan_impl
+from .base import Backend
 
 #: scan choices: "auto" = our CUDA kernel on CUDA when its prebuilt library is there (``mhunet
 #: build-kernels`` or CMake; else, with a one-line note, the model's default dispatcher: mamba-ssm when
@@ -41,7 +42,7 @@ def keep_freed_memory() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """Runs the checkpoint's model with PyTorch; the reference every other backend is held to."""
 
     def __init__(
@@ -105,3 +106,11 @@ class TorchBackend:
         ):
             y = self.model(x).float()
         return modules_of(slices)[0].from_dlpack(y) if on_device else y.cpu().numpy()
+
+    def close(self) -> None:
+        """Drop the model; on CUDA, hand the cached blocks it used back to the driver."""
+        if self.model is None:
+            return
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -115,8 +115,7 @@ def main() -> int:
                 "mask_voxels": int(masks[name].sum()),
                 "n_slices": nslices[-1] if nslices else None,
             }
-            del backend
-            torch.cuda.empty_cache()
+            backend.close()  # frees its CUDA memory before the next configuration loads
 
     ref_name, our_name = list(configs)[:2]
     pair = {
