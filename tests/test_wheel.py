@@ -15,15 +15,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "mhunet_deploy"
-#: Read at run time: packaged weights, the serve page, the kernel sources that cuda_scan JIT-builds and
-#: the plugin contract header (the test below adds every other kernel source it finds).
+#: Read at run time: packaged weights, the serve page, the kernel sources that `mhunet build-kernels`
+#: compiles (cuda_scan keys its library by them) and the plugin contract header (the test below adds
+#: every other kernel source it finds).
 RUNTIME_FILES = {
     "mhunet_deploy/weights/light.safetensors",
     "mhunet_deploy/weights/light.json",
     "mhunet_deploy/serve/page.html",
     "mhunet_deploy/kernels/selective_scan.cu",
     "mhunet_deploy/kernels/selective_scan.h",
-    "mhunet_deploy/kernels/torch_binding.cpp",
     "mhunet_deploy/kernels/selective_scan_contract.h",
 }
 
