@@ -668,7 +668,7 @@ def export_cmd(
     paths = export_graphs(checkpoint, out_dir, on_graph=None if quiet else lambda p: err.print(f"wrote {p}"))
     if engine:
         from .checkpoint import default_checkpoint
-        from .engine import ensure_engine
+        from .engine.build import ensure_engine
 
         path, _ = ensure_engine("tensorrt", checkpoint or default_checkpoint(), "fp16", out_dir, engine_dir)
         paths.append(path)

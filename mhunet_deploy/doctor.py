@@ -85,7 +85,7 @@ def _cuda_versions() -> str:
 
 
 def check_gpu() -> Check:
-    from .engine import current_gpu
+    from .engine.cache import current_gpu
 
     try:
         gpu = current_gpu()
@@ -101,7 +101,7 @@ def check_gpu() -> Check:
 
 
 def check_plugin() -> Check:
-    from .engine import PLUGIN_LIBRARY_ENV, plugin_library, plugin_library_problem
+    from .engine.plugin_library import PLUGIN_LIBRARY_ENV, plugin_library, plugin_library_problem
 
     lib = plugin_library()
     fix = f"cmake -S plugins -B plugins/build -DTENSORRT_INCLUDE_DIR=... (or set ${PLUGIN_LIBRARY_ENV})"
@@ -191,7 +191,7 @@ def check_graphs(export_dir: Path) -> Check:
 
 def this_gpu() -> dict[str, str] | None:
     """This machine's GPU as engine keys describe it, or None when there is none (or no cuda-python)."""
-    from .engine import current_gpu
+    from .engine.cache import current_gpu
 
     try:
         return current_gpu()
@@ -202,7 +202,8 @@ def this_gpu() -> dict[str, str] | None:
 def check_engines(engine_dir: Path, gpu: dict[str, str] | None) -> list[Check]:
     """Each cached engine: the key it was built with, and whether it may run with this machine's
     libraries on ``gpu`` (see :func:`this_gpu`; None: unknown, the target is not judged)."""
-    from .engine import FLAVORS, foreign_reasons, stored_key
+    from .engine import FLAVORS
+    from .engine.cache import foreign_reasons, stored_key
 
     checks = []
     for engine in sorted(Path(engine_dir).glob("*.engine")):

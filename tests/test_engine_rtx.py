@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mhunet_deploy.engine import ensure_engine
+from mhunet_deploy.engine.build import ensure_engine
 from mhunet_deploy.errors import BackendError
 from tests.tiny_model import TWO, TinyExport
 

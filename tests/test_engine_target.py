@@ -2,7 +2,7 @@
 any GPU in the list and is refused elsewhere, by the one comparison `mhunet infer` and `doctor` share.
 
 The sidecars are written here; running an engine needs an RTX GPU, so the GPU is given as the
-description `engine.current_gpu` returns.
+description `engine.cache.current_gpu` returns.
 """
 
 from __future__ import annotations
@@ -16,15 +16,8 @@ from pathlib import Path
 import pytest
 
 from mhunet_deploy.doctor import check_engines
-from mhunet_deploy.engine import (
-    FLAVORS,
-    BatchProfile,
-    cache_state,
-    engine_key,
-    engine_target,
-    foreign_reasons,
-    stored_key,
-)
+from mhunet_deploy.engine import FLAVORS, BatchProfile
+from mhunet_deploy.engine.cache import cache_state, engine_key, engine_target, foreign_reasons, stored_key
 
 RTX_3090 = {"gpu": "NVIDIA GeForce RTX 3090", "compute_capability": "8.6"}
 RTX_4090 = {"gpu": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}

@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 
 from mhunet_deploy import cli
-from mhunet_deploy.engine import FLAVORS, engine_path, plugin_library_problem
+from mhunet_deploy.engine import FLAVORS
+from mhunet_deploy.engine.cache import engine_path
+from mhunet_deploy.engine.plugin_library import plugin_library_problem
 from mhunet_deploy.exporting.manifest import find_graph
 from tests.cli_helpers import mhunet
 from tests.corpus import BAD_INPUTS
@@ -388,7 +390,7 @@ def test_engine_of_another_library_version_is_refused(tiny_export: TinyExport, t
 
 
 def test_engine_of_another_gpu_is_refused(tiny_export: TinyExport, tmp_path: Path) -> None:
-    from mhunet_deploy.engine import current_gpu
+    from mhunet_deploy.engine.cache import current_gpu
     from mhunet_deploy.errors import BackendError
 
     try:

@@ -43,7 +43,7 @@ def choose_auto(checkpoint: Path, device: str, precision: str, export_dir: Path)
     tensorrt (library, plugin library and exported plugin graph) > torch on CUDA > onnxruntime with
     the CUDA EP > onnxruntime on the CPU if this checkpoint was exported > torch on the CPU.
     """
-    from ..engine import plugin_library, plugin_library_problem
+    from ..engine.plugin_library import plugin_library, plugin_library_problem
 
     want_gpu = device != "cpu"
     plugin = plugin_library()

@@ -24,7 +24,7 @@ class Backend(Protocol):
     #: Slices per ``predict`` call that suits the runtime: a GPU wants large batches (32 slices, BENCHMARKS.md
     #: section 5), a CPU gains nothing past ~8.
     batch_size: int
-    #: The sidecar key of the engine that runs (TensorRT, TensorRT-RTX; see engine.py), copied into
+    #: The sidecar key of the engine that runs (TensorRT, TensorRT-RTX; see engine/cache.py), copied into
     #: each report so a result can be traced to its engine; None for backends without an engine.
     engine_key: dict[str, Any] | None
     #: Where ``predict`` takes arrays without a copy: "cpu" (numpy) or "cuda" (cupy, when the model runs

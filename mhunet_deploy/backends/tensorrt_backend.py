@@ -1,6 +1,6 @@
 """The TensorRT backend: a cached strongly typed engine, run with cuda-python for GPU I/O (no torch).
 
-``engine.ensure_engine`` builds or reuses the engine (and refuses foreign ones); this module only
+``engine.build.ensure_engine`` builds or reuses the engine (and refuses foreign ones); this module only
 deserialises it and moves slices through it in chunks of at most the profile's max batch. cupy slices
 (the GPU pre-processing of ``mhunet_deploy.arrays``) are bound to the engine where they lie; numpy
 slices go through device buffers of this backend.
@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..arrays import array_device, is_device_array, modules_of
-from ..engine import DEFAULT_ENGINE_DIR, FLAVORS, BatchProfile, ensure_engine, import_library
+from ..engine import DEFAULT_ENGINE_DIR, FLAVORS, BatchProfile, import_library
+from ..engine.build import ensure_engine
 from ..errors import BackendError
 from ..exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, OUTPUT_NAME, find_graph, output_channels
 from .base import Backend
