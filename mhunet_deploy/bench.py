@@ -26,7 +26,7 @@ from nibabel import orientations
 from .backends import has_graph, has_module, load_backend, torch_cuda
 from .errors import MhunetError
 from .exporting.manifest import DEFAULT_EXPORT_DIR
-from .pipeline import infer_volume
+from .pipeline import infer_options, infer_volume
 from .preprocess import prepare
 from .verify import central_slices
 from .volume_io import Volume, load_volume
@@ -112,8 +112,6 @@ def bench(
 ) -> list[Timing]:
     """Time each (backend, device, precision) on the same scan (or its central slab of ``slices``),
     through the whole pipeline with the checkpoint's post-processing; ``batch_size`` None: the backend's."""
-    from .cli import infer_options
-
     full = load_volume(volume)
     prepared, _ = prepare(full)
     volume_slices = len(central_slices(prepared, None))

@@ -4,16 +4,17 @@ No torch here: the backend object is the only thing that knows which runtime run
 same code serves torch, onnxruntime and TensorRT (and `mhunet serve` later). The voxel work runs where
 the backend takes its arrays (``Backend.array_device``): on a GPU backend with cupy installed the volume
 moves to the GPU once, and only the mask, the lesion table (and the probabilities if asked) come back.
-A batch (:func:`read_ahead`) reads the next input while the current one is processed.
+A batch (:func:`run_batch`) reads the next input while the current one is processed (:func:`read_ahead`)
+and goes on past a bad input.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from . import __version__
 from .arrays import modules_of, synchronize, to_host
 from .backends.base import Backend
 from .brain import brain_entry, brain_from_probability, load_brain_mask
-from .errors import OutputError
+from .checkpoint import read_meta
+from .errors import MhunetError, OutputError
 from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD, lesion_table, min_lesion_for, segment
 from .preprocess import Geometry, prepare
 from .report import build_report, write_csv, write_json
@@ -62,6 +64,31 @@ class InferOptions:
     #: --no-brain-mask: no brain stage, lesions are not restricted (ignored when brain_mask is given).
     no_brain_mask: bool = False
     model_info: dict[str, Any] = field(default_factory=dict)
+
+
+def infer_options(
+    ckpt: Path, threshold: float | None, min_lesion_mm3: float | None, **choices: Any
+) -> tuple[InferOptions, dict[str, Any]]:
+    """The options `infer` and `serve` run the pipeline with: the checkpoint's packaged post-processing
+    unless overridden, and its name and hash for the report. Also returns the checkpoint's metadata."""
+    meta = read_meta(ckpt)
+    post = meta.get("postprocess", {})
+    options = InferOptions(
+        threshold=threshold if threshold is not None else post.get("threshold", DEFAULT_THRESHOLD),
+        min_lesion_mm3=min_lesion_mm3
+        if min_lesion_mm3 is not None
+        else post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
+        # --min-lesion-mm3 applies to every scan; else the packaged thick-slice size, if any
+        min_lesion_mm3_thick=None if min_lesion_mm3 is not None else post.get("min_lesion_mm3_thick"),
+        model_info={
+            "name": meta["config"]["name"],
+            "sha256": meta["sha256"],
+            "checkpoint": str(ckpt),
+            "outputs": list(meta["config"].get("outputs", ["lesion"])),  # older checkpoints: lesion only
+        },
+        **choices,
+    )
+    return options, meta
 
 
 def output_paths(input_path: Path, out_dir: Path, options: InferOptions) -> dict[str, Path]:
@@ -252,6 +279,52 @@ def read_ahead(paths: Sequence[Path], options: InferOptions) -> Iterator[Iterato
             yield inputs()
         finally:
             reader.shutdown(cancel_futures=True)  # on an early exit, no read starts any more
+
+
+#: ``(on_start, on_batch)`` callbacks of one input's :func:`infer_volume`: its slice count, then slices done.
+ProgressHooks = tuple[Callable[[int], None] | None, Callable[[int], None] | None]
+
+
+@dataclass
+class Failure:
+    """An input of a batch that was refused: the batch went on without it."""
+
+    input: Path
+    error: MhunetError
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``failures`` entry of `mhunet infer --json`."""
+        return {"input": str(self.input), "error": str(self.error), "exit_code": self.error.exit_code}
+
+
+@contextmanager
+def _untracked(_: Path) -> Iterator[ProgressHooks]:
+    yield None, None
+
+
+def run_batch(
+    inputs: Iterable[tuple[Path, Future]],
+    out_dir: Path,
+    backend: Backend,
+    options: InferOptions,
+    raise_errors: bool = False,
+    track: Callable[[Path], AbstractContextManager[ProgressHooks]] = _untracked,
+) -> Iterator[dict[str, Any] | Failure]:
+    """`mhunet infer`'s batch policy: each input of ``inputs`` (:func:`read_ahead`) segmented in turn,
+    yielding its report, or its :class:`Failure` when it is refused (a MhunetError, e.g. a bad file)
+    so that one bad input does not cost the others their results. ``raise_errors`` (a batch of one):
+    the error is raised instead, and is the command's. ``track(path)`` gives the input's progress
+    callbacks for the time it runs; a failure is yielded while it is still open."""
+    for path, loading in inputs:
+        with track(path) as (on_start, on_batch):
+            try:
+                report = infer_volume(path, out_dir, backend, options, on_start, on_batch, loading.result())
+            except MhunetError as e:
+                if raise_errors:
+                    raise
+                yield Failure(path, e)
+                continue
+        yield report
 
 
 def infer_volume(

@@ -27,8 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from mhunet_deploy.backends import load_backend
-from mhunet_deploy.cli import infer_options
-from mhunet_deploy.pipeline import infer_volume
+from mhunet_deploy.pipeline import infer_options, infer_volume
 from tests.serve_helpers import lesion_tiny, request, running_server, upload, varied_volume
 
 

@@ -4,6 +4,7 @@ and its provenance from the backend that ran."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,46 @@ def test_read_ahead_gives_each_input_its_own_volume_or_error_in_order(tmp_path: 
             assert load_s > 0
             seen.append(volume.data.shape)
     assert seen == [SHAPE, None, (8, 9, 5)]
+
+
+def test_run_batch_goes_on_past_a_bad_input_unless_told_to_raise(tmp_path: Path) -> None:
+    """`mhunet infer`'s batch policy: a bad input is a Failure with its one-line error and exit code, the
+    inputs after it still get their reports, each input's progress hooks open and close around it; a
+    batch of one raises the error instead."""
+    from mhunet_deploy.errors import InputError
+    from mhunet_deploy.pipeline import Failure, read_ahead, run_batch
+
+    (tmp_path / "a").mkdir()
+    good = scan_with_pixdim(tmp_path / "a", 3.0, "sform", SHAPE)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    options = InferOptions(model_info={"name": "test", "sha256": "0" * 64})
+    events: list[str] = []
+
+    @contextmanager
+    def track(path: Path):
+        events.append(f"open {path.name}")
+        yield (lambda n: events.append(f"slices {n}")), None
+        events.append(f"close {path.name}")
+
+    with read_ahead([bad, good], options) as inputs:
+        outcomes = []
+        for outcome in run_batch(inputs, tmp_path / "out", EverywhereLesion(), options, track=track):
+            outcomes.append(outcome)
+            events.append("failure" if isinstance(outcome, Failure) else "report")
+    failure, report = outcomes
+    assert isinstance(failure, Failure) and failure.input == bad
+    assert failure.to_dict() == {"input": str(bad), "error": str(failure.error), "exit_code": 2}
+    assert "not a NIfTI" in failure.to_dict()["error"]
+    assert report["lesion_count"] == 1 and Path(report["outputs"]["mask"]).is_file()
+    assert events == [
+        "open bad.nii.gz",
+        "failure",  # yielded while its progress line is still open
+        "close bad.nii.gz",
+        "open scan.nii",
+        f"slices {SHAPE[2]}",
+        "close scan.nii",
+        "report",
+    ]
+    with read_ahead([bad], options) as inputs, pytest.raises(InputError, match="not a NIfTI"):
+        list(run_batch(inputs, tmp_path / "out1", EverywhereLesion(), options, raise_errors=True))

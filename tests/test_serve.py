@@ -68,8 +68,7 @@ def server(tmp_path_factory, finder):
 def direct(finder):
     """The CLI's code path in this process: same options, same backend, same batch size."""
     from mhunet_deploy.backends import load_backend
-    from mhunet_deploy.cli import infer_options
-    from mhunet_deploy.pipeline import infer_volume
+    from mhunet_deploy.pipeline import infer_options, infer_volume
 
     options, _ = infer_options(finder, None, None, probabilities=True, qc=True)
     with load_backend("torch", finder, device="cpu") as engine:

@@ -12,7 +12,7 @@ CPU (numpy/scipy) path, warm end-to-end stage times, and a folder of volumes thr
 2. warm: the torch backend (the checkpoint's post-processing, as `mhunet infer`), one untimed warm-up,
    then --repeats runs of infer_volume; per-stage medians with pre/post on the backend's device, and the
    same backend with pre/post forced onto the CPU (the old path), side by side, plus mask Dice between them.
-3. folder: --folder copies of the volume through pipeline.read_ahead + infer_volume, as `mhunet infer
+3. folder: --folder copies of the volume through pipeline.read_ahead + run_batch, as `mhunet infer
    folder/` runs them: wall time against folder x the warm total.
 
 Writes runtime.json and runtime.md into --out; exits 1 when a parity check fails.
@@ -154,7 +154,7 @@ def warm_and_folder(args, options, volume_path: Path) -> dict:
 
     from mhunet_deploy.backends.torch_backend import TorchBackend
     from mhunet_deploy.metrics import dice
-    from mhunet_deploy.pipeline import infer_volume, read_ahead
+    from mhunet_deploy.pipeline import infer_volume, read_ahead, run_batch
 
     t0 = time.perf_counter()
     backend = TorchBackend(args.checkpoint, device=args.device, precision=args.precision)
@@ -198,12 +198,8 @@ def warm_and_folder(args, options, volume_path: Path) -> dict:
             copies.append(folder / f"scan{i}.nii.gz")
             copies[-1].symlink_to(volume_path.resolve())
         t1 = time.perf_counter()
-        reports = []
         with read_ahead(copies, options) as inputs:
-            for path, loading in inputs:
-                reports.append(
-                    infer_volume(path, Path(tmp) / "folder_out", backend, options, loaded=loading.result())
-                )
+            reports = list(run_batch(inputs, Path(tmp) / "folder_out", backend, options, raise_errors=True))
         wall = time.perf_counter() - t1
     out["folder"] = {
         "volumes": args.folder,
@@ -288,7 +284,7 @@ def main() -> int:
     import torch
 
     from mhunet_deploy.checkpoint import default_checkpoint
-    from mhunet_deploy.cli import infer_options
+    from mhunet_deploy.pipeline import infer_options
 
     options, _ = infer_options(args.checkpoint or default_checkpoint(), None, None)
     t0 = time.perf_counter()

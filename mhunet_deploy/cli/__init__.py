@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,14 +16,31 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__
-from .errors import BackendError, InputError, MhunetError
+from .. import __version__
+from ..errors import BackendError, InputError, MhunetError
+from .options import (
+    AsJson,
+    BackendName,
+    Checkpoint,
+    DataRoot,
+    DataSources,
+    Device,
+    EngineDir,
+    ExportDir,
+    Precision,
+    Quiet,
+    ScanVolume,
+    Synthetic,
+    SynthSource,
+    Verbose,
+    Workers,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
     from rich.table import Table
 
-    from .pipeline import InferOptions
+    from ..pipeline import ProgressHooks
 
 app = typer.Typer(
     help="Mamba-HUNet MS-lesion segmentation on FLAIR MRI: train, export, verify, infer.",
@@ -34,15 +53,6 @@ out = Console()
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr")
 EXIT_PARTIAL = 6
-
-# One definition of the output-volume options, shared by every command that has them.
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Errors only: no progress, notes or tables.")]
-Verbose = Annotated[
-    bool,
-    typer.Option(
-        "--verbose", "-v", help="Log each step on stderr: geometry, backend choice, engine cache, timings."
-    ),
-]
 
 
 class _ConsoleHandler(logging.Handler):
@@ -88,7 +98,7 @@ def _table(*args: Any, **kwargs: Any) -> Table:
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given; a folder is one DICOM series if it holds DICOM slices, else a batch of its
     NIfTI files in name order."""
-    from .dicom_io import is_dicom_folder
+    from ..dicom_io import is_dicom_folder
 
     files: list[Path] = []
     for p in inputs:
@@ -120,35 +130,6 @@ def _announce_choice(name: str, why: str) -> None:
     err.print(f"auto: [bold]{name}[/] ({escape(why)})")
 
 
-def infer_options(
-    ckpt: Path, threshold: float | None, min_lesion_mm3: float | None, **choices: Any
-) -> tuple[InferOptions, dict[str, Any]]:
-    """The options `infer` and `serve` run the pipeline with: the checkpoint's packaged post-processing
-    unless overridden, and its name and hash for the report. Also returns the checkpoint's metadata."""
-    from .checkpoint import read_meta
-    from .pipeline import InferOptions
-    from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD
-
-    meta = read_meta(ckpt)
-    post = meta.get("postprocess", {})
-    options = InferOptions(
-        threshold=threshold if threshold is not None else post.get("threshold", DEFAULT_THRESHOLD),
-        min_lesion_mm3=min_lesion_mm3
-        if min_lesion_mm3 is not None
-        else post.get("min_lesion_mm3", DEFAULT_MIN_LESION_MM3),
-        # --min-lesion-mm3 applies to every scan; else the packaged thick-slice size, if any
-        min_lesion_mm3_thick=None if min_lesion_mm3 is not None else post.get("min_lesion_mm3_thick"),
-        model_info={
-            "name": meta["config"]["name"],
-            "sha256": meta["sha256"],
-            "checkpoint": str(ckpt),
-            "outputs": list(meta["config"].get("outputs", ["lesion"])),  # older checkpoints: lesion only
-        },
-        **choices,
-    )
-    return options, meta
-
-
 @app.command()
 def infer(
     inputs: Annotated[
@@ -157,15 +138,11 @@ def infer(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for masks and reports.")] = Path(
         "mhunet-output"
     ),
-    backend: Annotated[str, typer.Option(help="auto, torch, onnxruntime or tensorrt.")] = "auto",
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (torch backend).")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = "fp32",
-    export_dir: Annotated[
-        Path, typer.Option(help="Where `mhunet export` wrote the graphs (onnxruntime, tensorrt).")
-    ] = Path("export"),
+    backend: BackendName = "auto",
+    checkpoint: Checkpoint = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    export_dir: ExportDir = Path("export"),
     onnx: Annotated[Path | None, typer.Option(help="Run this portable .onnx (onnxruntime backend).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Lesion probability threshold.")] = None,
     min_lesion_mm3: Annotated[
@@ -201,19 +178,17 @@ def infer(
     dicom_sr: Annotated[
         bool, typer.Option(help="With the DICOM SEG, a DICOM SR (TID 1500) of the lesion measurements.")
     ] = True,
-    engine_dir: Annotated[Path, typer.Option(help="Engine cache folder (tensorrt backends).")] = Path(
-        "engines"
-    ),
+    engine_dir: EngineDir = Path("engines"),
     quiet: Quiet = False,
     verbose: Verbose = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Segment MS lesions: NIfTI or a DICOM series in; mask, lesion report (JSON+CSV), DICOM SEG (DICOM
     input: SEG and SR), optional probabilities and QC out."""
-    from .backends import load_backend
-    from .checkpoint import default_checkpoint
-    from .pipeline import infer_volume, plan_outputs, read_ahead
-    from .volume_io import output_folder
+    from ..backends import load_backend
+    from ..checkpoint import default_checkpoint
+    from ..pipeline import Failure, infer_options, plan_outputs, read_ahead, run_batch
+    from ..volume_io import output_folder
 
     _logging(verbose, quiet)
     if brain_mask and no_brain_mask:
@@ -258,31 +233,27 @@ def infer(
             err.print(f"backend: [bold]{engine.name}[/] ({engine.precision}), model {meta['config']['name']}")
         results, failures = [], []
         with _progress(quiet or verbose or as_json) as bar:
-            for f, loading in inputs:
-                task = bar.add_task(f.name, total=None)
+
+            @contextmanager
+            def track(path: Path) -> Iterator[ProgressHooks]:
+                task = bar.add_task(path.name, total=None)
                 try:
-                    report = infer_volume(
-                        f,
-                        output,
-                        engine,
-                        options,
-                        on_start=lambda n, t=task: bar.update(t, total=n),
-                        on_batch=lambda k, t=task: bar.advance(t, k),
-                        loaded=loading.result(),
-                    )
-                except MhunetError as e:
-                    if len(files) == 1:
-                        raise
-                    failures.append({"input": str(f), "error": str(e), "exit_code": e.exit_code})
-                    err.print(
-                        f"[red]error:[/] {escape(f.name)}: {escape(str(e))}", highlight=False, soft_wrap=True
-                    )
-                    continue
+                    yield lambda n: bar.update(task, total=n), lambda k: bar.advance(task, k)
                 finally:
                     bar.remove_task(task)
-                results.append(report)
+
+            for outcome in run_batch(inputs, output, engine, options, len(files) == 1, track):
+                if isinstance(outcome, Failure):
+                    failures.append(outcome.to_dict())
+                    err.print(
+                        f"[red]error:[/] {escape(outcome.input.name)}: {escape(str(outcome.error))}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                    continue
+                results.append(outcome)
                 if not quiet:
-                    for warning in report["warnings"]:
+                    for warning in outcome["warnings"]:
                         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"results": results, "failures": failures}, default=str))
@@ -310,18 +281,12 @@ def serve(
         str, typer.Option(help="Address to listen on; beyond loopback an API key is required.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8000,
-    backend: Annotated[str, typer.Option(help="auto, torch, onnxruntime or tensorrt.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (torch backend).")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = "fp32",
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
-    ] = None,
-    export_dir: Annotated[
-        Path, typer.Option(help="Where `mhunet export` wrote the graphs (onnxruntime, tensorrt).")
-    ] = Path("export"),
-    engine_dir: Annotated[Path, typer.Option(help="Engine cache folder (tensorrt backends).")] = Path(
-        "engines"
-    ),
+    backend: BackendName = "auto",
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    checkpoint: Checkpoint = None,
+    export_dir: ExportDir = Path("export"),
+    engine_dir: EngineDir = Path("engines"),
     api_key: Annotated[
         str | None,
         typer.Option(envvar="MHUNET_API_KEY", help="Require this key in the X-API-Key header of /v1 calls."),
@@ -344,14 +309,15 @@ def serve(
 ) -> None:
     """Serve the segmentation as an HTTP API and a web page (same pipeline and report as `infer`)."""
     try:
-        from .serve.app import create_app
-        from .serve.server import bind, is_loopback, run, url_of
-        from .serve.store import JobStore
+        from ..serve.app import create_app
+        from ..serve.server import bind, is_loopback, run, url_of
+        from ..serve.store import JobStore
     except ImportError as e:
         raise InputError(f'mhunet serve needs {e.name}; pip install "mhunet-deploy[serve]"') from e
-    from .backends import load_backend
-    from .checkpoint import default_checkpoint
-    from .report import DISCLAIMER
+    from ..backends import load_backend
+    from ..checkpoint import default_checkpoint
+    from ..pipeline import infer_options
+    from ..report import DISCLAIMER
 
     _logging(verbose)
     if not api_key and not is_loopback(host) and not insecure:
@@ -396,10 +362,10 @@ def info(
     checkpoint: Annotated[Path | None, typer.Option(help="Describe this checkpoint instead.")] = None,
 ) -> None:
     """Print parameter count, FLOPs at 1x1x256x256 (counted on the graph) and the config."""
-    from .model.mamba_hunet import CONFIGS, build_model, count_flops, count_parameters
+    from ..model.mamba_hunet import CONFIGS, build_model, count_flops, count_parameters
 
     if checkpoint:
-        from .checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint
 
         net, meta = load_checkpoint(checkpoint)
     elif model in CONFIGS:
@@ -432,12 +398,12 @@ def evaluate(
         Path | None,
         typer.Option(help="Predicted brain mask (default: the <name>_brain.nii.gz beside PRED)."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """DSC, IoU, sensitivity, specificity, HD95 (mm), lesion-wise F1 (IoU rule and overlap rule) and
     volumes of PRED vs TRUTH; with --brain-truth, brain-mask Dice."""
-    from .metrics import evaluate as run_eval
-    from .report import dumps
+    from ..metrics import evaluate as run_eval
+    from ..report import dumps
 
     if brain and not brain_truth:
         raise typer.BadParameter("--brain needs --brain-truth (the reference brain mask)")
@@ -451,24 +417,6 @@ def evaluate(
     out.print(table)
 
 
-DataSources = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--data",
-        help="Training data, repeatable: a pack (.npz from mhunet pack), a manifest (.json, see "
-        "manifests/README.md) or an nnU-Net folder (imagesTr/, labelsTr/).",
-    ),
-]
-DataRoot = Annotated[
-    Path | None, typer.Option(help="Folder that a manifest's relative paths start from (default: its root).")
-]
-SynthSource = Annotated[
-    Path, typer.Option(help="Folder with mni152/ and open_ms/ (synthetic heads, lesion masks to paste).")
-]
-Synthetic = Annotated[int, typer.Option(min=0, help="Synthetic heads to generate and mix in.")]
-Workers = Annotated[int, typer.Option(min=1, help="Processes for data preparation.")]
-
-
 def _gather(
     data: list[Path] | None,
     data_root: Path | None,
@@ -479,7 +427,7 @@ def _gather(
     quiet: bool,
 ) -> tuple[Any, dict[str, Any]]:
     """One pack from --data sources and --synthetic heads, with the Lesjak masks for pasting."""
-    from .data import Pack, load_data, pack_synthetic, paint_masks
+    from ..data import Pack, load_data, pack_synthetic, paint_masks
 
     if not data and not synthetic:
         raise InputError(
@@ -577,11 +525,11 @@ def train(
     with --gpus N) every process trains one shard of the global batch and rank 0 writes."""
     from dataclasses import replace
 
-    from . import distributed as dist
-    from .augment import AugmentConfig
-    from .model.mamba_hunet import CONFIGS
-    from .train import TrainConfig
-    from .train import train as run_train
+    from .. import distributed as dist
+    from ..augment import AugmentConfig
+    from ..model.mamba_hunet import CONFIGS
+    from ..train import TrainConfig
+    from ..train import train as run_train
 
     if not dist.is_main():
         quiet, verbose = True, False  # rank 0 speaks for the run
@@ -650,25 +598,23 @@ def train(
 
 @app.command("export")
 def export_cmd(
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
-    ] = None,
+    checkpoint: Checkpoint = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the ONNX graphs.")] = Path("export"),
     engine: Annotated[
         bool, typer.Option("--engine", help="Also build the TensorRT engine (needs TensorRT and a GPU).")
     ] = False,
-    engine_dir: Annotated[Path, typer.Option(help="Engine cache folder.")] = Path("engines"),
+    engine_dir: EngineDir = Path("engines"),
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
     """Write plugin and portable ONNX graphs, FP32 and FP16, each with a JSON manifest beside it."""
-    from .exporting.exporter import export_graphs
+    from ..exporting.exporter import export_graphs
 
     _logging(verbose, quiet)
     paths = export_graphs(checkpoint, out_dir, on_graph=None if quiet else lambda p: err.print(f"wrote {p}"))
     if engine:
-        from .checkpoint import default_checkpoint
-        from .engine.build import ensure_engine
+        from ..checkpoint import default_checkpoint
+        from ..engine.build import ensure_engine
 
         path, _ = ensure_engine("tensorrt", checkpoint or default_checkpoint(), "fp16", out_dir, engine_dir)
         paths.append(path)
@@ -690,20 +636,18 @@ def _required_volume(volume: Path | None) -> Path:
 
 @app.command()
 def verify(
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
-    ] = None,
-    volume: Annotated[Path | None, typer.Option(help="A brain FLAIR NIfTI to run on (required).")] = None,
+    checkpoint: Checkpoint = None,
+    volume: ScanVolume = None,
     slices: Annotated[
         int | None, typer.Option(min=1, help="Compare only this many central slices (default: all).")
     ] = None,
-    export_dir: Annotated[Path, typer.Option(help="Folder of exported graphs.")] = Path("export"),
+    export_dir: ExportDir = Path("export"),
     verbose: Verbose = False,
 ) -> None:
     """Hold every available backend and precision to the FP32 PyTorch reference (logits and task)."""
-    from .checkpoint import default_checkpoint
-    from .errors import ParityError
-    from .verify import verify as run_verify
+    from ..checkpoint import default_checkpoint
+    from ..errors import ParityError
+    from ..verify import verify as run_verify
 
     _logging(verbose)
     volume = _required_volume(volume)
@@ -741,10 +685,8 @@ def verify(
 
 @app.command()
 def bench(
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Model .safetensors (default: packaged light weights).")
-    ] = None,
-    volume: Annotated[Path | None, typer.Option(help="A brain FLAIR NIfTI to run on (required).")] = None,
+    checkpoint: Checkpoint = None,
+    volume: ScanVolume = None,
     slices: Annotated[int | None, typer.Option(min=1, help="Time only this many central slices.")] = None,
     device: Annotated[
         list[str] | None, typer.Option(help="Only backends on this device (cpu, cuda); repeatable.")
@@ -753,14 +695,14 @@ def bench(
         int | None, typer.Option(min=1, help="Slices per forward pass (default: GPU 32, CPU 8).")
     ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs after the first; the best is shown.")] = 3,
-    export_dir: Annotated[Path, typer.Option(help="Folder of exported graphs.")] = Path("export"),
+    export_dir: ExportDir = Path("export"),
     verbose: Verbose = False,
 ) -> None:
     """Seconds per stage (load, preprocess, model, postprocess, write) of a whole volume, first run and
     warm, for every backend and precision available here, side by side."""
-    from .bench import bench as run_bench
-    from .bench import candidates, markdown_table
-    from .checkpoint import default_checkpoint
+    from ..bench import bench as run_bench
+    from ..bench import candidates, markdown_table
+    from ..checkpoint import default_checkpoint
 
     _logging(verbose)
     volume = _required_volume(volume)
@@ -786,7 +728,7 @@ def build_kernels(
     import time
 
     try:
-        from . import cuda_scan
+        from .. import cuda_scan
     except ImportError as e:
         raise BackendError(f"mhunet build-kernels needs {e.name}; pip install 'mhunet-deploy[torch]'") from e
     if arch is None:
@@ -816,12 +758,12 @@ def build_kernels(
 
 @app.command()
 def doctor(
-    export_dir: Annotated[Path, typer.Option(help="Where exported graphs live.")] = Path("export"),
-    engine_dir: Annotated[Path, typer.Option(help="Where cached engines live.")] = Path("engines"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    export_dir: ExportDir = Path("export"),
+    engine_dir: EngineDir = Path("engines"),
+    as_json: AsJson = False,
 ) -> None:
     """What this machine offers: CPU/GPU, torch, onnxruntime, TensorRT(-RTX), plugin, graphs, engines."""
-    from .doctor import run_checks, to_json
+    from ..doctor import run_checks, to_json
 
     checks = run_checks(export_dir, engine_dir)
     if as_json:
@@ -856,7 +798,3 @@ def main() -> None:
             sys.exit(e.exit_code)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
-
-
-if __name__ == "__main__":
-    main()
