@@ -26,10 +26,10 @@ from nibabel import orientations
 from .backends import has_graph, has_module, load_backend, torch_cuda
 from .errors import MhunetError
 from .exporting.manifest import DEFAULT_EXPORT_DIR
+from .io.nifti import Volume, load_volume
 from .pipeline import infer_options, infer_volume
 from .preprocess import prepare
 from .verify import central_slices
-from .volume_io import Volume, load_volume
 
 #: (backend, device, precision)
 Candidate = tuple[str, str, str]

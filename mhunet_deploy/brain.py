@@ -21,7 +21,7 @@ from nibabel import orientations
 
 from .arrays import modules_of, to_host
 from .errors import InputError
-from .volume_io import Volume, load_volume
+from .io.nifti import Volume, load_volume
 
 BRAIN_THRESHOLD = 0.5
 #: 4-connectivity inside each plane of a stack, none across planes (``_holes_per_plane``).

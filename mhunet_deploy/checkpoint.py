@@ -6,15 +6,14 @@ reads without torch, so the runtime can name the model and its hash on onnxrunti
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError, MhunetError
-from .volume_io import atomic_write
+from .errors import InputError
+from .files import atomic_write, read_tagged_json, sha256_file
 
 if TYPE_CHECKING:
     from .model.mamba_hunet import MambaHUNet
@@ -29,29 +28,6 @@ def default_checkpoint() -> Path:
 
 def sidecar(path: Path) -> Path:
     return Path(path).with_suffix(".json")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_tagged_json(path: Path, fmt: str, kind: str, fix: str, error: type[MhunetError]) -> dict[str, Any]:
-    """Read one of our JSON sidecars (checkpoint sidecar, graph manifest) and check its ``format`` tag;
-    every failure is one ``error`` line naming the file, the problem and ``fix``."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise error(f"{path}: {kind} missing; {fix}") from None
-    except json.JSONDecodeError as e:
-        raise error(f"{path}: {kind} is not valid JSON ({e.msg}); {fix}") from None
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise error(f"{path}: not an mhunet {kind} (format {found!r}); {fix}")
-    return data
 
 
 def git_commit() -> str | None:

@@ -29,8 +29,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
+from .io.nifti import Volume, load_volume, volume_from_image
 from .preprocess import prepare
-from .volume_io import Volume, load_volume, volume_from_image
 
 #: Slices whose image has less than this fraction of foreground carry no anatomy worth training on.
 MIN_FOREGROUND_FRACTION = 0.02
@@ -377,7 +377,7 @@ class Pack:
 
     def save(self, path: Path) -> Path:
         """One compressed .npz (masks are sparse and the background is flat: they compress well)."""
-        from .volume_io import atomic_write
+        from .files import atomic_write
 
         arrays = {f"table.{k}": v for k, v in self.table.items()}
         arrays.update({f"paint.{k}": v for k, v in (self.paint or {}).items()})

@@ -168,7 +168,8 @@ def check_gpu_arrays() -> Check:
 
 
 def check_weights() -> Check:
-    from .checkpoint import default_checkpoint, read_meta, sha256_file
+    from .checkpoint import default_checkpoint, read_meta
+    from .files import sha256_file
 
     path = default_checkpoint()
     try:

@@ -210,7 +210,7 @@ def _load(path: str | Path, role: str) -> tuple[np.ndarray, np.ndarray, tuple[fl
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{role} {path} must be a 3D volume, got shape {data.shape}")
-    # voxel sizes from the affine, as `mhunet infer` measures lesions (volume_io.Volume.zooms)
+    # voxel sizes from the affine, as `mhunet infer` measures lesions (io.nifti.Volume.zooms)
     zooms = tuple(float(z) for z in np.linalg.norm(img.affine[:3, :3], axis=0))
     return data, img.affine, zooms
 

@@ -28,10 +28,13 @@ from .backends.base import Backend
 from .brain import brain_entry, brain_from_probability, load_brain_mask
 from .checkpoint import read_meta
 from .errors import MhunetError, OutputError
+from .io import read_input
+from .io.formats import output_stem
+from .io.nifti import Volume
+from .io.outputs import prepare_output_folder, save_like
 from .postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD, lesion_table, min_lesion_for, segment
 from .preprocess import Geometry, prepare
 from .report import build_report, write_csv, write_json
-from .volume_io import Volume, load_volume, prepare_output_folder, save_like
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +95,8 @@ def infer_options(
 
 
 def output_paths(input_path: Path, out_dir: Path, options: InferOptions) -> dict[str, Path]:
-    """Where each output of one input goes; the stem drops .nii/.nii.gz."""
-    name = input_path.name
-    for ext in (".nii.gz", ".nii", ".gz"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
+    """Where each output of one input goes, named from its stem (``io.formats.output_stem``)."""
+    name = output_stem(input_path.name)
     paths = {
         "mask": out_dir / f"{name}_mask.nii.gz",
         "report": out_dir / f"{name}_report.json",
@@ -239,18 +238,9 @@ def segment_logits(
 
 
 def load_input(path: Path, options: InferOptions) -> Volume:
-    """A NIfTI file, or a folder holding one DICOM series (optional extra ``dicom``); a series that
-    a DICOM SEG could not reference is refused here, before the model runs, unless no SEG is asked."""
-    if not path.is_dir():
-        return load_volume(path, options.volume_index)
-    from .dicom_io import load_dicom_series
-
-    volume = load_dicom_series(path, options.series_uid)
-    if options.dicom_seg:
-        from .dicom_out import check_seg_sources
-
-        check_seg_sources(volume)
-    return volume
+    """:func:`io.read_input` with the user's choices: a series that a DICOM SEG could not reference is
+    refused before the model runs, unless no SEG is asked."""
+    return read_input(path, options.volume_index, options.series_uid, seg_sources=options.dicom_seg)
 
 
 def timed_load(path: Path, options: InferOptions) -> tuple[Volume, float]:
@@ -410,7 +400,7 @@ def infer_volume(
     if "probabilities" in paths:
         writers["probabilities"] = lambda: save_like(volume.image, prob, paths["probabilities"], np.float32)
     if "seg" in paths:
-        from .dicom_out import BRAIN, BRAIN_LABEL, LESION, LESION_LABEL, build_seg, build_sr, write_dicom
+        from .io.dicom_out import BRAIN, BRAIN_LABEL, LESION, LESION_LABEL, build_seg, build_sr, write_dicom
 
         segments = {LESION_LABEL: (LESION, mask)}
         if result.brain_info["source"] == "model":  # a --brain-mask is the user's, not mhunet's

@@ -23,7 +23,7 @@ import numpy as np
 from nibabel import orientations
 
 from mhunet_deploy.arrays import array_modules, modules_of
-from mhunet_deploy.volume_io import Volume
+from mhunet_deploy.io.nifti import Volume
 
 DEFAULT_GRID = 256
 DEFAULT_SPACING_MM = 1.0

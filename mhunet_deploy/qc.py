@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from .errors import InputError
+from .files import atomic_write
 from .report import DISCLAIMER
-from .volume_io import atomic_write
 
 #: A4 portrait at 150 dpi: prints on one page and opens at a readable size on screen.
 PAGE_SIZE = (1240, 1754)

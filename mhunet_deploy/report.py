@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .volume_io import atomic_write
+from .files import atomic_write
 
 DISCLAIMER = "Research use only - not for clinical use"
 #: Bumped when a key changes meaning or disappears, so downstream parsers can refuse what they don't know.

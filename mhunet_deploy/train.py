@@ -29,8 +29,8 @@ from .augment import AugmentConfig, BatchSampler
 from .checkpoint import save_checkpoint
 from .data import Pack
 from .errors import InputError
+from .files import atomic_write
 from .model.mamba_hunet import CONFIGS, ModelConfig, build_model
-from .volume_io import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from . import contract
 from .backends.base import Backend
 from .errors import BackendError
 from .exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, find_graph, output_channels
+from .io.nifti import Volume, load_volume
 from .metrics import dice
 from .pipeline import EMPTY_SLICE_LOGIT, Segmentation, predict_volume, segment_logits
 from .preprocess import Geometry, prepare
 from .scan_numpy import reference_ops, selective_scan_numpy
-from .volume_io import Volume, load_volume
 
 log = logging.getLogger(__name__)
 

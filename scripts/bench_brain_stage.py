@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mhunet_deploy.io.nifti import load_volume
 from mhunet_deploy.pipeline import segment_logits
 from mhunet_deploy.preprocess import prepare
-from mhunet_deploy.volume_io import load_volume
 
 OUTPUTS = ("lesion", "brain")
 

@@ -22,9 +22,9 @@ from types import ModuleType
 import numpy as np
 
 from mhunet_deploy import brain, postprocess
+from mhunet_deploy.io.nifti import load_volume
 from mhunet_deploy.pipeline import sigmoid
 from mhunet_deploy.preprocess import prepare
-from mhunet_deploy.volume_io import load_volume
 
 
 def load_module(path: Path) -> ModuleType:

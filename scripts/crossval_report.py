@@ -32,10 +32,10 @@ import numpy as np
 
 from mhunet_deploy.brain import brain_from_probability
 from mhunet_deploy.data import Case, _brain_from_nonzero, read_manifest
+from mhunet_deploy.io.nifti import load_volume
 from mhunet_deploy.metrics import compute_metrics, dice, lesion_detection
 from mhunet_deploy.postprocess import THICK_SLICE_MM, min_lesion_for, segment
 from mhunet_deploy.preprocess import prepare
-from mhunet_deploy.volume_io import load_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]

@@ -1,6 +1,6 @@
 """The robustness corpus: every kind of unusable NIfTI input, generated (nothing binary is committed).
 
-``BAD_INPUTS`` maps a case name to (make(tmp_path) -> path, volume index); ``tests/test_volume_io.py``
+``BAD_INPUTS`` maps a case name to (make(tmp_path) -> path, volume index); ``tests/test_io.py``
 holds each case to a one-line InputError, ``tests/test_robustness.py`` runs them through `mhunet infer`.
 The small builders (``nifti_image``, ``noise``, ``saved``, ``raw_header_file``) serve other tests too.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mhunet_deploy.volume_io import MAX_AXIS_VOXELS
+from mhunet_deploy.io.nifti import MAX_AXIS_VOXELS
 
 
 def nifti_image(data: np.ndarray, affine: np.ndarray | None = None) -> nib.Nifti1Image:

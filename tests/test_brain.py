@@ -11,8 +11,8 @@ import pytest
 
 from mhunet_deploy.brain import BRAIN_THRESHOLD, brain_from_probability, load_brain_mask, slice_axis
 from mhunet_deploy.errors import InputError
+from mhunet_deploy.io.nifti import load_volume
 from mhunet_deploy.postprocess import segment
-from mhunet_deploy.volume_io import load_volume
 
 SHAPE = (30, 32, 20)
 

@@ -50,7 +50,7 @@ GEOMETRIES = {
 @needs_pydicom
 @pytest.mark.parametrize("name", GEOMETRIES)
 def test_series_geometry_equals_the_source_nifti(tmp_path: Path, name: str) -> None:
-    from mhunet_deploy.dicom_io import load_dicom_series
+    from mhunet_deploy.io.dicom import load_dicom_series
 
     data = np.random.default_rng(1).integers(0, 3000, (12, 10, 5)).astype(np.float32)
     affine = GEOMETRIES[name]
@@ -65,7 +65,7 @@ def test_series_geometry_equals_the_source_nifti(tmp_path: Path, name: str) -> N
 
 @needs_pydicom
 def test_rescale_slope_and_intercept_are_applied(tmp_path: Path) -> None:
-    from mhunet_deploy.dicom_io import load_dicom_series
+    from mhunet_deploy.io.dicom import load_dicom_series
 
     data = np.random.default_rng(2).integers(0, 2000, (8, 8, 3)).astype(np.float32) * 0.5 - 100
     write_series(tmp_path / "s", data, _affine(np.eye(3)), rescale=(0.5, -100.0))
@@ -76,7 +76,7 @@ def test_rescale_slope_and_intercept_are_applied(tmp_path: Path) -> None:
 def test_patient26_crop_round_trip(tmp_path: Path) -> None:
     if not PATIENT26.exists():
         pytest.skip(f"{PATIENT26} is absent (shared data not mounted)")
-    from mhunet_deploy.dicom_io import load_dicom_series
+    from mhunet_deploy.io.dicom import load_dicom_series
 
     crop = nib.load(PATIENT26).slicer[42:138, 62:158, 60:100]
     data = np.round(np.asarray(crop.dataobj, dtype=np.float32) * 100) / 100
@@ -127,7 +127,7 @@ REFUSED: dict[str, tuple[Callable[[int, Any], None] | None, str]] = {
 @needs_pydicom
 @pytest.mark.parametrize("case", REFUSED)
 def test_bad_series_is_one_line_input_error(tmp_path: Path, case: str) -> None:
-    from mhunet_deploy.dicom_io import load_dicom_series
+    from mhunet_deploy.io.dicom import load_dicom_series
 
     edit, words = REFUSED[case]
     data = np.random.default_rng(3).integers(1, 500, (6, 7, 5)).astype(np.float32)
@@ -140,7 +140,7 @@ def test_bad_series_is_one_line_input_error(tmp_path: Path, case: str) -> None:
 
 @needs_pydicom
 def test_several_series_need_series_uid(tmp_path: Path) -> None:
-    from mhunet_deploy.dicom_io import load_dicom_series
+    from mhunet_deploy.io.dicom import load_dicom_series
 
     data = np.random.default_rng(4).integers(1, 500, (6, 7, 4)).astype(np.float32)
     write_series(tmp_path / "s", data, _affine(np.eye(3)), series_uid="1.2.3.1", description="FLAIR")
@@ -190,7 +190,7 @@ def test_infer_on_dicom_writes_the_mask_on_the_nifti_geometry(tmp_path: Path) ->
 
 @needs_pydicom
 def test_one_dicom_file_points_to_its_folder(tmp_path: Path) -> None:
-    from mhunet_deploy.volume_io import load_volume
+    from mhunet_deploy.io.nifti import load_volume
 
     data = np.random.default_rng(5).integers(1, 500, (6, 7, 2)).astype(np.float32)
     first = write_series(tmp_path / "s", data, _affine(np.eye(3)))[0]
@@ -218,7 +218,7 @@ def test_a_dicomdir_beside_the_slices_is_not_a_second_series(tmp_path: Path) -> 
     import pydicom
     from pydicom.fileset import FileSet
 
-    from mhunet_deploy.dicom_io import load_dicom_series
+    from mhunet_deploy.io.dicom import load_dicom_series
 
     data = np.random.default_rng(9).integers(1, 500, (6, 7, 3)).astype(np.float32)
     paths = write_series(tmp_path / "s", data, _affine(np.eye(3)))

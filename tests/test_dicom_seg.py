@@ -268,8 +268,8 @@ def test_a_seg_that_cannot_be_written_takes_the_other_outputs_with_it(tmp_path: 
 
 def test_each_segment_lands_on_its_own_mask(tmp_path: Path) -> None:
     """Two unrelated, asymmetric masks on the oblique series: each comes back as its own segment."""
-    from mhunet_deploy.dicom_io import load_dicom_series
-    from mhunet_deploy.dicom_out import BRAIN, LESION, build_seg, write_dicom
+    from mhunet_deploy.io.dicom import load_dicom_series
+    from mhunet_deploy.io.dicom_out import BRAIN, LESION, build_seg, write_dicom
 
     write_series(tmp_path / "s", *clinical_crop(slice(7, 10)))
     volume = load_dicom_series(tmp_path / "s")
@@ -286,7 +286,7 @@ def test_a_users_brain_mask_is_not_put_in_the_seg(tmp_path: Path) -> None:
     import highdicom as hd
     import pydicom
 
-    from mhunet_deploy.dicom_io import load_dicom_series
+    from mhunet_deploy.io.dicom import load_dicom_series
     from mhunet_deploy.pipeline import InferOptions, infer_volume
     from tests.fake_backends import EverywhereLesion
 

@@ -41,8 +41,8 @@ def types(model: onnx.ModelProto) -> dict[str, int]:
 def test_manifest_describes_graph(
     load, tiny_export: TinyExport, kind: str, precision: str, outputs: tuple[str, ...]
 ) -> None:
-    from mhunet_deploy.checkpoint import sha256_file
     from mhunet_deploy.exporting.manifest import output_channels
+    from mhunet_deploy.files import sha256_file
 
     ckpt, export = tiny_export(outputs)
     model, manifest = load(kind, precision, outputs)

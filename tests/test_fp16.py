@@ -85,11 +85,11 @@ def test_packaged_weights_fp16_portable_graph_matches_fp32_on_patient26() -> Non
     from mhunet_deploy.exporting.fp16 import to_fp16
     from mhunet_deploy.exporting.inline import inline_scans, scan_signatures
     from mhunet_deploy.exporting.torch_export import export_plugin_graph, export_scan_graph
+    from mhunet_deploy.io.nifti import load_volume
     from mhunet_deploy.pipeline import EMPTY_SLICE_LOGIT, predict_volume
     from mhunet_deploy.postprocess import DEFAULT_MIN_LESION_MM3, DEFAULT_THRESHOLD, min_lesion_for
     from mhunet_deploy.preprocess import prepare
     from mhunet_deploy.verify import Case, central_slices, compare
-    from mhunet_deploy.volume_io import load_volume
 
     ckpt = default_checkpoint()
     model, _ = load_checkpoint(ckpt)

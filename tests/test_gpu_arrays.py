@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mhunet_deploy.arrays import _gpu_arrays_problem
-from mhunet_deploy.volume_io import volume_from_image
+from mhunet_deploy.io.nifti import volume_from_image
 
 pytestmark = [
     pytest.mark.gpu,

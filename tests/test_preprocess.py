@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from mhunet_deploy.io.nifti import load_volume, volume_from_image
 from mhunet_deploy.preprocess import IntensityStats, prepare
-from mhunet_deploy.volume_io import load_volume, volume_from_image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CENTRE_MM = np.array([3.0, -4.0, 6.0])

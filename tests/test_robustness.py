@@ -60,7 +60,7 @@ def _assert_one_error_line(res: subprocess.CompletedProcess, code: int, words: s
 
 # --- bad inputs: one batch over the whole corpus --------------------------------------------------
 
-#: Issue #6 input case -> (generator in tests/test_volume_io.py BAD_INPUTS, words of its message).
+#: Issue #6 input case -> (generator in tests/corpus.py BAD_INPUTS, words of its message).
 CORPUS = {
     "not a NIfTI": ("text named .nii.gz", "is not a NIfTI file"),
     "truncated .nii.gz": ("truncated gzip", "truncated or corrupt"),

@@ -51,7 +51,6 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console()
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr")
 EXIT_PARTIAL = 6
 
 
@@ -93,28 +92,6 @@ def _table(*args: Any, **kwargs: Any) -> Table:
     from rich.table import Table
 
     return Table(*args, **kwargs)
-
-
-def _expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given; a folder is one DICOM series if it holds DICOM slices, else a batch of its
-    NIfTI files in name order."""
-    from ..dicom_io import is_dicom_folder
-
-    files: list[Path] = []
-    for p in inputs:
-        if not p.is_dir():
-            files.append(p)
-            continue
-        found = sorted(q for q in p.iterdir() if q.name.endswith(NIFTI_SUFFIXES))
-        dicom = is_dicom_folder(p)
-        if found and dicom:
-            raise InputError(
-                f"{p} holds both NIfTI files and DICOM slices; move the DICOM series into its own folder"
-            )
-        if not found and not dicom:
-            raise InputError(f"{p}: folder holds no .nii/.nii.gz files and no DICOM slices")
-        files.extend(found or [p])
-    return files
 
 
 @app.callback()
@@ -187,13 +164,14 @@ def infer(
     input: SEG and SR), optional probabilities and QC out."""
     from ..backends import load_backend
     from ..checkpoint import default_checkpoint
+    from ..io import expand_inputs
+    from ..io.outputs import output_folder
     from ..pipeline import Failure, infer_options, plan_outputs, read_ahead, run_batch
-    from ..volume_io import output_folder
 
     _logging(verbose, quiet)
     if brain_mask and no_brain_mask:
         raise typer.BadParameter("--brain-mask and --no-brain-mask exclude each other")
-    files = _expand_inputs(inputs)
+    files = expand_inputs(inputs)
     if brain_mask and len(files) > 1:
         raise typer.BadParameter(f"--brain-mask is one scan's mask, but {len(files)} inputs were given")
     ckpt = checkpoint or default_checkpoint()

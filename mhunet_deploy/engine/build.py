@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from ..errors import BackendError
 from ..exporting.manifest import INPUT_NAME, find_graph
-from ..volume_io import atomic_write
+from ..files import atomic_write
 from . import DEFAULT_ENGINE_DIR, FLAVORS, BatchProfile, import_library
 from .cache import (
     cache_state,

@@ -15,8 +15,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..checkpoint import sha256_file
 from ..errors import BackendError
+from ..files import sha256_file
 from . import BatchProfile, Flavor
 
 #: Key fields whose mismatch makes an engine foreign (refused) rather than stale (rebuilt).

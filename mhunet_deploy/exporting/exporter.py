@@ -18,8 +18,8 @@ import onnx_graphsurgeon as gs
 import torch
 
 from .. import __version__, contract
-from ..checkpoint import default_checkpoint, load_checkpoint, sha256_file
-from ..volume_io import atomic_write
+from ..checkpoint import default_checkpoint, load_checkpoint
+from ..files import atomic_write, sha256_file
 from .fp16 import to_fp16
 from .inline import inline_scans, scan_signatures
 from .manifest import FORMAT, INPUT_NAME, OUTPUT_NAME, graph_filename, write_manifest

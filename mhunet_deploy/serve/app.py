@@ -29,9 +29,10 @@ from pydantic import BaseModel
 from .. import __version__
 from ..backends.base import Backend
 from ..errors import MhunetError
+from ..io.formats import is_zip_name
 from ..pipeline import InferOptions, load_input
 from ..report import DISCLAIMER
-from .archive import extract_series, is_zip_name
+from .archive import extract_series
 from .jobs import Worker, http_status, user_message
 from .store import ID_PATTERN, Job, JobGone, JobNotFound, JobStore, StoreFull
 from .upload import UploadRefused, check_length, receive

@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from ..dicom_io import is_dicom_file
+from ..io.formats import ZIP_MAGICS, is_dicom_file
 from .upload import UploadRefused
 
 #: No archive may unpack to more than this many times its own size (DICOM deflates 2-5x; bombs ~1000x).
@@ -26,12 +26,7 @@ MAX_RATIO = 100
 #: Members per archive: a series has at most MAX_AXIS_VOXELS (2048) slices.
 MAX_MEMBERS = 4096
 CHUNK = 1 << 20
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _SKIPPED = re.compile(r"(^|/)(__MACOSX|\.[^/]*)(/|$)")  # Finder metadata, hidden files and folders
-
-
-def is_zip_name(name: str) -> bool:
-    return name.lower().endswith(".zip")
 
 
 def _refuse(status: int, name: str, what: str) -> UploadRefused:
@@ -55,7 +50,7 @@ def extract_series(archive: Path, dest: Path, name: str, max_bytes: int) -> Path
     """Unpack ``archive`` (the upload, called ``name`` in messages) flat into ``dest``; the archive
     is removed afterwards. UploadRefused with the HTTP status for anything unusable."""
     with archive.open("rb") as f:
-        if f.read(4) not in _ZIP_MAGICS:
+        if f.read(4) not in ZIP_MAGICS:
             raise _refuse(415, name, "is not a zip archive; zip the DICOM series folder, or send a .nii.gz")
     limit = min(max_bytes, MAX_RATIO * archive.stat().st_size)
     too_big = _refuse(

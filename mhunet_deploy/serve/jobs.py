@@ -9,7 +9,6 @@ upload's name) and get the HTTP status of their class: see :func:`http_status`.
 from __future__ import annotations
 
 import copy
-import gzip
 import logging
 import queue
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 
 from ..backends.base import Backend
 from ..errors import BackendError, InputError, MhunetError
+from ..io.formats import has_nifti_magic, read_head
 from ..pipeline import InferOptions, infer_volume
 from .store import Job, JobStore
 
@@ -44,20 +44,15 @@ CLI_REMEDIES = {
 }
 #: How often an idle worker removes expired jobs.
 REAP_INTERVAL_S = 5.0
-_NIFTI_MAGICS = ((344, (b"n+1\0", b"ni1\0")), (4, (b"n+2\0", b"ni2\0")))
 
 
 def _is_nifti(path: Path) -> bool:
     """Whether the file (gzipped or not) starts with a NIfTI-1/2 header; unreadable counts as yes,
     because a file that cannot be read is a broken upload (400), not the wrong type (415)."""
     try:
-        with path.open("rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
-        with gzip.open(path, "rb") if gzipped else path.open("rb") as f:
-            head = f.read(540)
+        return has_nifti_magic(read_head(path))
     except (OSError, EOFError, zlib.error):
         return True
-    return any(head[at : at + 4] in magics for at, magics in _NIFTI_MAGICS)
 
 
 def http_status(exc: MhunetError, upload: Path) -> int:

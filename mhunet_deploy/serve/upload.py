@@ -18,10 +18,12 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from ..io.formats import NIFTI_SUFFIXES, ZIP_SUFFIX
+
 #: Room for the multipart framing (boundaries, part headers) on top of the file's own bytes.
 FRAMING_BYTES = 64 * 1024
 FIELD = "file"
-SUFFIXES = (".nii", ".nii.gz", ".zip")
+SUFFIXES = (*NIFTI_SUFFIXES, ZIP_SUFFIX)
 MAX_NAME = 128
 
 

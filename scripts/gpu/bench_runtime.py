@@ -44,7 +44,7 @@ def oblique_variant(volume):
     reorientation flips and transposes, resampling at a non-unit step, and a crop of the model grid."""
     import nibabel as nib
 
-    from mhunet_deploy.volume_io import volume_from_image
+    from mhunet_deploy.io.nifti import volume_from_image
 
     c, s = np.cos(0.3), np.sin(0.3)
     rotation = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.eye(3)[:, [1, 0, 2]] @ np.diag([-1, 1, 1])
@@ -131,7 +131,7 @@ def _geometry_equal(a, b) -> bool:
 
 def parity(data: Path, volume_path: Path, threshold: float, min_mm3: float) -> list[dict] | str:
     from mhunet_deploy.arrays import _gpu_arrays_problem
-    from mhunet_deploy.volume_io import load_volume
+    from mhunet_deploy.io.nifti import load_volume
 
     problem = _gpu_arrays_problem()
     if problem:

@@ -79,7 +79,7 @@ def export_checkpoint(run: Path, out: Path) -> None:
     if weights.stat().st_size > PART_BYTES:
         from safetensors.numpy import load_file, save_file
 
-        from mhunet_deploy.checkpoint import sha256_file
+        from mhunet_deploy.files import sha256_file
 
         tensors = {
             k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in load_file(weights).items()

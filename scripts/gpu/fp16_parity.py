@@ -12,9 +12,9 @@ import torch
 
 from mhunet_deploy.checkpoint import load_checkpoint
 from mhunet_deploy.cuda_scan import register_cuda_scan
+from mhunet_deploy.io.nifti import load_volume
 from mhunet_deploy.model.scan import use_scan_impl
 from mhunet_deploy.preprocess import prepare
-from mhunet_deploy.volume_io import load_volume
 
 slices, _ = prepare(load_volume(sys.argv[1]))
 x = torch.from_numpy(slices[60:124]).cuda()

@@ -1,33 +1,29 @@
-"""NIfTI in and out for `mhunet infer`: validate early with one-line errors, write outputs atomically.
+"""The NIfTI reader: a file validated early, with one-line errors, into a :class:`Volume`.
 
 Inputs are refused from their header whenever possible, before any voxel is read, so a corrupt or
-absurd file costs milliseconds, not gigabytes. Outputs copy the input's geometry header verbatim
-(shape, qform/sform and codes, zooms, units), so the mask overlays the scan exactly in every viewer.
+absurd file costs milliseconds, not gigabytes. ``Volume`` is also what the DICOM reader makes
+(``io.dicom``); the outputs are written by ``io.outputs``.
 """
 
 from __future__ import annotations
 
-import errno
-import gzip
-import itertools
 import logging
 import math
 import os
-import secrets
-import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import numpy.typing as npt
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from mhunet_deploy.errors import InputError, OutputError
+from ..errors import InputError
+from ..files import one_line
+from .formats import is_dicom_file, nifti_layout, read_head
 
 # Refuse inputs larger than any brain MRI from the header alone: a corrupt dim field must not make
 # us allocate terabytes. 2**28 float32 voxels is 1 GiB.
@@ -36,12 +32,7 @@ MAX_TOTAL_VOXELS = 2**28
 # |det(A)| below this fraction of the product of the column norms means the axes are (nearly)
 # collinear: the affine cannot map voxels to distinct world positions.
 SINGULAR_AFFINE_RTOL = 1e-6
-# gzip level for .nii.gz outputs: 6 (the gzip default) is within ~5% of 9 on masks at a fraction of the time.
-GZIP_LEVEL = 6
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_NIFTI1_MAGICS = (b"n+1\0", b"ni1\0")
-_NIFTI2_MAGICS = (b"n+2\0", b"ni2\0")
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError)
 
 
@@ -64,10 +55,6 @@ class Volume:
         return tuple(float(z) for z in np.linalg.norm(self.image.affine[:3, :3], axis=0))
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _header_file(path: Path) -> Path:
     """The file holding the header: the .hdr of a .hdr/.img pair given by its .img, else `path`."""
     name = path.name
@@ -84,22 +71,21 @@ def _check_nifti_magic(path: Path) -> np.ndarray:
     if not hdr_path.is_file():
         raise InputError(f"{path}: header file {hdr_path.name} is missing; keep the .hdr next to the .img")
     try:
-        with hdr_path.open("rb") as f:
-            compressed = f.read(2) == _GZIP_MAGIC
-        with gzip.open(hdr_path, "rb") if compressed else hdr_path.open("rb") as f:
-            head = f.read(540)
+        head = read_head(hdr_path)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(
-            f"{path}: cannot read the header ({_one_line(exc)}); the gzip file is corrupt or truncated, "
+            f"{path}: cannot read the header ({one_line(exc)}); the gzip file is corrupt or truncated, "
             "copy it again"
         ) from exc
-    for byteorder, code in (("little", "<"), ("big", ">")):
-        size = int.from_bytes(head[:4], byteorder)
-        if size == 348 and head[344:348] in _NIFTI1_MAGICS:  # pixdim: float32[8] at byte 76
-            return np.frombuffer(head, f"{code}f4", count=3, offset=80).astype(np.float64)
-        if size == 540 and head[4:8] in _NIFTI2_MAGICS:  # pixdim: float64[8] at byte 104
-            return np.frombuffer(head, f"{code}f8", count=3, offset=112).astype(np.float64)
-    raise InputError(f"{path} is not a NIfTI file (no NIfTI header magic); convert the scan to .nii.gz first")
+    layout = nifti_layout(head)
+    if layout is None:
+        raise InputError(
+            f"{path} is not a NIfTI file (no NIfTI header magic); convert the scan to .nii.gz first"
+        )
+    code, version = layout
+    if version == 1:  # pixdim: float32[8] at byte 76
+        return np.frombuffer(head, f"{code}f4", count=3, offset=80).astype(np.float64)
+    return np.frombuffer(head, f"{code}f8", count=3, offset=112).astype(np.float64)  # float64[8] at 104
 
 
 def _mm(sizes: np.ndarray) -> str:
@@ -190,8 +176,6 @@ def load_volume(
         raise InputError(f"{path} does not exist; check the path")
     if path.is_dir():
         raise InputError(f"{path} is a folder; give the path of a .nii or .nii.gz file")
-    from .dicom_io import is_dicom_file  # imports this module: import it late
-
     if is_dicom_file(path):
         raise InputError(f"{path} is one DICOM slice; pass the folder that holds its series")
     pixdim = _check_nifti_magic(path)
@@ -200,7 +184,7 @@ def load_volume(
             img = nib.load(path)
     except _READ_ERRORS as exc:
         raise InputError(
-            f"{path}: cannot read the NIfTI header ({_one_line(exc)}); copy the file again"
+            f"{path}: cannot read the NIfTI header ({one_line(exc)}); copy the file again"
         ) from exc
     if not isinstance(img, nib.Nifti1Pair):
         raise InputError(f"{path} is not a NIfTI image; convert the scan to .nii.gz first")
@@ -227,7 +211,7 @@ def volume_from_image(
         data = np.asarray(img.dataobj[index] if index else img.dataobj, dtype=np.float32)
     except _READ_ERRORS as exc:
         raise InputError(
-            f"{name}: cannot read the voxels ({_one_line(exc)}); "
+            f"{name}: cannot read the voxels ({one_line(exc)}); "
             "the file is truncated or corrupt, copy it again"
         ) from exc
     finite = np.isfinite(data)
@@ -256,146 +240,3 @@ def volume_from_image(
             "tools that read pixdim may measure other volumes"
         )
     return Volume(image=img, data=data, path=path, warnings=warnings)
-
-
-def _os_error_message(path: Path, exc: OSError) -> str:
-    reason = exc.strerror or _one_line(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on the device writing {path} ({reason}); free disk space or write elsewhere"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write to folder {path.parent} ({reason}); choose a writable output folder"
-    return f"cannot write {path} ({reason}); check the output folder and free disk space"
-
-
-def prepare_output_folder(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` if needed and prove it writable with a probe file, removed at once.
-
-    Run before any work, so a read-only or full output folder fails in milliseconds, not after
-    minutes of inference; OSError becomes a one-line OutputError.
-    """
-    folder = Path(folder).absolute()
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder} is a file, not a folder; give an output folder with -o")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # the message names the folder it could not be created in
-        raise OutputError(_os_error_message(folder, exc)) from exc
-    try:
-        with tempfile.TemporaryFile(dir=folder, prefix=".mhunet-probe-") as probe:
-            probe.write(b"\0")
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError as exc:
-        raise OutputError(_os_error_message(folder / ".probe", exc)) from exc
-    return folder
-
-
-@contextmanager
-def output_folder(folder: str | os.PathLike) -> Iterator[Path]:
-    """:func:`prepare_output_folder` for one run, which leaves nothing behind when nothing was written.
-
-    On exit, the folders this call created (``folder`` and any missing parents) are removed again if
-    they are still empty, e.g. when every input was refused; a folder that existed before is never
-    removed, and ``rmdir`` never removes a folder that holds anything.
-    """
-    folder = Path(folder).absolute()
-    created = list(itertools.takewhile(lambda p: not p.exists(), (folder, *folder.parents)))
-    try:
-        yield prepare_output_folder(folder)
-    finally:
-        for path in created:  # deepest first
-            try:
-                path.rmdir()
-            except FileNotFoundError:  # never made (mkdir failed on the way)
-                continue
-            except OSError:  # holds outputs (or is not ours after all): keep it and its parents
-                break
-
-
-def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], object]) -> Path:
-    """Write `path` so that readers see the old file or the whole new one, never a partial one.
-
-    `write_fn(tmp)` writes the complete file at `tmp`: a hidden path in the same folder (same
-    filesystem) ending in `path`'s name, so writers that pick the format by suffix still work. The
-    file is then fsynced and renamed over `path`; on any failure `tmp` is removed, and OSError
-    becomes OutputError.
-    """
-    path = Path(path).absolute()
-    folder = path.parent
-    if not folder.exists():
-        raise OutputError(f"output folder {folder} does not exist; create it or choose another output path")
-    if not folder.is_dir():
-        raise OutputError(f"{folder} is not a folder; choose another output path")
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder; give a file name for the output")
-    tmp = folder / f".{secrets.token_hex(6)}.{path.name}"
-    try:
-        # O_EXCL: never clobber a file we did not create; mode 0o666 lets the umask apply as usual.
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        write_fn(tmp)
-        _fsync(tmp, os.O_RDWR)
-        os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-            _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise OutputError(_os_error_message(path, exc)) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _fsync(path: Path, flags: int) -> None:
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _source_files(image: nib.Nifti1Pair) -> list[Path]:
-    return [Path(holder.filename) for holder in image.file_map.values() if holder.filename]
-
-
-def _is_same_file(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-
-
-def save_like(
-    reference: nib.Nifti1Pair, data: np.ndarray, path: str | os.PathLike, dtype: npt.DTypeLike
-) -> Path:
-    """Write `data` (the reference's 3D shape) as NIfTI with the reference's geometry header, atomically.
-
-    Everything but datatype and scaling is copied from the reference (shape, qform/sform and codes,
-    zooms, units, extensions); slope 1, inter 0 so stored values are the values; cal_min/cal_max are
-    cleared because the input's display window would hide a mask or a probability map.
-    """
-    path = Path(path)
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        raise OutputError(f"{path}: output NIfTI files must end in .nii or .nii.gz; rename the output")
-    for source in _source_files(reference):
-        if _is_same_file(path, source):
-            raise OutputError(
-                f"{path} is the input scan; refusing to overwrite it, choose another output path"
-            )
-    shape = reference.shape[:3]
-    dtype = np.dtype(dtype)
-    if data.shape != shape:
-        raise ValueError(f"data shape {data.shape} differs from the reference's spatial shape {shape}")
-    if np.issubdtype(dtype, np.integer) and data.size:
-        info = np.iinfo(dtype)
-        if data.min() < info.min or data.max() > info.max:
-            raise ValueError(f"data range [{data.min()}, {data.max()}] does not fit {dtype}")
-
-    klass = nib.Nifti2Image if isinstance(reference, nib.Nifti2Pair) else nib.Nifti1Image
-    # affine=None keeps the header's qform/sform fields verbatim instead of re-deriving them.
-    image = klass(np.asarray(data).astype(dtype, copy=False), None, reference.header)
-    header = image.header
-    header.set_data_dtype(dtype)
-    header["pixdim"] = reference.header["pixdim"]  # set_data_shape reset those of dropped axes
-    # Raw fields: the image resets scaling to NaN ("unset"); the spec and viewers prefer 1 and 0.
-    header["scl_slope"], header["scl_inter"] = 1.0, 0.0
-    header["cal_min"] = header["cal_max"] = 0
-    payload = image.to_bytes()
-    if path.name.lower().endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
-    return atomic_write(path, lambda tmp: tmp.write_bytes(payload))

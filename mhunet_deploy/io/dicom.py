@@ -20,8 +20,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .errors import InputError
-from .volume_io import MAX_AXIS_VOXELS, MAX_TOTAL_VOXELS, Volume, volume_from_image
+from ..errors import InputError
+from .formats import is_dicom_file
+from .nifti import MAX_AXIS_VOXELS, MAX_TOTAL_VOXELS, Volume, volume_from_image
 
 INSTALL_HINT = 'pip install "mhunet-deploy[dicom]"'
 #: DICOM's patient axes are L, P, S; NIfTI's world axes are R, A, S.
@@ -31,19 +32,6 @@ ORIENTATION_TOLERANCE = 1e-4
 #: Slice steps may differ from their mean by this fraction of the step (plus 1 µm) and count as even.
 SPACING_RTOL = 0.01
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: an index, not a slice
-
-
-def is_dicom_file(path: Path) -> bool:
-    """A DICOM Part 10 file: 128-byte preamble, then ``DICM``. Read without pydicom."""
-    try:
-        with path.open("rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
-def is_dicom_folder(folder: Path) -> bool:
-    return any(p.is_file() and is_dicom_file(p) for p in folder.iterdir())
 
 
 def _pydicom(folder: Path) -> Any:

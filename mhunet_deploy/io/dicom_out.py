@@ -20,10 +20,11 @@ import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from . import __version__
-from .errors import InputError
-from .report import DISCLAIMER
-from .volume_io import Volume, atomic_write
+from .. import __version__
+from ..errors import InputError
+from ..files import atomic_write
+from ..report import DISCLAIMER
+from .nifti import Volume
 
 INSTALL_HINT = 'pip install "mhunet-deploy[dicom]"'
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 901, 902

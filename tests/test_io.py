@@ -1,4 +1,4 @@
-"""volume_io: every unusable input is refused with one line; outputs keep the input's geometry header."""
+"""io: every unusable input is refused with one line; outputs keep the input's geometry header."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from mhunet_deploy.errors import InputError, OutputError
-from mhunet_deploy.volume_io import atomic_write, load_volume, save_like, volume_from_image
+from mhunet_deploy.files import atomic_write
+from mhunet_deploy.io.nifti import load_volume, volume_from_image
+from mhunet_deploy.io.outputs import save_like
 from tests.corpus import (
     BAD_INPUTS,
     TRUE_ZOOMS,
