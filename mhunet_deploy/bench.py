@@ -25,7 +25,7 @@ from nibabel import orientations
 
 from .backends import has_graph, has_module, load_backend, torch_cuda
 from .errors import MhunetError
-from .exporting.manifest import DEFAULT_EXPORT_DIR
+from .graphs import DEFAULT_EXPORT_DIR
 from .io.nifti import Volume, load_volume
 from .pipeline import infer_options, infer_volume
 from .preprocess import prepare

@@ -27,7 +27,7 @@ import numpy as np
 from . import contract
 from .backends.base import Backend
 from .errors import BackendError
-from .exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, find_graph, output_channels
+from .graphs import DEFAULT_EXPORT_DIR, INPUT_NAME, find_graph, output_channels
 from .io.nifti import Volume, load_volume
 from .metrics import dice
 from .pipeline import EMPTY_SLICE_LOGIT, Segmentation, predict_volume, segment_logits

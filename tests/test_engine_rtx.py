@@ -65,7 +65,7 @@ def test_rtx_network_carries_every_output_channel(tiny_export: TinyExport) -> No
     engine output shape the TensorRT backend sizes its buffers from (running it needs an RTX GPU)."""
     import tensorrt_rtx as trt
 
-    from mhunet_deploy.exporting.manifest import graph_filename
+    from mhunet_deploy.graphs import graph_filename
 
     _, export = tiny_export(TWO)
     logger = trt.Logger(trt.Logger.ERROR)

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from mhunet_deploy import contract
-from mhunet_deploy.exporting.manifest import graph_filename
+from mhunet_deploy.graphs import graph_filename
 from tests.tiny_model import ONE, TWO, TinyExport
 
 GRAPHS = [(k, p) for k in ("plugin", "portable") for p in ("fp32", "fp16")]
@@ -41,8 +41,8 @@ def types(model: onnx.ModelProto) -> dict[str, int]:
 def test_manifest_describes_graph(
     load, tiny_export: TinyExport, kind: str, precision: str, outputs: tuple[str, ...]
 ) -> None:
-    from mhunet_deploy.exporting.manifest import output_channels
     from mhunet_deploy.files import sha256_file
+    from mhunet_deploy.graphs import output_channels
 
     ckpt, export = tiny_export(outputs)
     model, manifest = load(kind, precision, outputs)
@@ -104,7 +104,7 @@ def test_fp16_graphs_keep_fp32_islands(load, outputs: tuple[str, ...]) -> None:
 def test_manifest_without_output_channels_is_lesion_only_and_checked(load) -> None:
     """Manifests from before the field are one-channel exports; a count that disagrees is refused."""
     from mhunet_deploy.errors import BackendError
-    from mhunet_deploy.exporting.manifest import output_channels
+    from mhunet_deploy.graphs import output_channels
 
     _, manifest = load("portable", "fp32")
     old = {**manifest, "io": {k: v for k, v in manifest["io"].items() if k != "output_channels"}}

@@ -27,7 +27,7 @@ from mhunet_deploy import cli
 from mhunet_deploy.engine import FLAVORS
 from mhunet_deploy.engine.cache import engine_path
 from mhunet_deploy.engine.plugin_library import plugin_library_problem
-from mhunet_deploy.exporting.manifest import find_graph
+from mhunet_deploy.graphs import find_graph
 from tests.cli_helpers import mhunet
 from tests.corpus import BAD_INPUTS
 from tests.tiny_model import TinyExport

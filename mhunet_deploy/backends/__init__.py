@@ -28,7 +28,7 @@ def torch_cuda() -> bool:
 
 
 def has_graph(checkpoint: Path, kind: str, precision: str, export_dir: Path) -> bool:
-    from ..exporting.manifest import find_graph
+    from ..graphs import find_graph
 
     try:
         find_graph(checkpoint, kind, precision, export_dir)
@@ -78,7 +78,7 @@ def load_backend(
 ) -> Backend:
     """Load a named backend; ``auto`` picks by ``choose_auto`` and reports its pick to ``on_choice``."""
     from ..checkpoint import default_checkpoint
-    from ..exporting.manifest import DEFAULT_EXPORT_DIR
+    from ..graphs import DEFAULT_EXPORT_DIR
 
     if name not in NAMES:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")

@@ -12,7 +12,7 @@ from types import ModuleType
 import numpy as np
 
 from ..errors import BackendError
-from ..exporting.manifest import (
+from ..graphs import (
     DEFAULT_EXPORT_DIR,
     INPUT_NAME,
     OUTPUT_NAME,

@@ -17,7 +17,7 @@ from ..arrays import array_device, is_device_array, modules_of
 from ..engine import DEFAULT_ENGINE_DIR, FLAVORS, BatchProfile, import_library
 from ..engine.build import ensure_engine
 from ..errors import BackendError
-from ..exporting.manifest import DEFAULT_EXPORT_DIR, INPUT_NAME, OUTPUT_NAME, find_graph, output_channels
+from ..graphs import DEFAULT_EXPORT_DIR, INPUT_NAME, OUTPUT_NAME, find_graph, output_channels
 from .base import Backend
 
 

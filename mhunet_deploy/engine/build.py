@@ -14,8 +14,8 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from ..errors import BackendError
-from ..exporting.manifest import INPUT_NAME, find_graph
 from ..files import atomic_write
+from ..graphs import INPUT_NAME, find_graph
 from . import DEFAULT_ENGINE_DIR, FLAVORS, BatchProfile, import_library
 from .cache import (
     cache_state,

@@ -20,9 +20,9 @@ import torch
 from .. import __version__, contract
 from ..checkpoint import default_checkpoint, load_checkpoint
 from ..files import atomic_write, sha256_file
+from ..graphs import FORMAT, INPUT_NAME, OUTPUT_NAME, graph_filename, write_manifest
 from .fp16 import to_fp16
 from .inline import inline_scans, scan_signatures
-from .manifest import FORMAT, INPUT_NAME, OUTPUT_NAME, graph_filename, write_manifest
 from .torch_export import export_plugin_graph, export_scan_graph
 
 #: ONNX opset of every exported graph (LayerNormalization needs 17; TensorRT 10 parses 17-20).

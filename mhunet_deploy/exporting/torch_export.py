@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import contract
+from ..graphs import INPUT_NAME, OUTPUT_NAME
 from ..model.mamba_hunet import MambaHUNet
 from ..model.scan import (
     register_scan_impl,
@@ -27,7 +28,6 @@ from ..model.scan import (
     use_scan_impl,
 )
 from .inline import ScanSignature
-from .manifest import INPUT_NAME, OUTPUT_NAME
 
 PLUGIN_IMPL = "plugin"
 #: Traced batch size: 2, so no exporter specialises a size-1 batch dim away.

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import read_meta
-from ..errors import BackendError
-from ..files import atomic_write, read_tagged_json, sha256_file
+from .checkpoint import read_meta
+from .errors import BackendError
+from .files import atomic_write, read_tagged_json, sha256_file
 
 FORMAT = "mhunet-onnx/1"
 KINDS = ("plugin", "portable")
