@@ -1,5 +1,8 @@
 """`mhunet verify`: every available backend and precision against the FP32 PyTorch reference.
 
+The reference is the torch backend on the CPU with the torch scan (``scan="reference"``); the torch
+backend's default CPU path, the fused numba scan, is a candidate held to it like every other.
+
 Runs on a real volume through the same preprocessing and postprocessing as `mhunet infer`, and judges
 each candidate twice (ARCHITECTURE.md, Precision): on logits (max and median |Δ| of every output
 channel: lesion, and brain when the model has it) and on the task (lesion mask Dice, lesion count and
@@ -182,6 +185,8 @@ def candidates(checkpoint: Path, export_dir: Path) -> list[Candidate]:
         return lambda: load_backend(name, checkpoint, device, precision, export_dir=export_dir)
 
     return [
+        # What `mhunet infer --device cpu` runs: the fused CPU scan where numba is installed.
+        Candidate("torch cpu", "fp32", backend("torch", "fp32", "cpu")),
         Candidate(
             "onnx-reference plugin",
             "fp32",
@@ -211,7 +216,7 @@ def verify(
     vol = load_volume(volume)
     prepared, geometry = prepare(vol)
     index = central_slices(prepared, slices)
-    with TorchBackend(checkpoint, device="cpu", precision="fp32") as reference:
+    with TorchBackend(checkpoint, device="cpu", precision="fp32", scan="reference") as reference:
         shape = (len(prepared), len(reference.outputs), *prepared.shape[2:])
         ref_logits = np.full(shape, EMPTY_SLICE_LOGIT, dtype=np.float32)
         ref_logits[index] = predict_volume(reference, prepared[index], 8)

@@ -49,12 +49,14 @@ def test_fp16_tolerance_is_on_the_task() -> None:
 @pytest.mark.skipif(not PATIENT26.is_file(), reason=f"{PATIENT26} not present")
 @pytest.mark.parametrize("outputs", [ONE, TWO], ids=["lesion", "lesion+brain"])
 def test_cpu_backends_match_torch_on_patient26(tiny_export: TinyExport, outputs: tuple[str, ...]) -> None:
-    """The real-volume parity test: plugin graph (ReferenceEvaluator), onnxruntime fp32 and fp16, on
-    every output channel, and the brain mask's Dice for a model with a brain output."""
+    """The real-volume parity test: the torch backend's fused CPU scan, the plugin graph
+    (ReferenceEvaluator), onnxruntime fp32 and fp16, against the torch scan, on every output channel,
+    and the brain mask's Dice for a model with a brain output."""
     ckpt, export = tiny_export(outputs)
     rows = {(r.backend, r.precision): r for r in verify(ckpt, PATIENT26, slices=2, export_dir=export)}
     ran = [r for r in rows.values() if not r.note.startswith("skipped")]
     assert {(r.backend, r.precision) for r in ran} >= {
+        ("torch-cpu (torch scan)", "fp32"),
         ("torch-cpu", "fp32"),
         ("onnx-reference (plugin graph)", "fp32"),
         ("onnxruntime-cpu", "fp32"),

@@ -13,6 +13,7 @@ import torch
 from ..arrays import array_device, is_device_array, modules_of
 from ..checkpoint import load_checkpoint
 from ..errors import BackendError
+from ..model.mamba_hunet import fused_cpu_scan_available
 from ..model.scan import use_scan_impl
 from .base import Backend
 
@@ -65,12 +66,15 @@ class TorchBackend(Backend):
         self.device = torch.device(device)
         if self.device.type == "cpu":
             keep_freed_memory()
+            if not fused_cpu_scan_available():
+                log.warning("torch backend: numba is not installed: the slower torch scan runs on the CPU")
         self.model, self.meta = load_checkpoint(checkpoint, device=device)
         self.outputs = self.model.config.outputs
         self.precision = precision
         self.scan = scan
         self.scan_impl = self._pick_scan_impl(scan)
-        self.name = f"torch-{self.device.type}"
+        # The FP32 reference path says so: `mhunet verify` holds the default path to it.
+        self.name = f"torch-{self.device.type}" + (" (torch scan)" if scan == "reference" else "")
         self.batch_size = 32 if self.device.type == "cuda" else 8
         self.engine_key = None
         # cupy computes on its current device, 0: another GPU keeps pre/post-processing on the CPU.

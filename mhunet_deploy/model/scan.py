@@ -356,6 +356,11 @@ def scan_impls() -> tuple[str, ...]:
     return ("auto", *_IMPLS)
 
 
+def active_scan_impl() -> str:
+    """The implementation ``use_scan_impl`` forces here, or "auto" (the default dispatcher)."""
+    return _ACTIVE.get()
+
+
 @contextlib.contextmanager
 def use_scan_impl(name: str) -> Iterator[None]:
     """Force one implementation for every ``selective_scan`` call inside the block (e.g. for export)."""
