@@ -38,10 +38,10 @@ def worker(args: argparse.Namespace) -> None:
 
     from mhunet_deploy.backends.torch_backend import keep_freed_memory
     from mhunet_deploy.checkpoint import load_checkpoint
+    from mhunet_deploy.io.nifti import load_volume
     from mhunet_deploy.model import scan
     from mhunet_deploy.preprocess import prepare
     from mhunet_deploy.verify import central_slices
-    from mhunet_deploy.volume_io import load_volume
 
     if args.threads:
         torch.set_num_threads(args.threads)

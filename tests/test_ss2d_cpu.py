@@ -106,9 +106,9 @@ def test_torch_scan_where_the_kernel_does_not_apply() -> None:
 def test_packaged_weights_within_verify_tolerance_on_patient26() -> None:
     """The packaged model on two real slices: within `mhunet verify`'s FP32 tolerance of the torch scan."""
     from mhunet_deploy.checkpoint import load_checkpoint
+    from mhunet_deploy.io.nifti import load_volume
     from mhunet_deploy.preprocess import prepare
     from mhunet_deploy.verify import FP32_MAX_ABS_LOGIT, central_slices
-    from mhunet_deploy.volume_io import load_volume
 
     model, _ = load_checkpoint()
     slices = prepare(load_volume(PATIENT26))[0]
