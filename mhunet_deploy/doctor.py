@@ -145,7 +145,7 @@ def check_scan_kernel() -> Check:
 
     if not torch.cuda.is_available():
         return Check(name, "ok", "not needed here: no CUDA GPU, the torch backend runs on the CPU")
-    from .cuda_scan import KernelLibraryError, load_library
+    from .ops.selective_scan.cuda import KernelLibraryError, load_library
 
     try:
         lib = load_library()

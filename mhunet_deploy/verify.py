@@ -27,15 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from . import contract
 from .backends.base import Backend
 from .errors import BackendError
 from .graphs import DEFAULT_EXPORT_DIR, INPUT_NAME, find_graph, output_channels
 from .io.nifti import Volume, load_volume
 from .metrics import dice
+from .ops.selective_scan import contract
+from .ops.selective_scan.numpy_scan import reference_ops, selective_scan_numpy
 from .pipeline import EMPTY_SLICE_LOGIT, Segmentation, predict_volume, segment_logits
 from .preprocess import Geometry, prepare
-from .scan_numpy import reference_ops, selective_scan_numpy
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ def worker(args: argparse.Namespace) -> None:
     from mhunet_deploy.backends.torch_backend import keep_freed_memory
     from mhunet_deploy.checkpoint import load_checkpoint
     from mhunet_deploy.io.nifti import load_volume
-    from mhunet_deploy.model import scan
+    from mhunet_deploy.ops.selective_scan import torch_scan as scan
     from mhunet_deploy.preprocess import prepare
     from mhunet_deploy.verify import central_slices
 

@@ -5,9 +5,9 @@
 Times ``selective_scan_chunked`` (torch, inference mode) per shape, median of --repeats runs; with
 --onnx also the traced ``selective_scan_logstep`` graph on onnxruntime CPU and its node count (not
 constant-folded: more nodes than the exported model has per scan). Both use --threads threads.
---baseline names another copy of ``mhunet_deploy/model/scan.py`` (e.g. from
-``git show HEAD~1:mhunet_deploy/model/scan.py > /tmp/old_scan.py``) whose functions are timed in the
-same run, interleaved, so a shared machine's load hits both alike.
+--baseline names another copy of ``mhunet_deploy/ops/selective_scan/torch_scan.py`` (e.g.
+from ``git show HEAD~1:mhunet_deploy/ops/selective_scan/torch_scan.py > /tmp/old_scan.py``) whose
+functions are timed in the same run, interleaved, so a shared machine's load hits both alike.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from types import ModuleType
 
 import torch
 
-from mhunet_deploy.model import scan
+from mhunet_deploy.ops.selective_scan import torch_scan as scan
 
 #: (D, L) of the light model's scans at 256x256 (stages 1..4); N = 16, G = 4.
 SHAPES = [(256, 4096), (512, 1024), (1024, 256), (2048, 64)]

@@ -1,5 +1,5 @@
 # ruff: noqa: E501, E741
-"""Our CUDA selective scan (mhunet_deploy.cuda_scan) against the torch loop oracle; needs a CUDA GPU."""
+"""Our CUDA selective scan (mhunet_deploy.ops.selective_scan.cuda) against the torch loop oracle; needs a CUDA GPU."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def _inputs(b, d, l, g, n, dtype):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)])
 @pytest.mark.parametrize("b,d,l,g", [(2, 64, 1, 4), (2, 64, 65, 1), (1, 128, 1000, 4), (2, 32, 4097, 4)])
 def test_matches_loop_oracle(b, d, l, g, dtype, tol):
-    from mhunet_deploy.cuda_scan import selective_scan_cuda
-    from mhunet_deploy.model.scan import selective_scan_loop
+    from mhunet_deploy.ops.selective_scan.cuda import selective_scan_cuda
+    from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan_loop
 
     args = _inputs(b, d, l, g, 16, dtype)
     y = torch.full_like(args[0], float("nan"))
@@ -57,7 +57,7 @@ def test_matches_loop_oracle(b, d, l, g, dtype, tol):
 
 @_gpu
 def test_rejects_grad_and_large_n():
-    from mhunet_deploy.cuda_scan import selective_scan_cuda
+    from mhunet_deploy.ops.selective_scan.cuda import selective_scan_cuda
 
     args = list(_inputs(1, 8, 16, 1, 16, torch.float32))
     args[0].requires_grad_(True)
@@ -71,8 +71,8 @@ def test_rejects_grad_and_large_n():
 @_gpu
 def test_softplus_off_with_nonnegative_steps():
     """delta_softplus=0 requires delta + delta_bias >= 0 (selective_scan.h); with such steps it matches."""
-    from mhunet_deploy.cuda_scan import selective_scan_cuda
-    from mhunet_deploy.model.scan import selective_scan_loop
+    from mhunet_deploy.ops.selective_scan.cuda import selective_scan_cuda
+    from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan_loop
 
     u, _, A, Bm, Cm, D, _ = _inputs(2, 64, 1000, 4, 16, torch.float32)
     delta = torch.randn_like(u).abs()
@@ -85,8 +85,8 @@ def test_softplus_off_with_nonnegative_steps():
 
 @_gpu
 def test_registered_impl_runs_the_model_scan_on_cuda():
-    from mhunet_deploy.cuda_scan import register_cuda_scan
-    from mhunet_deploy.model.scan import selective_scan, use_scan_impl
+    from mhunet_deploy.ops.selective_scan.cuda import register_cuda_scan
+    from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan, use_scan_impl
 
     name = register_cuda_scan()
     args = _inputs(2, 64, 300, 4, 16, torch.float16)
@@ -99,8 +99,8 @@ def test_registered_impl_runs_the_model_scan_on_cuda():
 
 def test_cuda_impl_falls_back_to_chunked_without_a_gpu_kernel_call():
     """CPU tensors (and tensors that need grad) go to the chunked torch scan; nothing is compiled."""
-    import mhunet_deploy.cuda_scan as cs
-    from mhunet_deploy.model.scan import selective_scan_chunked, use_scan_impl
+    import mhunet_deploy.ops.selective_scan.cuda as cs
+    from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan_chunked, use_scan_impl
 
     assert cs.register_cuda_scan(load=False) == "cuda"
     g = torch.Generator().manual_seed(0)
@@ -113,7 +113,7 @@ def test_cuda_impl_falls_back_to_chunked_without_a_gpu_kernel_call():
         torch.randn(1, 2, 4, 20, generator=g),
         torch.ones(8),
     )
-    from mhunet_deploy.model.scan import selective_scan
+    from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan
 
     with use_scan_impl("cuda"):
         y = selective_scan(*args, None, True)
@@ -147,7 +147,7 @@ def _fake_library(tmp_path, body: str):
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not found")
 def test_a_library_built_from_other_sources_is_refused(tmp_path):
-    from mhunet_deploy.cuda_scan import KernelLibraryError, ScanLibrary
+    from mhunet_deploy.ops.selective_scan.cuda import KernelLibraryError, ScanLibrary
 
     stale = _fake_library(
         tmp_path, 'const char* mhunet_selective_scan_source_sha256(void) { return "0123"; }'
@@ -161,7 +161,7 @@ def test_a_library_built_from_other_sources_is_refused(tmp_path):
 
 
 def test_explicit_library_path_must_exist(tmp_path, monkeypatch):
-    from mhunet_deploy.cuda_scan import SCAN_LIBRARY_ENV, KernelLibraryError, find_library
+    from mhunet_deploy.ops.selective_scan.cuda import SCAN_LIBRARY_ENV, KernelLibraryError, find_library
 
     monkeypatch.setenv(SCAN_LIBRARY_ENV, str(tmp_path / "missing.so"))
     with pytest.raises(KernelLibraryError, match="does not exist"):
@@ -172,7 +172,7 @@ def test_explicit_library_path_must_exist(tmp_path, monkeypatch):
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found on PATH")
 def test_build_kernels_writes_a_library_the_backend_accepts(tmp_path):
     """`mhunet build-kernels` (nvcc, no GPU needed to compile) writes a library with the sources' key."""
-    from mhunet_deploy.cuda_scan import ScanLibrary, source_sha256
+    from mhunet_deploy.ops.selective_scan.cuda import ScanLibrary, source_sha256
 
     out = tmp_path / "libmhunet_scan.so"
     cmd = [sys.executable, "-m", "mhunet_deploy.cli", "build-kernels", "--arch", "90", "--out", str(out)]

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import onnx
 import pytest
 
-from mhunet_deploy import contract
 from mhunet_deploy.graphs import graph_filename
+from mhunet_deploy.ops.selective_scan import contract
 from tests.tiny_model import ONE, TWO, TinyExport
 
 GRAPHS = [(k, p) for k in ("plugin", "portable") for p in ("fp32", "fp16")]

@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import pytest
 
-from mhunet_deploy import contract
 from mhunet_deploy.exporting.fp16 import SCAN_MERGE_OPS
 from mhunet_deploy.graphs import INPUT_NAME, OUTPUT_NAME, graph_filename
+from mhunet_deploy.ops.selective_scan import contract
 from tests.tiny_model import ONE, PATIENT26, TWO, TinyExport
 
 #: Slices of patient26 the onnxruntime fp16 graph runs on (fp16 on the CPU EP is slow: ~10-30 s each).

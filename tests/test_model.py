@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mhunet_deploy.model import scan
 from mhunet_deploy.model.mamba_hunet import (
     CONFIGS,
     K_DIRECTIONS,
@@ -15,6 +14,7 @@ from mhunet_deploy.model.mamba_hunet import (
     count_flops,
     count_parameters,
 )
+from mhunet_deploy.ops.selective_scan import torch_scan as scan
 
 TINY = ModelConfig(embed_dim=8, depths=(1, 1, 1, 1), stem_channels=4, img_size=64)
 

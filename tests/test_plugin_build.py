@@ -1,6 +1,6 @@
 # ruff: noqa: E501, E741
 """The native code compiles where no GPU is: the CUDA kernel with nvcc (one arch, to keep CI short), the
-contract header matches mhunet_deploy.contract, and, when TensorRT headers are present under
+contract header matches mhunet_deploy.ops.selective_scan.contract, and, when TensorRT headers are present under
 third_party/TensorRT/include, the plugin library and its harness build and the harness's host-side checks
 (creator, clone, serialization, shapes, formats) pass (enqueue checks skip without a GPU)."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mhunet_deploy import contract
+from mhunet_deploy.ops.selective_scan import contract
 
 REPO = Path(__file__).resolve().parent.parent
 SCAN = REPO / "mhunet_deploy" / "kernels"
@@ -26,7 +26,7 @@ def test_contract_header_is_generated_text():
     committed = (SCAN / "selective_scan_contract.h").read_text()
     assert committed == contract.c_header(), (
         "mhunet_deploy/kernels/selective_scan_contract.h is stale: regenerate it with "
-        "`python -m mhunet_deploy.contract > mhunet_deploy/kernels/selective_scan_contract.h`"
+        "`python -m mhunet_deploy.ops.selective_scan.contract > mhunet_deploy/kernels/selective_scan_contract.h`"
     )
 
 
@@ -98,7 +98,7 @@ def _check_resource_usage(report: str) -> None:
 def test_kernel_only_cmake_build_without_tensorrt_headers(tmp_path):
     """The kernel library the torch backend loads builds with no TensorRT anywhere: no register spills,
     and it carries the key of the package's sources (so cuda_scan accepts it)."""
-    from mhunet_deploy.cuda_scan import ScanLibrary, source_sha256
+    from mhunet_deploy.ops.selective_scan.cuda import ScanLibrary, source_sha256
 
     t0 = time.time()
     args = ["-DMHUNET_KERNEL_ONLY=ON", "-DCMAKE_CUDA_ARCHITECTURES=90", "-DTENSORRT_INCLUDE_DIR=/nonexistent"]

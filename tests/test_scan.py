@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from mhunet_deploy import contract
-from mhunet_deploy.model import scan
-from mhunet_deploy.scan_numpy import reference_ops, selective_scan_numpy
+from mhunet_deploy.ops.selective_scan import contract
+from mhunet_deploy.ops.selective_scan import torch_scan as scan
+from mhunet_deploy.ops.selective_scan.numpy_scan import reference_ops, selective_scan_numpy
 from tests.scan_helpers import rel_error, scan_inputs
 
 FAST = [scan.selective_scan_chunked, scan.selective_scan_logstep]
@@ -189,7 +189,7 @@ def test_scan_numpy_imports_without_torch() -> None:
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
         import numpy as np
-        from mhunet_deploy.scan_numpy import selective_scan_numpy
+        from mhunet_deploy.ops.selective_scan.numpy_scan import selective_scan_numpy
         y = selective_scan_numpy(np.ones((1, 4, 3), np.float32), np.zeros((1, 4, 3), np.float32),
                                  -np.ones((4, 2), np.float32), np.ones((1, 2, 2, 3), np.float32),
                                  np.ones((1, 2, 2, 3), np.float32), np.ones(4, np.float32), None)
@@ -208,3 +208,19 @@ def test_chunked_inference_split_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     with torch.inference_mode():
         y = scan.selective_scan_chunked(u, delta, A, B, C, D, bias, True, chunk=16)
     assert rel_error(y, ref) < 1e-5
+
+
+def test_the_one_signature_is_the_contracts() -> None:
+    """ScanFn, the op's signature written once, names the contract's inputs in order, then its
+    attribute with its default; scan_args completes a call the way every implementation reads it."""
+    import inspect
+
+    from mhunet_deploy.ops.selective_scan import ScanFn, scan_args
+
+    params = list(inspect.signature(ScanFn.__call__).parameters.values())[1:]
+    assert [p.name for p in params] == [p.name for p in contract.INPUTS] + list(contract.ATTRIBUTES)
+    assert params[-1].default == bool(contract.ATTRIBUTES["delta_softplus"])
+    assert scan_args(1, 2, 3, 4, 5, 6) == (1, 2, 3, 4, 5, 6, None, True)
+    assert scan_args(1, 2, 3, 4, 5, 6, delta_softplus=False, delta_bias=7) == (1, 2, 3, 4, 5, 6, 7, False)
+    with pytest.raises(TypeError):
+        scan_args(1, 2, 3)

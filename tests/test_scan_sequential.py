@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mhunet_deploy.model import scan
+from mhunet_deploy.ops.selective_scan import torch_scan as scan
 from tests.scan_helpers import rel_error, scan_inputs
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mhunet_deploy import contract
-from mhunet_deploy.model import scan
 from mhunet_deploy.model.mamba_hunet import SS2D, fused_cpu_scan
+from mhunet_deploy.ops.selective_scan import contract
+from mhunet_deploy.ops.selective_scan import torch_scan as scan
 from tests.tiny_model import PATIENT26
 
 ss2d_cpu = pytest.importorskip("mhunet_deploy.model.ss2d_cpu", reason="numba not installed")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mhunet_deploy import contract
-from mhunet_deploy.scan_numpy import selective_scan_numpy
+from mhunet_deploy.ops.selective_scan import contract
+from mhunet_deploy.ops.selective_scan.numpy_scan import selective_scan_numpy
 from mhunet_deploy.verify import (
     FP16_MIN_BRAIN_DICE,
     FP16_MIN_DICE,

@@ -74,7 +74,7 @@ def test_installed_wheel_runs_from_another_folder(wheel: Path, tmp_path: Path) -
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     probe = (  # the lookups the package makes at run time
-        "import json; from importlib import resources; import mhunet_deploy.cuda_scan as c; "
+        "import json; from importlib import resources; import mhunet_deploy.ops.selective_scan.cuda as c; "
         "from mhunet_deploy.checkpoint import default_checkpoint; "
         "print(json.dumps({'package': c.__file__, 'kernels': str(c.source_dir() / 'selective_scan.cu'), "
         "'weights': str(default_checkpoint()), "

@@ -14,7 +14,7 @@ from ..arrays import array_device, is_device_array, modules_of
 from ..checkpoint import load_checkpoint
 from ..errors import BackendError
 from ..model.mamba_hunet import fused_cpu_scan_available
-from ..model.scan import use_scan_impl
+from ..ops.selective_scan.torch_scan import use_scan_impl
 from .base import Backend
 
 #: scan choices: "auto" = our CUDA kernel on CUDA when its prebuilt library is there (``mhunet
@@ -89,7 +89,7 @@ class TorchBackend(Backend):
                 raise BackendError("torch backend: scan='cuda' needs a CUDA device")
             return "auto"
         # Imported only here: a CPU-only run never touches the kernel library.
-        from ..cuda_scan import KernelLibraryError, register_cuda_scan
+        from ..ops.selective_scan.cuda import KernelLibraryError, register_cuda_scan
 
         try:
             return register_cuda_scan()  # loads the prebuilt library; nothing is compiled

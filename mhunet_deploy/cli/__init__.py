@@ -706,7 +706,7 @@ def build_kernels(
     import time
 
     try:
-        from .. import cuda_scan
+        from ..ops.selective_scan import cuda as cuda_scan
     except ImportError as e:
         raise BackendError(f"mhunet build-kernels needs {e.name}; pip install 'mhunet-deploy[torch]'") from e
     if arch is None:

@@ -17,10 +17,11 @@ import onnx
 import onnx_graphsurgeon as gs
 import torch
 
-from .. import __version__, contract
+from .. import __version__
 from ..checkpoint import default_checkpoint, load_checkpoint
 from ..files import atomic_write, sha256_file
 from ..graphs import FORMAT, INPUT_NAME, OUTPUT_NAME, graph_filename, write_manifest
+from ..ops.selective_scan import contract
 from .fp16 import to_fp16
 from .inline import inline_scans, scan_signatures
 from .torch_export import export_plugin_graph, export_scan_graph

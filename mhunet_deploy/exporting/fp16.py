@@ -24,7 +24,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
-from .. import contract
+from ..ops.selective_scan import contract
 
 #: Ops computed wholly in fp32: every input is cast up and every output cast back down.
 FP32_ISLAND_OPS = ("LayerNormalization", "BatchNormalization")

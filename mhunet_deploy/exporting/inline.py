@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
-from .. import contract
+from ..ops.selective_scan import contract
 from .fp16 import add_cast, is_scan
 
 

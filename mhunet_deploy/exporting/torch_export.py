@@ -1,11 +1,5 @@
-"""Tracing to ONNX: the model with one ``mhunet::SelectiveScan`` node per SS2D call, and the scan alone.
-
-torch 2.13's default (dynamo) exporter needs onnxscript, which this project does not carry, and
-``torch.onnx.ops.symbolic`` is not accepted by the TorchScript exporter; so the custom node comes
-from a ``torch.autograd.Function`` with a ``symbolic`` method under ``dynamo=False``. Eagerly that
-Function runs the chunked scan; while tracing it returns zeros of y's shape instead, because the
-symbolic replaces it, no control flow in the model depends on its value, and tracing the chunked
-scan's Python loops made the export 20x slower.
+"""Tracing to ONNX: the model with one ``mhunet::SelectiveScan`` node per SS2D call (the node:
+``ops.selective_scan.export``), and the scan alone as standard ops (the log-step scan).
 """
 
 from __future__ import annotations
@@ -17,56 +11,15 @@ import onnx
 import torch
 from torch import nn
 
-from .. import contract
 from ..graphs import INPUT_NAME, OUTPUT_NAME
 from ..model.mamba_hunet import MambaHUNet
-from ..model.scan import (
-    register_scan_impl,
-    selective_scan_chunked,
-    selective_scan_logstep,
-    static_dims,
-    use_scan_impl,
-)
+from ..ops.selective_scan import contract
+from ..ops.selective_scan.export import PLUGIN_IMPL, plugin_scan
+from ..ops.selective_scan.torch_scan import register_scan_impl, selective_scan_logstep, use_scan_impl
 from .inline import ScanSignature
 
-PLUGIN_IMPL = "plugin"
 #: Traced batch size: 2, so no exporter specialises a size-1 batch dim away.
 TRACE_BATCH = 2
-
-
-class _SelectiveScanNode(torch.autograd.Function):
-    """Exports as the contract's custom node with a static (D, L) output type (see module docstring)."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool, static_dl: tuple[int, int]):
-        if torch.jit.is_tracing():
-            return torch.zeros_like(u)
-        return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
-
-    @staticmethod
-    def symbolic(g, u, delta, A, B, C, D, delta_bias, delta_softplus: bool, static_dl: tuple[int, int]):
-        args = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
-        attrs = {f"{k}_i": int(delta_softplus) for k in contract.ATTRIBUTES}
-        y = g.op(f"{contract.DOMAIN}::{contract.OP_TYPE}", *(args[p.name] for p in contract.INPUTS), **attrs)
-        y.setType(u.type().with_sizes([None, *static_dl]))
-        return y
-
-
-def plugin_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-) -> torch.Tensor:
-    """The "plugin" scan implementation: one custom node in ONNX, the chunked scan when run."""
-    return _SelectiveScanNode.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, static_dims(u)[1:])
-
-
-register_scan_impl(PLUGIN_IMPL, plugin_scan)
 
 
 def _to_onnx(
@@ -96,6 +49,7 @@ def export_plugin_graph(model: MambaHUNet, opset: int) -> onnx.ModelProto:
     cfg = model.config
     x = torch.randn(TRACE_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size)
     names = {"inputs": [INPUT_NAME], "outputs": [OUTPUT_NAME], "dynamic": [INPUT_NAME, OUTPUT_NAME]}
+    register_scan_impl(PLUGIN_IMPL, plugin_scan)
     with torch.no_grad(), use_scan_impl(PLUGIN_IMPL):
         return _to_onnx(model.eval(), (x,), names, opset, custom_op=True)
 

@@ -71,7 +71,7 @@ const char* mhunet_selective_scan_error_string(int code);
 
 //! The sha256 key of the sources this library was compiled from (MHUNET_SCAN_SOURCE_SHA256, defined by
 //! plugins/CMakeLists.txt and `mhunet build-kernels`; "unknown" otherwise). The torch backend loads only a
-//! library whose key matches its own sources (mhunet_deploy/cuda_scan.py).
+//! library whose key matches its own sources (mhunet_deploy/ops/selective_scan/cuda.py).
 const char* mhunet_selective_scan_source_sha256(void);
 
 #ifdef __cplusplus

@@ -1,4 +1,5 @@
-// Generated from mhunet_deploy/contract.py by `python -m mhunet_deploy.contract`. Do not edit.
+// Generated from mhunet_deploy/ops/selective_scan/contract.py by
+// `python -m mhunet_deploy.ops.selective_scan.contract`. Do not edit.
 #pragma once
 namespace mhunet { namespace contract {
 constexpr char const* kPluginName = "SelectiveScan";

@@ -1,5 +1,5 @@
 // TensorRT (>= 10) IPluginV3 for the SelectiveScan op: name, version, namespace, input order and field
-// names come from selective_scan_contract.h, generated from mhunet_deploy/contract.py.
+// names come from selective_scan_contract.h, generated from mhunet_deploy/ops/selective_scan/contract.py.
 #pragma once
 
 #include <NvInferRuntime.h>

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .scan import active_scan_impl, selective_scan
+from ..ops.selective_scan.torch_scan import active_scan_impl, selective_scan
 
 K_DIRECTIONS = 4
 LESION_PRIOR_LOGIT = -4.0

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from numba.extending import intrinsic
 
-from .. import contract
+from ..ops.selective_scan import contract
 
 #: SS2D's scan orders: 0 row-major, 1 column-major, 2 and 3 the same reversed.
 K_DIRECTIONS = 4

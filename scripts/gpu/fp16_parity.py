@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from mhunet_deploy.checkpoint import load_checkpoint
-from mhunet_deploy.cuda_scan import register_cuda_scan
 from mhunet_deploy.io.nifti import load_volume
-from mhunet_deploy.model.scan import use_scan_impl
+from mhunet_deploy.ops.selective_scan.cuda import register_cuda_scan
+from mhunet_deploy.ops.selective_scan.torch_scan import use_scan_impl
 from mhunet_deploy.preprocess import prepare
 
 slices, _ = prepare(load_volume(sys.argv[1]))

@@ -5,7 +5,7 @@
     fp32 (rel L2 <= 1e-5) and fp16 I/O (<= 1e-2), outputs poisoned with NaN, fresh inputs per check;
     plus every compiled kernel configuration (items x cpw x spi) on odd lengths.
 (b) speed with CUDA events (median), input sets rotated beyond L2: ours vs the pure-PyTorch chunked scan
-    (mhunet_deploy.model.scan.selective_scan_chunked, when present) vs mamba-ssm's selective_scan_fn
+    (mhunet_deploy.ops.selective_scan.torch_scan.selective_scan_chunked, when present) vs mamba-ssm's selective_scan_fn
     (when importable: see get_mamba; skipped with a message otherwise); achieved GB/s vs the measured
     device-to-device copy bandwidth. The "ours" column is the default configuration; "best" is the
     fastest compiled configuration (items x cpw x spi) of the tuning sweep at that shape.
@@ -142,7 +142,7 @@ def main():
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 60 << 20)
     log(f"device {dev_name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MiB, torch {torch.__version__}")
-    from mhunet_deploy.cuda_scan import load_library, selective_scan_cuda
+    from mhunet_deploy.ops.selective_scan.cuda import load_library, selective_scan_cuda
 
     t = time.time()
     ext = load_library()
@@ -230,7 +230,7 @@ def main():
         if not ok:
             log(f"FAIL {name}: rel_l2={err:.3g} > {tol}")
     try:
-        from mhunet_deploy.model.scan import selective_scan_loop
+        from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan_loop
 
         inp = make_inputs(2, 64, 129, 4, torch.float32, gen=gen)
         err = rel_l2(ours(*inp), selective_scan_loop(*inp, delta_softplus=True).double())
@@ -260,7 +260,7 @@ def main():
     results["copy_GBps"] = bw
     log(f"device-to-device copy: {bw:.0f} GB/s (read + write)")
     try:
-        from mhunet_deploy.model.scan import selective_scan_chunked
+        from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan_chunked
     except Exception as e:  # noqa: BLE001
         selective_scan_chunked = None
         results["torch_chunked"] = f"unavailable: {e!r}"

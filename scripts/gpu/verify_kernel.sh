@@ -34,7 +34,7 @@ else
   { cmake -S plugins -B build/plugins -DMHUNET_KERNEL_ONLY=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
       && cmake --build build/plugins -j 16; } > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; status=1; }
 fi
-# verify_kernel.py runs the kernel through the library the torch backend loads (cuda_scan, ctypes)
+# verify_kernel.py runs the kernel through the library the torch backend loads (ops/selective_scan/cuda.py, ctypes)
 export MHUNET_SCAN_LIB=$PWD/build/plugins/libmhunet_scan.so
 quick=()
 [ "${QUICK:-0}" = "1" ] && quick=(--quick)

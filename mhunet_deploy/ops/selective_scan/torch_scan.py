@@ -1,6 +1,6 @@
 """Selective scan (Mamba S6) in torch, semantics of ``contract`` (ARCHITECTURE.md, SelectiveScan contract).
 
-Four implementations share one signature ``(u, delta, A, B, C, D, delta_bias, delta_softplus)``:
+Four implementations, each a ``ScanFn`` (the package's one statement of the signature):
 
 - ``selective_scan_loop``: a per-step Python loop, kept only as the test oracle;
 - ``selective_scan_chunked``: the eager path (CPU inference, GPU training without mamba-ssm);
@@ -21,15 +21,13 @@ import contextvars
 import functools
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from mhunet_deploy import contract
-
-#: The common signature: (u, delta, A, B, C, D, delta_bias, delta_softplus) -> y.
-ScanFn = Callable[..., torch.Tensor]
+from . import ScanFn, contract, scan_args
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -58,17 +56,9 @@ def _delta(
     return _softplus(dt) if delta_softplus else dt
 
 
-def selective_scan_loop(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-) -> torch.Tensor:
+def selective_scan_loop(*args: Any, **kwargs: Any) -> torch.Tensor:
     """Step-by-step recurrence: the oracle every faster variant is tested against (slow)."""
+    u, delta, A, B, C, D, delta_bias, delta_softplus = scan_args(*args, **kwargs)
     cd = _compute_dtype(u)
     dt = _delta(delta, delta_bias, delta_softplus, cd)
     uc = u.to(cd)
@@ -115,17 +105,7 @@ def _default_chunk(length: int) -> int:
     return min(64, max(16, 1 << round(math.log2(math.sqrt(max(length, 1))))))
 
 
-def selective_scan_chunked(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-    chunk: int | None = None,
-) -> torch.Tensor:
+def selective_scan_chunked(*args: Any, chunk: int | None = None, **kwargs: Any) -> torch.Tensor:
     """Chunks of T steps side by side, each a loop over its steps run block by block, time-major.
 
     On CPU without autograd (inference) there is one chunk, T = L, its step loop run on one intra-op
@@ -137,6 +117,7 @@ def selective_scan_chunked(
     over L/T chunks on tiny tensors) and ``<C_t, exp(A * cumsum(dt)) * carry_in>`` is added. The C
     contraction is a batched matmul.
     """
+    u, delta, A, B, C, D, delta_bias, delta_softplus = scan_args(*args, **kwargs)
     cd = _compute_dtype(u)
     bsz, d, length = u.shape
     g, n = B.shape[1], A.shape[1]
@@ -149,8 +130,10 @@ def selective_scan_chunked(
     if nc > 1 and bsz > 1 and bsz * d * nc * t_len * n > CHUNKED_BLOCK:  # bound the full-size temporaries
         half = bsz // 2
         parts = [(x[:half], x[half:]) for x in (u, delta, B, C)]
-        args = [(*(p[i] for p in parts[:2]), A, *(p[i] for p in parts[2:]), D) for i in (0, 1)]
-        return torch.cat([selective_scan_chunked(*a, delta_bias, delta_softplus, t_len) for a in args])
+        halves = [(*(p[i] for p in parts[:2]), A, *(p[i] for p in parts[2:]), D) for i in (0, 1)]
+        return torch.cat(
+            [selective_scan_chunked(*a, delta_bias, delta_softplus, chunk=t_len) for a in halves]
+        )
     sequential = nc == 1 and inplace
     dg = d // g
     pad = nc * t_len - length
@@ -277,16 +260,7 @@ def _odd_even_scan(
     return a_even * _shift(h_odd, 1, -1, 0.0) + x_even, h_odd
 
 
-def selective_scan_logstep(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-) -> torch.Tensor:
+def selective_scan_logstep(*args: Any, **kwargs: Any) -> torch.Tensor:
     """ONNX-exportable scan: an odd-even reduction in log2(L) levels, standard ops only.
 
     Only pad/slice/mul/add/exp/reshape/reduce/concat ops, no value-dependent control flow and no
@@ -295,6 +269,7 @@ def selective_scan_logstep(
     contracted before the outputs are interleaved, so no full-size tensor is sliced or interleaved.
     Batch stays dynamic because every reshape uses -1 for it.
     """
+    u, delta, A, B, C, D, delta_bias, delta_softplus = scan_args(*args, **kwargs)
     cd = _compute_dtype(u)
     _, d, length = static_dims(u)
     g, n = static_dims(B)[1], static_dims(A)[1]
@@ -320,18 +295,11 @@ def _mamba_cuda() -> ScanFn | None:
     except ImportError:
         return None
 
-    def run(
-        u: torch.Tensor,
-        delta: torch.Tensor,
-        A: torch.Tensor,
-        B: torch.Tensor,
-        C: torch.Tensor,
-        D: torch.Tensor,
-        delta_bias: torch.Tensor | None = None,
-        delta_softplus: bool = True,
-    ) -> torch.Tensor:
-        # mamba-ssm takes z between D and delta_bias.
-        return selective_scan_fn(u, delta, A, B, C, D, None, delta_bias, delta_softplus)
+    def run(*args: Any, **kwargs: Any) -> torch.Tensor:
+        u, delta, A, B, C, D, delta_bias, delta_softplus = scan_args(*args, **kwargs)
+        return selective_scan_fn(
+            u, delta, A, B, C, D, None, delta_bias, delta_softplus
+        )  # z before delta_bias
 
     return run
 
@@ -373,21 +341,14 @@ def use_scan_impl(name: str) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-def selective_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-) -> torch.Tensor:
-    """The model's entry point: the forced implementation, else mamba-ssm on CUDA, else chunked."""
+def selective_scan(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """The model's entry point (a ScanFn): the forced implementation, else mamba-ssm on CUDA, else
+    chunked."""
+    args = scan_args(*args, **kwargs)
     name = _ACTIVE.get()
     if name != "auto":
         fn = _IMPLS[name]
     else:
-        cuda_fn = _mamba_cuda() if u.is_cuda else None
+        cuda_fn = _mamba_cuda() if args[0].is_cuda else None
         fn = cuda_fn or selective_scan_chunked
-    return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return fn(*args)

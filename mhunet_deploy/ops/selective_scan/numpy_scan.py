@@ -2,7 +2,7 @@
 
 Used as the Python implementation of ``mhunet::SelectiveScan`` for ``onnx.reference.ReferenceEvaluator``
 and as Polygraphy's plugin reference. Semantics are ``contract``'s (ARCHITECTURE.md, SelectiveScan
-contract), identical to ``mhunet_deploy.model.scan.selective_scan_loop``.
+contract), identical to ``torch_scan.selective_scan_loop``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from mhunet_deploy import contract
+from . import contract
 
 
 def selective_scan_numpy(
@@ -65,17 +65,9 @@ def _op_class() -> type:
         op_domain = contract.DOMAIN
 
         def _run(
-            self,
-            u: np.ndarray,
-            delta: np.ndarray,
-            A: np.ndarray,
-            B: np.ndarray,
-            C: np.ndarray,
-            D: np.ndarray,
-            delta_bias: np.ndarray | None = None,
-            delta_softplus: int = contract.ATTRIBUTES["delta_softplus"],
+            self, *inputs: np.ndarray | None, delta_softplus: int = contract.ATTRIBUTES["delta_softplus"]
         ) -> tuple[np.ndarray]:
-            return (selective_scan_numpy(u, delta, A, B, C, D, delta_bias, bool(delta_softplus)),)
+            return (selective_scan_numpy(*inputs, delta_softplus=bool(delta_softplus)),)
 
     # ReferenceEvaluator matches new ops by (op_domain, class __name__) against (domain, op_type).
     SelectiveScanOp.__name__ = contract.OP_TYPE

@@ -56,7 +56,8 @@ INPUT_INDEX = {p.name: i for i, p in enumerate(INPUTS)}
 def c_header() -> str:
     """Render the C++ header that the plugin compiles against, so C++ cannot drift from Python."""
     lines = [
-        "// Generated from mhunet_deploy/contract.py by `python -m mhunet_deploy.contract`. Do not edit.",
+        "// Generated from mhunet_deploy/ops/selective_scan/contract.py by",
+        "// `python -m mhunet_deploy.ops.selective_scan.contract`. Do not edit.",
         "#pragma once",
         "namespace mhunet { namespace contract {",
         f'constexpr char const* kPluginName = "{PLUGIN_NAME}";',

@@ -8,7 +8,7 @@ device pointers and torch's current CUDA stream: nothing is compiled at run time
 extension is involved. Every build embeds the sha256 key of the sources it was compiled from
 (:func:`source_sha256`); a library built from other sources is refused, never run.
 
-``register_cuda_scan()`` adds the scan implementation ``"cuda"`` to ``mhunet_deploy.model.scan`` (our kernel
+``register_cuda_scan()`` adds the scan implementation ``"cuda"`` to ``torch_scan`` (our kernel
 for CUDA tensors without autograd, the chunked torch scan otherwise); ``TorchBackend(scan="auto")`` uses it
 and falls back to the PyTorch scan, with a one-line note, when no usable library is found.
 Torch side only: runtime modules must not import this module.
@@ -23,10 +23,14 @@ import shutil
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
-#: The name under which ``register_cuda_scan`` registers our kernel with ``mhunet_deploy.model.scan``.
+from . import scan_args
+from .torch_scan import register_scan_impl, selective_scan_chunked
+
+#: The name under which ``register_cuda_scan`` registers our kernel with ``torch_scan``.
 SCAN_IMPL_NAME = "cuda"
 #: An explicit library path; when set, nothing else is looked at.
 SCAN_LIBRARY_ENV = "MHUNET_SCAN_LIB"
@@ -40,7 +44,7 @@ SOURCES = ("selective_scan.cu", "selective_scan.h")
 _STATUS_OK = 0
 _FP32, _FP16 = 0, 1
 
-_SRC_DIR = Path(__file__).resolve().parent / "kernels"
+_SRC_DIR = Path(__file__).resolve().parents[2] / "kernels"
 
 
 class KernelLibraryError(RuntimeError):
@@ -290,23 +294,13 @@ def _kernel_applies(u, delta, A, B, C, D, delta_bias) -> bool:
     return u.dtype in (torch.float32, torch.float16) and A.shape[-1] <= 16 and u.dim() == 3
 
 
-def scan_cuda_or_chunked(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-) -> torch.Tensor:
-    """The ``"cuda"`` scan implementation: our kernel for CUDA tensors without autograd (fp32 or fp16 u,
-    N <= 16), ``selective_scan_chunked`` for everything else (CPU, grad, bf16, N > 16)."""
-    if _kernel_applies(u, delta, A, B, C, D, delta_bias):
-        return selective_scan_cuda(u, delta, A, B, C, D, delta_bias, delta_softplus)
-    from mhunet_deploy.model.scan import selective_scan_chunked
-
-    return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
+def scan_cuda_or_chunked(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """The ``"cuda"`` scan implementation (a ScanFn): our kernel for CUDA tensors without autograd (fp32
+    or fp16 u, N <= 16), ``selective_scan_chunked`` for everything else (CPU, grad, bf16, N > 16)."""
+    args = scan_args(*args, **kwargs)
+    if _kernel_applies(*args[:7]):
+        return selective_scan_cuda(*args)
+    return selective_scan_chunked(*args)
 
 
 def register_cuda_scan(load: bool = True) -> str:
@@ -316,8 +310,6 @@ def register_cuda_scan(load: bool = True) -> str:
     foreign library surfaces here as KernelLibraryError, not in the middle of a forward pass; it needs a
     CUDA GPU. ``load=False`` only registers (the first CUDA call then loads).
     """
-    from mhunet_deploy.model.scan import register_scan_impl
-
     if load:
         load_library()
     register_scan_impl(SCAN_IMPL_NAME, scan_cuda_or_chunked)
