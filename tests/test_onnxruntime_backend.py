@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from mhunet_deploy import backends
 from mhunet_deploy.backends import choose_auto, load_backend
 from mhunet_deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
 from mhunet_deploy.errors import BackendError
@@ -87,8 +88,14 @@ def test_backend_closes_at_the_end_of_with(tiny_export: TinyExport, name: str) -
     backend.close()
 
 
-def test_auto_prefers_exported_graph_over_torch_cpu(tiny_export: TinyExport, tmp_path: Path) -> None:
+def test_auto_on_the_cpu(tiny_export: TinyExport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU, torch with the fused SS2D kernel (numba) beats the exported portable graph; without
+    numba the exported graph beats torch's eager scan; with neither graph nor numba, torch."""
     ckpt, export = tiny_export()
+    assert choose_auto(ckpt, "cpu", "fp32", export)[0] == "torch"
+    assert choose_auto(ckpt, "cpu", "fp16", export)[0] == "onnxruntime"  # torch on the CPU is fp32 only
+    real = backends.has_module
+    monkeypatch.setattr(backends, "has_module", lambda name: name != "numba" and real(name))
     assert choose_auto(ckpt, "cpu", "fp32", export)[0] == "onnxruntime"
     assert choose_auto(ckpt, "cpu", "fp32", tmp_path)[0] == "torch"
 

@@ -41,7 +41,9 @@ def choose_auto(checkpoint: Path, device: str, precision: str, export_dir: Path)
     """``--backend auto``: the fastest backend that works here, and why (ARCHITECTURE.md, Backends).
 
     tensorrt (library, plugin library and exported plugin graph) > torch on CUDA > onnxruntime with
-    the CUDA EP > onnxruntime on the CPU if this checkpoint was exported > torch on the CPU.
+    the CUDA EP > torch on the CPU with the fused SS2D kernel (fp32, numba installed: 4-5x faster than
+    onnxruntime's portable graph on 2 cores, BENCHMARKS.md section 17) > onnxruntime on the CPU if this
+    checkpoint was exported > torch on the CPU.
     """
     from ..engine.plugin_library import plugin_library, plugin_library_problem
 
@@ -52,11 +54,15 @@ def choose_auto(checkpoint: Path, device: str, precision: str, export_dir: Path)
         return "tensorrt", "TensorRT, plugin library and exported plugin graph found"
     if want_gpu and torch_cuda():
         return "torch", "PyTorch sees a CUDA GPU"
-    if has_module("onnxruntime") and has_graph(checkpoint, "portable", precision, export_dir):
+    exported = has_module("onnxruntime") and has_graph(checkpoint, "portable", precision, export_dir)
+    if exported and want_gpu:
         from .onnxruntime_backend import cuda_ep_available
 
-        if want_gpu and cuda_ep_available():
+        if cuda_ep_available():
             return "onnxruntime", "onnxruntime has the CUDA execution provider"
+    if precision == "fp32" and has_module("torch") and has_module("numba"):
+        return "torch", "no GPU backend; PyTorch on the CPU with the fused SS2D kernel (numba)"
+    if exported:
         return "onnxruntime", f"exported portable {precision} graph found; no GPU backend available"
     if has_module("torch"):
         return "torch", "no GPU backend and no exported graph; PyTorch on the CPU"

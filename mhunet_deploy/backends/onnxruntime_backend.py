@@ -67,7 +67,10 @@ class OnnxRuntimeBackend(Backend):
         self.input_dtype = np.float16 if precision == "fp16" else np.float32
         self.precision = precision
         self.name = f"onnxruntime-{'cuda' if use_cuda else 'cpu'}"
-        self.batch_size = 32 if use_cuda else 8
+        # On the CPU one slice at a time: the portable scan's log-step intermediates grow with the batch,
+        # so batch 8 took 24 GB and was killed on a 24 GiB machine (BENCHMARKS.md section 17), and
+        # batch 1 is also the fastest there (1.9 s a slice vs 5.6 s at batch 6).
+        self.batch_size = 32 if use_cuda else 1
         self.engine_key = None
         self.array_device = "cpu"  # onnxruntime sessions take host arrays, the CUDA EP included
 

@@ -191,6 +191,7 @@ def warm_and_folder(args, options, volume_path: Path) -> dict:
         out["mask_diff_voxels_device_vs_host"] = int((masks["device"] != masks["host"]).sum())
         out["brain_dice_device_vs_host"] = dice(brains["device"], brains["host"]) if brains else None
         backend.array_device = out["array_device"]
+        out["steps"] = profile_steps(backend, options, volume_path, args.repeats)
         folder = Path(tmp) / "folder"
         folder.mkdir()
         copies = []
@@ -210,6 +211,66 @@ def warm_and_folder(args, options, volume_path: Path) -> dict:
         "timings": [r["timings"] for r in reports],
     }
     return out
+
+
+def profile_steps(backend, options, volume_path: Path, repeats: int) -> dict[str, float]:
+    """Median seconds of each step inside the preprocess and postprocess stages, each timed to the end of
+    its GPU work, on the backend's array device: where the <= 15 % of pre + post goes."""
+    from contextlib import contextmanager
+
+    from mhunet_deploy.arrays import array_modules, synchronize, to_host
+    from mhunet_deploy.brain import brain_from_probability
+    from mhunet_deploy.pipeline import predict_volume, sigmoid, timed_load
+    from mhunet_deploy.postprocess import lesion_table, min_lesion_for, segment
+    from mhunet_deploy.preprocess import Geometry, IntensityStats
+
+    volume, _ = timed_load(volume_path, options)
+    xp, _ = array_modules(backend.array_device)
+    affine, zooms = volume.image.affine, volume.zooms
+    min_mm3 = min_lesion_for(zooms, options.min_lesion_mm3, options.min_lesion_mm3_thick)
+    k = list(backend.outputs).index("brain") if "brain" in backend.outputs else None
+    anchor = xp.zeros(1)  # a device array when the steps run on the GPU: synchronize() then waits
+    times: dict[str, list[float]] = {}
+
+    @contextmanager
+    def timed(name: str):
+        t = time.perf_counter()
+        yield
+        synchronize(anchor)
+        times.setdefault(name, []).append(time.perf_counter() - t)
+
+    for _ in range(repeats + 1):  # the first round is a warm-up
+        with timed("pre: volume to device"):
+            data = xp.asarray(volume.data)
+        with timed("pre: intensity statistics"):
+            stats = IntensityStats.from_volume(data)
+        with timed("pre: plan geometry"):
+            geometry = Geometry.plan(volume, 256, 1.0, stats.foreground_threshold)
+        with timed("pre: to model grid"):
+            grid = geometry.to_model_grid(data)
+        with timed("pre: normalise"):
+            slices = stats.apply(grid)
+        logits = predict_volume(backend, slices, options.batch_size)
+        synchronize(logits)
+        with timed("post: sigmoid"):
+            probs = sigmoid(logits)
+        with timed("post: lesion to input grid"):
+            prob = geometry.to_input_grid(probs[:, :1])
+        brain = None
+        if k is not None:
+            with timed("post: brain to input grid"):
+                brain_prob = geometry.to_input_grid(probs[:, k : k + 1])
+            with timed("post: brain mask"):
+                brain = brain_from_probability(brain_prob, affine)
+        with timed("post: lesions (threshold, label, size)"):
+            labels = segment(prob, zooms, options.threshold, min_mm3, within=brain)
+        with timed("post: lesion table"):
+            lesion_table(labels, affine, zooms)
+        with timed("post: masks to host"):
+            to_host(labels > 0)
+            if brain is not None:
+                to_host(brain)
+    return {name: statistics.median(v[1:]) for name, v in times.items()}
 
 
 def markdown(summary: dict) -> str:
@@ -262,6 +323,13 @@ def markdown(summary: dict) -> str:
         "",
         f"folder of {f['volumes']}: {f['wall_s']:.2f} s wall, {f['per_volume_s']:.3f} s per volume "
         f"= {f['ratio_to_n_warm']:.2f} x (N x warm total)",
+        "",
+        f"steps inside preprocess and postprocess on {w['array_device']} (median of {w['repeats']}, each "
+        "timed to the end of its GPU work):",
+        "",
+        "| step | ms |",
+        "| --- | ---: |",
+        *(f"| {name} | {1e3 * t:.2f} |" for name, t in w["steps"].items()),
     ]
     return "\n".join(lines) + "\n"
 

@@ -6,7 +6,8 @@
 #    backend loads from build/ (the working directory), as after a user's own CMake build.
 # 2. The cold CLI: `mhunet infer VOLUME --device cuda` (defaults: fp32, batch 32) in a first process (cupy
 #    compiles its kernels into an empty cache, as on a fresh machine) and a second one; then fp16; with
-#    `python -X importtime` for `infer --help` and for a real run.
+#    `python -X importtime` for `infer --help` and for a real run; scripts/gpu/cold_floor.py: what a new
+#    process pays for torch, the CUDA context, cuDNN/cuBLAS and cupy before any of our work.
 # 3. scripts/gpu/bench_runtime.py: GPU-vs-CPU parity of pre/post-processing, warm per-stage times (pre/post
 #    on the GPU and, side by side, on the CPU), a folder of FOLDER volumes through the batch runner.
 # 4. `mhunet infer FOLDER/` of FOLDER copies, cold process: wall time against the single-volume process.
@@ -69,6 +70,7 @@ if [ "$DEVICE" = cuda ]; then cold cold_fp16 --precision "$PRECISION" --batch-si
 python3 -X importtime -m mhunet_deploy.cli infer "$VOLUME" -o "$work/importtime" --device "$DEVICE" -q \
   2> "$OUT/importtime_infer.txt" || status=1
 grep -h -E "note|warning|PyTorch scan|CPU:" "$OUT"/cold_*.log | sort -u | head -5 || true
+if [ "$DEVICE" = cuda ]; then python3 scripts/gpu/cold_floor.py > "$OUT/cold_floor.md" || status=1; cat "$OUT/cold_floor.md"; fi
 
 echo "=== 3. parity, warm stages, folder through the batch runner"
 device_args=(--device "$DEVICE" --precision "$PRECISION" --batch-size "$BATCH")
@@ -114,6 +116,8 @@ if "cold_folder" in steps and single:
     extra = (float(steps["cold_folder"]) - float(single)) / max(n - 1, 1)
     print(f"\nfolder of {n} in one process: {extra:.3f} s per volume beyond the first (wall difference / {n - 1})")
 print()
+floor = out / "cold_floor.md"
+print("cold floor of a torch process (scripts/gpu/cold_floor.py):\n\n" + floor.read_text() if floor.is_file() else "")
 print((out / "runtime.md").read_text() if (out / "runtime.md").is_file() else "runtime.md missing: see bench_runtime.log")
 EOF
 rm -rf "$work"
