@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from nibabel.affines import apply_affine
 
-from .arrays import modules_of, to_host
+from .arrays import array_modules, modules_of, to_host
 
 DEFAULT_THRESHOLD = 0.5
 # Smallest lesion kept, in mm3: removes isolated voxels of noise (one voxel at 1 mm isotropic, two
@@ -78,24 +78,26 @@ def lesion_table(labels: Any, affine: np.ndarray, zooms: Sequence[float]) -> lis
 
     Measured over the labelled voxels only, all lesions at once (counts and coordinate sums by
     ``bincount``, extents by ``ndimage.minimum/maximum``), so the cost follows the lesion load, not the
-    volume's size or the lesion count (a whole-volume ``center_of_mass`` did not: BENCHMARKS.md section 5)."""
-    xp, ndi = modules_of(labels)
+    volume's size or the lesion count (a whole-volume ``center_of_mass`` did not: BENCHMARKS.md section 5).
+    On a GPU only those voxels' indices and labels come to the host and the table is made there: a few
+    thousand numbers, where six labelled reductions on the device cost ~30 ms (BENCHMARKS.md section 14)."""
     voxel_ml = _voxel_mm3(zooms) / 1000.0
-    where = xp.flatnonzero(labels)
+    xp, _ = modules_of(labels)
+    _, ndimage = array_modules("cpu")
+    where_dev = xp.flatnonzero(labels)
+    where, lab = to_host(where_dev), to_host(labels.ravel()[where_dev])
     if where.size == 0:
         return []
-    lab = labels.ravel()[where]
-    coords = xp.unravel_index(where, labels.shape)
+    coords = np.unravel_index(where, labels.shape)
     n = int(lab.max())
-    ids = xp.arange(1, n + 1)
-    counts = to_host(xp.bincount(lab, minlength=n + 1)[1:])
-    # Integer coordinates: their float64 sums are exact, so the centroids do not depend on the order
-    # of summation (sequential on the CPU, atomic on the GPU).
+    ids = np.arange(1, n + 1)
+    counts = np.bincount(lab, minlength=n + 1)[1:]
+    # Integer coordinates: their float64 sums are exact, whatever the order of summation.
     sums = np.stack(
-        [to_host(xp.bincount(lab, weights=c.astype(np.float64), minlength=n + 1)[1:]) for c in coords], axis=1
+        [np.bincount(lab, weights=c.astype(np.float64), minlength=n + 1)[1:] for c in coords], axis=1
     )
-    lows = np.stack([to_host(ndi.minimum(c, lab, ids)) for c in coords], axis=1).astype(int)
-    highs = np.stack([to_host(ndi.maximum(c, lab, ids)) for c in coords], axis=1).astype(int)
+    lows = np.stack([ndimage.minimum(c, lab, ids) for c in coords], axis=1).astype(int)
+    highs = np.stack([ndimage.maximum(c, lab, ids) for c in coords], axis=1).astype(int)
     present = np.flatnonzero(counts)  # label numbers with no voxels (labels not from `segment`) drop out
     centroids = apply_affine(affine, sums[present] / counts[present, None])
     return [
