@@ -81,11 +81,12 @@ class TorchBackend(Backend):
         # cupy computes on its current device, 0: another GPU keeps pre/post-processing on the CPU.
         self.array_device = array_device(self.device.type if self.device.index in (None, 0) else "cpu")
         if self.device.type == "cuda":
-            # The first forward pays CUDA's lazy kernel loading and the cuDNN/cuBLAS set-up (~1.5 s on an
-            # H200, BENCHMARKS.md section 14): paid once here, while `mhunet infer`'s reader thread reads
-            # the first input, instead of inside the first volume.
+            # The first forward of a batch size pays ~1.4 s on an H200 (lazy kernel loading, cuDNN/cuBLAS
+            # set-up, the allocator's first blocks; a 1-slice warm-up left it to the first 32-slice batch:
+            # BENCHMARKS.md section 14): paid once here at the default batch, while `mhunet infer`'s
+            # reader thread reads the first input, instead of inside the first volume.
             cfg = self.model.config
-            self.predict(np.zeros((1, cfg.in_chans, cfg.img_size, cfg.img_size), np.float32))
+            self.predict(np.zeros((self.batch_size, cfg.in_chans, cfg.img_size, cfg.img_size), np.float32))
 
     def _pick_scan_impl(self, scan: str) -> str:
         """The name passed to ``use_scan_impl`` around every forward pass."""
