@@ -68,15 +68,24 @@ def test_plugin_graph_has_one_contract_node_per_ss2d(load, precision: str) -> No
     assert len(scans) == 7  # depths (1, 1, 1, 1): 4 encoder + 3 decoder SS2D calls
     assert {o.domain: o.version for o in model.opset_import}[contract.DOMAIN] == contract.DOMAIN_VERSION
     t = types(model)
-    # The scan is an fp32 island in fp16 graphs too: its output reaches ~3.5e5 on real scans with
-    # the packaged weights, past the fp16 range (see tests/test_fp16.py).
-    data = onnx.TensorProto.FLOAT
+    # Contract v2: the data inputs come in the graph's precision (fp16 graphs feed fp16 u, delta, B, C
+    # with no Cast up), and y is fp32 in both: it reaches ~3.5e5 on real scans with the packaged
+    # weights, past the fp16 range (see tests/test_fp16.py).
+    data = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT
+    producers = {o: n for n in model.graph.node for o in n.output}
     for node in scans:
         assert node.domain == contract.DOMAIN and len(node.input) == len(contract.INPUTS)
-        assert {a.name: a.i for a in node.attribute} == contract.ATTRIBUTES
+        ints = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        assert ints == contract.ATTRIBUTES
+        # what TensorRT's parser looks the plugin up by (a node without them asks for version "1")
+        strings = {a.name: a.s.decode() for a in node.attribute if a.type == onnx.AttributeProto.STRING}
+        assert strings == contract.PARSER_ATTRIBUTES == {"plugin_version": "2", "plugin_namespace": "mhunet"}
+        assert len(node.attribute) == len(ints) + len(strings)
         for port, name in zip(contract.INPUTS, node.input, strict=True):
             assert t[name] == (onnx.TensorProto.FLOAT if port.fp32_only else data), port.name
-        assert t[node.output[0]] == data
+            if not port.fp32_only:
+                assert producers[name].op_type != "Cast", (node.name, port.name)
+        assert t[node.output[0]] == onnx.TensorProto.FLOAT
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -41,7 +41,9 @@ def test_scan_and_its_merge_are_an_fp32_island(tiny_export: TinyExport, outputs:
     scans = [n for n in model.graph.node if n.op_type == contract.OP_TYPE]
     assert scans
     for scan in scans:
-        assert all(t[name] == FLOAT for name in scan.input), scan.name  # u, delta, B, C too
+        # contract v2: fp16 u, delta, B, C in, fp32 A, D, delta_bias, fp32 y out
+        want = [FLOAT if port.fp32_only else HALF for port in contract.INPUTS]
+        assert [t[name] for name in scan.input] == want, scan.name
         front, norms = list(scan.output), 0
         while front:  # every path from y stays fp32 through the merge and ends in out_norm
             name = front.pop()
