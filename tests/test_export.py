@@ -138,3 +138,52 @@ def test_light_portable_graph_fits_node_budget(tmp_path) -> None:
     portable = inline_scans(plugin, subgraphs.__getitem__)
     assert sum(n.op_type == contract.OP_TYPE for n in plugin.graph.node) == 14
     assert len(portable.graph.node) < PORTABLE_NODE_LIMIT
+
+
+def test_plugin_graph_of_another_contract_version_is_refused(tiny_export: TinyExport, tmp_path) -> None:
+    """A plugin graph exported for contract v1 (y in u's type) must not reach the v2 plugin: find_graph,
+    which every backend and the engine builder call, refuses it; portable graphs have no scan node."""
+    import shutil
+
+    from mhunet_deploy.errors import BackendError
+    from mhunet_deploy.graphs import find_graph, read_manifest, write_manifest
+
+    ckpt, export = tiny_export()
+    for kind in ("plugin", "portable"):
+        path = export / graph_filename("light", kind, "fp16")
+        shutil.copy(path, tmp_path / path.name)
+        manifest = read_manifest(path)
+        write_manifest(tmp_path / path.name, {**manifest, "contract": {**manifest["contract"], "version": 1}})
+    assert find_graph(ckpt, "plugin", "fp16", export)[1]["contract"]["version"] == contract.DOMAIN_VERSION
+    with pytest.raises(BackendError, match="contract version 1, this package's plugin version 2"):
+        find_graph(ckpt, "plugin", "fp16", tmp_path)
+    find_graph(ckpt, "portable", "fp16", tmp_path)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_scan_node_types_are_checked_against_the_contract_schema(load, precision: str) -> None:
+    """Strict type inference, with the schema the exporter registers, accepts the exported scan nodes and
+    refuses a v1-typed one (y in u's fp16) and mixed data types."""
+    from onnx.shape_inference import InferenceError
+
+    from mhunet_deploy.exporting.exporter import check
+
+    model, _ = load("plugin", precision)
+    check(model)  # registers the schema; the exported graph passes
+    scan = next(n for n in model.graph.node if n.op_type == contract.OP_TYPE)
+    half = onnx.TensorProto.FLOAT16
+    y_fp16 = onnx.ModelProto()
+    y_fp16.CopyFrom(model)
+    for value in y_fp16.graph.value_info:
+        if value.name == scan.output[0]:
+            value.type.tensor_type.elem_type = half
+    mixed = onnx.ModelProto()
+    mixed.CopyFrom(model)
+    (node,) = (n for n in mixed.graph.node if n.name == scan.name)
+    other = onnx.TensorProto.FLOAT if precision == "fp16" else half
+    cast = onnx.helper.make_node("Cast", [node.input[0]], ["u_other"], to=other)
+    node.input[0] = "u_other"
+    mixed.graph.node.insert(list(mixed.graph.node).index(node), cast)
+    for bad, match in ((y_fp16, "differs from existing elem type"), (mixed, "delta has inconsistent type")):
+        with pytest.raises((InferenceError, onnx.checker.ValidationError), match=match):
+            check(bad)

@@ -84,6 +84,11 @@ CONFIGS: dict[str, ModelConfig] = {
 }
 
 
+def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``; the very tensor when it already is (a traced no-op ``to`` would be a Cast)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _fp32_island(device_type: str) -> contextlib.AbstractContextManager:
     """Autocast off for an FP32 island, only where autocast is on (fp32 runs and exports unchanged)."""
     if torch.is_autocast_enabled(device_type):
@@ -190,16 +195,18 @@ class SS2D(nn.Module):
         # FP32 island (ARCHITECTURE.md, Precision): the scan's y reaches ~3.5e5 with the trained weights
         # (fp16 max 65504), so the scan gives fp32 y whatever its data type (contract v2) and the merge of
         # the four orders and out_norm run in fp32; out_norm's output is O(1) and the SiLU(z) gate /
-        # out_proj return to the autocast dtype. u, delta, B, C go in as x_proj / dt_proj made them (fp16
-        # under autocast); autocast is off inside, so the torch scans' matmuls keep their fp32 state.
-        # A no-op in fp32 (no autocast context is entered).
+        # out_proj return to the autocast dtype. u, delta, B, C go in as the conv and x_proj / dt_proj
+        # made them (fp16 under autocast), in u's one dtype: an einsum that autocast leaves alone (dt_proj
+        # with dt_rank 1 is a Mul) promotes to fp32. Autocast is off inside, so the torch scans' matmuls
+        # keep their fp32 state. A no-op in fp32 (no casts are recorded, no autocast context is entered).
+        data = xs.dtype
         with _fp32_island(xi.device.type):
             y = selective_scan(
                 xs.reshape(b, -1, length),
-                dts.reshape(b, -1, length),
+                _as_dtype(dts, data).reshape(b, -1, length),
                 -torch.exp(self.A_logs.float()),
-                bs.contiguous(),
-                cs.contiguous(),
+                _as_dtype(bs, data).contiguous(),
+                _as_dtype(cs, data).contiguous(),
                 self.Ds.float(),
                 self.dt_projs_bias.float().reshape(-1),
                 True,
