@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 OP_TYPE = "SelectiveScan"
 DOMAIN = "mhunet"
-#: TensorRT reads the plugin namespace from the ONNX node domain (TensorRT >= 10 ONNX parser).
+#: The plugin's name and namespace are the node's op type and domain; the node also names the plugin
+#: version and namespace in ``PARSER_ATTRIBUTES``, which TensorRT's ONNX parser reads.
 PLUGIN_NAME = OP_TYPE
 #: Bumped with every change of the op's inputs, outputs or types, so that a graph or engine made for
 #: another version fails to find its plugin instead of running against it. Version 2: y is float32
