@@ -1,7 +1,8 @@
 """Exported graph names, their JSON manifests, and finding the right graph for a checkpoint.
 
 Torch-free and onnx-free: the onnxruntime and TensorRT backends use this to refuse a graph that was
-exported from other weights, or whose file changed after export, before they spend time loading it.
+exported from other weights, or whose file changed after export, or a plugin graph of another
+SelectiveScan contract version, before they spend time loading it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from .checkpoint import read_meta
 from .errors import BackendError
 from .files import atomic_write, read_tagged_json, sha256_file
+from .ops.selective_scan import contract
 
 FORMAT = "mhunet-onnx/1"
 KINDS = ("plugin", "portable")
@@ -98,5 +100,11 @@ def find_graph(
         raise BackendError(
             f"{path}: exported from other weights than {checkpoint}; "
             f"run `mhunet export --checkpoint {checkpoint}` again"
+        )
+    version = manifest.get("contract", {}).get("version")
+    if kind == "plugin" and version != contract.DOMAIN_VERSION:
+        raise BackendError(
+            f"{path}: its SelectiveScan nodes follow contract version {version}, this package's plugin "
+            f"version {contract.DOMAIN_VERSION}; run `mhunet export --checkpoint {checkpoint}` again"
         )
     return path, manifest

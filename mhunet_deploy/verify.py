@@ -6,8 +6,8 @@ backend's default CPU path, the fused numba scan, is a candidate held to it like
 Runs on a real volume through the same preprocessing and postprocessing as `mhunet infer`, and judges
 each candidate twice (ARCHITECTURE.md, Precision): on logits (max and median |Δ| of every output
 channel: lesion, and brain when the model has it) and on the task (lesion mask Dice, lesion count and
-volume, and the brain mask's Dice). The plugin graph has no runtime here besides ``onnx.reference`` with our
-numpy SelectiveScan, which is slow, so it sees only a few slices.
+volume, and the brain mask's Dice). The plugin graphs (fp32 and fp16) have no runtime here besides
+``onnx.reference`` with our numpy SelectiveScan, which is slow, so they see only a few slices.
 
 Polygraphy: its ``pluginref`` runner needs a reference for *every* op of a graph and knows only three
 ops, so it cannot run whole Mamba-HUNet graphs; ``register_polygraphy_reference`` adds our
@@ -50,23 +50,27 @@ REFERENCE_EVALUATOR_SLICES = 2
 
 
 class PluginGraphReference(Backend):
-    """The fp32 plugin graph on ``onnx.reference.ReferenceEvaluator`` with the numpy SelectiveScan."""
+    """A plugin graph on ``onnx.reference.ReferenceEvaluator`` with the numpy SelectiveScan: fp32, or fp16
+    (fp16 slices in, the scan's fp16 data in and fp32 y out, as TensorRT runs it)."""
 
-    def __init__(self, checkpoint: Path, export_dir: Path = DEFAULT_EXPORT_DIR) -> None:
+    def __init__(
+        self, checkpoint: Path, export_dir: Path = DEFAULT_EXPORT_DIR, precision: str = "fp32"
+    ) -> None:
         import onnx
         from onnx.reference import ReferenceEvaluator
 
-        path, manifest = find_graph(checkpoint, "plugin", "fp32", export_dir)
+        path, manifest = find_graph(checkpoint, "plugin", precision, export_dir)
         self.outputs = output_channels(manifest)
         self.evaluator = ReferenceEvaluator(onnx.load(str(path)), new_ops=reference_ops())
         self.name = "onnx-reference (plugin graph)"
-        self.precision = "fp32"
+        self.precision = precision
+        self.dtype = np.float16 if precision == "fp16" else np.float32
         self.batch_size = 8
         self.engine_key = None
         self.array_device = "cpu"
 
     def predict(self, slices: np.ndarray) -> np.ndarray:
-        (logits,) = self.evaluator.run(None, {INPUT_NAME: slices})
+        (logits,) = self.evaluator.run(None, {INPUT_NAME: slices.astype(self.dtype, copy=False)})
         return logits.astype(np.float32, copy=False)
 
     def close(self) -> None:
@@ -195,6 +199,13 @@ def candidates(checkpoint: Path, export_dir: Path) -> list[Candidate]:
         ),
         Candidate("onnxruntime portable", "fp32", backend("onnxruntime", "fp32")),
         Candidate("onnxruntime portable", "fp16", backend("onnxruntime", "fp16")),
+        # the fp16 plugin graph's types and casts as TensorRT gets them, on the CPU
+        Candidate(
+            "onnx-reference plugin",
+            "fp16",
+            lambda: PluginGraphReference(checkpoint, export_dir, "fp16"),
+            REFERENCE_EVALUATOR_SLICES,
+        ),
         Candidate("torch cuda", "fp16", backend("torch", "fp16", "cuda")),
         Candidate("tensorrt plugin", "fp16", backend("tensorrt", "fp16")),
     ]

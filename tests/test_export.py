@@ -68,15 +68,24 @@ def test_plugin_graph_has_one_contract_node_per_ss2d(load, precision: str) -> No
     assert len(scans) == 7  # depths (1, 1, 1, 1): 4 encoder + 3 decoder SS2D calls
     assert {o.domain: o.version for o in model.opset_import}[contract.DOMAIN] == contract.DOMAIN_VERSION
     t = types(model)
-    # The scan is an fp32 island in fp16 graphs too: its output reaches ~3.5e5 on real scans with
-    # the packaged weights, past the fp16 range (see tests/test_fp16.py).
-    data = onnx.TensorProto.FLOAT
+    # Contract v2: the data inputs come in the graph's precision (fp16 graphs feed fp16 u, delta, B, C
+    # with no Cast up), and y is fp32 in both: it reaches ~3.5e5 on real scans with the packaged
+    # weights, past the fp16 range (see tests/test_fp16.py).
+    data = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT
+    producers = {o: n for n in model.graph.node for o in n.output}
     for node in scans:
         assert node.domain == contract.DOMAIN and len(node.input) == len(contract.INPUTS)
-        assert {a.name: a.i for a in node.attribute} == contract.ATTRIBUTES
+        ints = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        assert ints == contract.ATTRIBUTES
+        # what TensorRT's parser looks the plugin up by (a node without them asks for version "1")
+        strings = {a.name: a.s.decode() for a in node.attribute if a.type == onnx.AttributeProto.STRING}
+        assert strings == contract.PARSER_ATTRIBUTES == {"plugin_version": "2", "plugin_namespace": "mhunet"}
+        assert len(node.attribute) == len(ints) + len(strings)
         for port, name in zip(contract.INPUTS, node.input, strict=True):
             assert t[name] == (onnx.TensorProto.FLOAT if port.fp32_only else data), port.name
-        assert t[node.output[0]] == data
+            if not port.fp32_only:
+                assert producers[name].op_type != "Cast", (node.name, port.name)
+        assert t[node.output[0]] == onnx.TensorProto.FLOAT
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -129,3 +138,52 @@ def test_light_portable_graph_fits_node_budget(tmp_path) -> None:
     portable = inline_scans(plugin, subgraphs.__getitem__)
     assert sum(n.op_type == contract.OP_TYPE for n in plugin.graph.node) == 14
     assert len(portable.graph.node) < PORTABLE_NODE_LIMIT
+
+
+def test_plugin_graph_of_another_contract_version_is_refused(tiny_export: TinyExport, tmp_path) -> None:
+    """A plugin graph exported for contract v1 (y in u's type) must not reach the v2 plugin: find_graph,
+    which every backend and the engine builder call, refuses it; portable graphs have no scan node."""
+    import shutil
+
+    from mhunet_deploy.errors import BackendError
+    from mhunet_deploy.graphs import find_graph, read_manifest, write_manifest
+
+    ckpt, export = tiny_export()
+    for kind in ("plugin", "portable"):
+        path = export / graph_filename("light", kind, "fp16")
+        shutil.copy(path, tmp_path / path.name)
+        manifest = read_manifest(path)
+        write_manifest(tmp_path / path.name, {**manifest, "contract": {**manifest["contract"], "version": 1}})
+    assert find_graph(ckpt, "plugin", "fp16", export)[1]["contract"]["version"] == contract.DOMAIN_VERSION
+    with pytest.raises(BackendError, match="contract version 1, this package's plugin version 2"):
+        find_graph(ckpt, "plugin", "fp16", tmp_path)
+    find_graph(ckpt, "portable", "fp16", tmp_path)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_scan_node_types_are_checked_against_the_contract_schema(load, precision: str) -> None:
+    """Strict type inference, with the schema the exporter registers, accepts the exported scan nodes and
+    refuses a v1-typed one (y in u's fp16) and mixed data types."""
+    from onnx.shape_inference import InferenceError
+
+    from mhunet_deploy.exporting.exporter import check
+
+    model, _ = load("plugin", precision)
+    check(model)  # registers the schema; the exported graph passes
+    scan = next(n for n in model.graph.node if n.op_type == contract.OP_TYPE)
+    half = onnx.TensorProto.FLOAT16
+    y_fp16 = onnx.ModelProto()
+    y_fp16.CopyFrom(model)
+    for value in y_fp16.graph.value_info:
+        if value.name == scan.output[0]:
+            value.type.tensor_type.elem_type = half
+    mixed = onnx.ModelProto()
+    mixed.CopyFrom(model)
+    (node,) = (n for n in mixed.graph.node if n.name == scan.name)
+    other = onnx.TensorProto.FLOAT if precision == "fp16" else half
+    cast = onnx.helper.make_node("Cast", [node.input[0]], ["u_other"], to=other)
+    node.input[0] = "u_other"
+    mixed.graph.node.insert(list(mixed.graph.node).index(node), cast)
+    for bad, match in ((y_fp16, "differs from existing elem type"), (mixed, "delta has inconsistent type")):
+        with pytest.raises((InferenceError, onnx.checker.ValidationError), match=match):
+            check(bad)

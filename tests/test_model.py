@@ -98,3 +98,32 @@ def test_drop_path_only_in_training() -> None:
         assert not torch.allclose(model(x), model(x))
         plain = build_model(ModelConfig(**tiny, drop_path=0.0)).train()
         torch.testing.assert_close(plain(x), plain(x))
+
+
+@pytest.mark.parametrize("dim", [8, 32], ids=["dt_rank-1", "dt_rank-2"])  # dt_proj a Mul, a matmul
+def test_ss2d_under_fp16_autocast_feeds_the_scan_fp16_data_and_merges_its_fp32_y(dim: int) -> None:
+    """Contract v2 in the torch model (ARCHITECTURE.md, Precision): under fp16 autocast the scan gets
+    x_proj / dt_proj's fp16 u, delta, B, C as they are, fp32 A, D, delta_bias, and gives fp32 y, which
+    the merge keeps fp32 into out_norm. CPU autocast stands in for CUDA's (the same SS2D code path)."""
+    m = SS2D(dim=dim).eval()
+    seen = []
+
+    def recording(*args):
+        y = scan.selective_scan_chunked(*args)
+        seen.append(([a.dtype for a in args[:7]], y.dtype))
+        return y
+
+    scan.register_scan_impl("recording-test", recording)
+    x = torch.randn(2, 5, 7, dim)
+    captured = {}
+    m.out_norm.register_forward_hook(lambda mod, inp, out: captured.setdefault("y", inp[0]))
+    with torch.no_grad(), scan.use_scan_impl("recording-test"):
+        ref = m(x)
+        captured.clear()
+        with torch.autocast("cpu", dtype=torch.float16):
+            half = m(x)
+    f16, f32 = torch.float16, torch.float32
+    assert seen[0] == ([f32] * 7, f32)
+    assert seen[1] == ([f16, f16, f32, f16, f16, f32, f32], f32)
+    assert captured["y"].dtype == f32 and half.dtype == f16
+    torch.testing.assert_close(half.float(), ref, atol=2e-2, rtol=2e-2)

@@ -85,6 +85,17 @@ def test_plugin_uses_contract_constants():
     assert kernel["kSoftplusThreshold"] == contract.SOFTPLUS_THRESHOLD
 
 
+def test_plugin_output_type_is_the_contracts():
+    """Contract v2: y is FLOAT whatever u's type (``OUTPUTS``), so getOutputDataTypes must write kFLOAT,
+    not copy an input's type (v1: y had u's type)."""
+    src = (SCAN / "selective_scan_plugin.cpp").read_text()
+    body = re.search(r"::getOutputDataTypes\([^)]*\)[^{]*\{(.*?)\n\}", src, re.S)
+    assert body, "no getOutputDataTypes() in the plugin source; update this test with it"
+    assigned = re.findall(r"outputTypes\[[^\]]+\]\s*=\s*([^;]+);", body[1])
+    assert len(assigned) == len(contract.OUTPUTS) and all(p.fp32_only for p in contract.OUTPUTS)
+    assert [a.strip() for a in assigned] == ["DataType::kFLOAT"] * len(contract.OUTPUTS), assigned
+
+
 def _check_resource_usage(report: str) -> None:
     assert "spill" in report
     for line in report.splitlines():

@@ -22,6 +22,7 @@ from ..checkpoint import default_checkpoint, load_checkpoint
 from ..files import atomic_write, sha256_file
 from ..graphs import FORMAT, INPUT_NAME, OUTPUT_NAME, graph_filename, write_manifest
 from ..ops.selective_scan import contract
+from ..ops.selective_scan.export import register_onnx_schema
 from .fp16 import to_fp16
 from .inline import inline_scans, scan_signatures
 from .torch_export import export_plugin_graph, export_scan_graph
@@ -54,7 +55,9 @@ def _fix_io(model: onnx.ModelProto, img_size: int, in_chans: int, out_chans: int
 
 
 def check(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx.checker, then strict shape and type inference; returns the graph with inferred types."""
+    """onnx.checker, then strict shape and type inference, the scan node's types against its schema
+    (``register_onnx_schema``); returns the graph with inferred types."""
+    register_onnx_schema()
     onnx.checker.check_model(model)
     return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
 

@@ -4,15 +4,15 @@ A strongly typed network takes every tensor's type from the graph, so precision 
 in the ONNX itself (ARCHITECTURE.md, Precision): fp16 everywhere, except
 - normalisation statistics: LayerNormalization and BatchNormalization run in fp32 between Casts
   (a LayerNorm over 2C channels in fp16 loses the mean/variance of small-variance tokens);
-- the scan's A, D and delta_bias stay fp32 constants, as the SelectiveScan contract requires
-  (its state is fp32 inside the op by contract);
-- the scan's data I/O and the merge of its outputs up to out_norm: with the trained weights the scan's
-  y reaches ~3.5e5 (patient26, encoder stage 4; fp16 max 65504), which overflowed to inf and turned
-  out_norm's output into NaN. So every SelectiveScan node runs with fp32 u, delta, B, C and y (the
-  contract allows fp32 data), and the layout ops and Adds that merge its four scan orders
-  (``SCAN_MERGE_OPS``, found by walking from the scan to the next LayerNormalization) stay fp32 until
-  out_norm, whose output is O(1). Everything else in SS2D (in_proj, conv, x_proj, dt_proj, the SiLU
-  gate, out_proj) peaks below ~40 and stays fp16.
+- the SelectiveScan node's fp32 ports, read from the contract: A, D and delta_bias stay fp32 constants
+  and y is fp32 (contract v2), while u, delta, B and C come in fp16 straight from their producers;
+- the merge of the scan's outputs up to out_norm: with the trained weights the scan's y reaches ~3.5e5
+  (patient26, encoder stage 4; fp16 max 65504), which overflowed to inf and turned out_norm's output
+  into NaN. So the layout ops and Adds that merge its four scan orders (``SCAN_MERGE_OPS``, found by
+  walking from the scan to the next LayerNormalization) take its fp32 y and stay fp32 until out_norm,
+  whose output is O(1). Everything else in SS2D (in_proj, conv, x_proj, dt_proj, the SiLU gate,
+  out_proj) peaks below ~40 and stays fp16: the scan's data inputs are x_proj's and dt_proj's fp16
+  outputs, which the v1 contract (y in u's type) made the graph cast up to fp32 only to get fp32 y.
 Our own pass rather than onnxconverter-common: the island rules are ours and tiny, and the
 "fp32 ports" of the custom op come from the contract, which a generic converter cannot know.
 """
@@ -40,7 +40,8 @@ def is_scan(node: gs.Node) -> bool:
 
 
 def scan_islands(graph: gs.Graph) -> list[gs.Node]:
-    """Every scan node and the merge ops (``SCAN_MERGE_OPS``) from its output to out_norm."""
+    """Every scan node and the merge ops (``SCAN_MERGE_OPS``) from its output to out_norm: the nodes
+    whose float outputs are fp32 (the scan's by contract, the merge's to keep its range)."""
     found: dict[int, gs.Node] = {}
     front = [n for n in graph.nodes if is_scan(n)]
     while front:
@@ -59,14 +60,24 @@ def _is_float(t: gs.Tensor) -> bool:
 def fp32_ports(node: gs.Node, islands: frozenset[int] = frozenset()) -> set[int]:
     """Input indices of ``node`` that must be fed fp32 in the fp16 graph.
 
-    ``islands`` holds the ids of the nodes of ``scan_islands``: all their float inputs are fp32.
+    ``islands`` holds the ids of the nodes of ``scan_islands``: all float inputs of the merge ops are
+    fp32; the scan's fp32 inputs are the contract's.
     """
+    if is_scan(node):
+        return {i for i, port in enumerate(contract.INPUTS) if port.fp32_only}
     if node.op in FP32_ISLAND_OPS:
         return set(range(len(node.inputs)))
     if id(node) in islands:
         return {i for i, t in enumerate(node.inputs) if _is_float(t)}
+    return set()
+
+
+def fp32_outputs(node: gs.Node, islands: frozenset[int] = frozenset()) -> set[int]:
+    """Output indices of ``node`` that are fp32 in the fp16 graph (cast down where fp16 ports read them)."""
     if is_scan(node):
-        return {i for i, port in enumerate(contract.INPUTS) if port.fp32_only}
+        return {k for k, port in enumerate(contract.OUTPUTS) if port.fp32_only}
+    if node.op in FP32_ISLAND_OPS or id(node) in islands:
+        return {k for k, out in enumerate(node.outputs) if _is_float(out)}
     return set()
 
 
@@ -109,7 +120,7 @@ def add_cast(graph: gs.Graph, tensor: gs.Tensor, to: int, out: gs.Variable) -> g
 
 
 def _add_islands(graph: gs.Graph, islands: frozenset[int]) -> None:
-    """Cast fp16 activations up at every fp32 port; cast island outputs back down.
+    """Cast fp16 activations up at every fp32 port; cast fp32 outputs (``fp32_outputs``) back down.
 
     An island output that feeds another fp32 port is passed on in fp32 (no down-and-up round trip).
     Nodes are visited in topological order, so an island registers its fp32 outputs before any use.
@@ -123,13 +134,11 @@ def _add_islands(graph: gs.Graph, islands: frozenset[int]) -> None:
                     up = gs.Variable(f"{t.name}/fp32", dtype=_F32, shape=t.shape)
                     wide[t.name] = add_cast(graph, t, TensorProto.FLOAT, up)
                 node.inputs[i] = wide[t.name]
-        if node.op in FP32_ISLAND_OPS or id(node) in islands:
-            for k, out in enumerate(node.outputs):
-                if not _is_float(out):
-                    continue
-                fp32 = gs.Variable(f"{out.name}/fp32", dtype=_F32, shape=out.shape)
-                wide[out.name] = node.outputs[k] = fp32
-                add_cast(graph, wide[out.name], TensorProto.FLOAT16, out)
+        for k in sorted(fp32_outputs(node, islands)):
+            out = node.outputs[k]
+            fp32 = gs.Variable(f"{out.name}/fp32", dtype=_F32, shape=out.shape)
+            wide[out.name] = node.outputs[k] = fp32
+            add_cast(graph, wide[out.name], TensorProto.FLOAT16, out)
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

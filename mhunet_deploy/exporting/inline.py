@@ -2,8 +2,9 @@
 
 Deriving the portable graph from the plugin graph (instead of tracing the model a second time) keeps
 the two graphs identical outside the scan, and gives the fp16 portable graph its fp32 scan for free:
-the node's fp16 inputs are cast up, the fp32 subgraph runs, and its output is cast back down. The
-subgraphs come from tracing ``selective_scan_logstep`` (see ``torch_export``), one per scan shape.
+the node's fp16 data inputs are cast up, the fp32 subgraph runs, and its fp32 output is the node's y,
+fp32 by contract in both graphs. The subgraphs come from tracing ``selective_scan_logstep`` (see
+``torch_export``), one per scan shape.
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ def inline_scans(
 ) -> onnx.ModelProto:
     """Replace each scan node by ``subgraph_for(signature)`` (fp32, inputs/outputs in contract order).
 
-    Data inputs that are not fp32 (the fp16 graph) are cast to fp32 and the result cast back, so the
-    whole scan, state and all, runs in fp32 in both portable graphs.
+    Data inputs that are not fp32 (the fp16 graph) are cast to fp32, so the whole scan, state and all,
+    runs in fp32 in both portable graphs; its output is the node's y, which the contract makes fp32 (a
+    node with another y type is refused).
     """
     graph = gs.import_onnx(model)
     for k, node in enumerate(scan_nodes(graph)):
+        if node.outputs[0].dtype != np.float32:
+            raise ValueError(f"{node.name}: y is {node.outputs[0].dtype}; the contract makes it float32")
         # A private copy per node: gs constants keep pointing at the proto's tensors, and exporting
         # renames those in place, so two nodes sharing one proto would end up with one name.
         proto = onnx.ModelProto()
@@ -81,11 +85,7 @@ def inline_scans(
         producer = y_sub.inputs[0]
         node.outputs.clear()
         node.inputs.clear()
-        if y.dtype == np.float32:
-            producer.outputs[producer.outputs.index(y_sub)] = y
-        else:
-            y_sub.name = f"{prefix}y_fp32"
-            add_cast(graph, y_sub, TensorProto.FLOAT16, y)
+        producer.outputs[producer.outputs.index(y_sub)] = y
         graph.nodes.extend(sub.nodes)
     graph.import_domains = [d for d in graph.import_domains or [] if d.domain != contract.DOMAIN]
     graph.cleanup().toposort()

@@ -3,7 +3,7 @@
 #pragma once
 namespace mhunet { namespace contract {
 constexpr char const* kPluginName = "SelectiveScan";
-constexpr char const* kPluginVersion = "1";
+constexpr char const* kPluginVersion = "2";
 constexpr char const* kPluginNamespace = "mhunet";
 constexpr int kNbInputs = 7;
 constexpr int kNbOutputs = 1;

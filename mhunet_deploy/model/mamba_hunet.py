@@ -84,9 +84,9 @@ CONFIGS: dict[str, ModelConfig] = {
 }
 
 
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in fp32; the very tensor when it already is (so fp32 runs and traces are unchanged)."""
-    return t if t.dtype == torch.float32 else t.float()
+def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``; the very tensor when it already is (a traced no-op ``to`` would be a Cast)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _fp32_island(device_type: str) -> contextlib.AbstractContextManager:
@@ -192,17 +192,21 @@ class SS2D(nn.Module):
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        # FP32 island (ARCHITECTURE.md, Precision): the scan's outputs reach ~3.5e5 with the trained
-        # weights (fp16 max 65504), so the scan's data I/O, the merge of the four orders and out_norm run
-        # in fp32; out_norm's output is O(1) and the SiLU(z) gate / out_proj return to the autocast dtype.
-        # A no-op in fp32 (no casts are recorded, no autocast context is entered).
+        # FP32 island (ARCHITECTURE.md, Precision): the scan's y reaches ~3.5e5 with the trained weights
+        # (fp16 max 65504), so the scan gives fp32 y whatever its data type (contract v2) and the merge of
+        # the four orders and out_norm run in fp32; out_norm's output is O(1) and the SiLU(z) gate /
+        # out_proj return to the autocast dtype. u, delta, B, C go in as the conv and x_proj / dt_proj
+        # made them (fp16 under autocast), in u's one dtype: an einsum that autocast leaves alone (dt_proj
+        # with dt_rank 1 is a Mul) promotes to fp32. Autocast is off inside, so the torch scans' matmuls
+        # keep their fp32 state. A no-op in fp32 (no casts are recorded, no autocast context is entered).
+        data = xs.dtype
         with _fp32_island(xi.device.type):
             y = selective_scan(
-                _f32(xs).reshape(b, -1, length),
-                _f32(dts).reshape(b, -1, length),
+                xs.reshape(b, -1, length),
+                _as_dtype(dts, data).reshape(b, -1, length),
                 -torch.exp(self.A_logs.float()),
-                _f32(bs).contiguous(),
-                _f32(cs).contiguous(),
+                _as_dtype(bs, data).contiguous(),
+                _as_dtype(cs, data).contiguous(),
                 self.Ds.float(),
                 self.dt_projs_bias.float().reshape(-1),
                 True,

@@ -27,7 +27,8 @@ class ScanFn(Protocol):
     its order (``contract.INPUTS``), then its attribute; arrays of one library (torch or numpy).
 
     u, delta (Bt, D, L); A (D, N); B, C (Bt, G, N, L), channel d reads group d // (D // G); D and
-    delta_bias (D). y (Bt, D, L) has u's dtype."""
+    delta_bias (D). u, delta, B, C share one dtype; y (Bt, D, L) is float32 whatever it is (float64
+    for float64 inputs, which the torch and numpy scans accept for gradcheck and tests)."""
 
     def __call__(
         self,

@@ -24,7 +24,8 @@ def selective_scan_numpy(
     delta_bias: np.ndarray | None = None,
     delta_softplus: bool | int = True,
 ) -> np.ndarray:
-    """y (Bt, D, L) in u's dtype; state in fp32 (fp64 for fp64 u), a loop over L vectorised over the rest."""
+    """y (Bt, D, L) in fp32 whatever u's dtype (fp64 for fp64 u), as the state; a loop over L vectorised
+    over the rest."""
     cd = np.float64 if u.dtype == np.float64 else np.float32
     bsz, d, length = u.shape
     g, n = B.shape[1], A.shape[1]
@@ -50,8 +51,7 @@ def selective_scan_numpy(
         h *= decay[t]
         h += du_t[t] * B_t[t]
         y[t] = (h @ C_t[t])[..., 0]
-    out = y.transpose(1, 2, 3, 0).reshape(bsz, d, length) + D.astype(cd)[:, None] * uc
-    return out.astype(u.dtype, copy=False)
+    return y.transpose(1, 2, 3, 0).reshape(bsz, d, length) + D.astype(cd)[:, None] * uc
 
 
 @functools.cache
@@ -60,13 +60,24 @@ def _op_class() -> type:
     from onnx.reference.op_run import OpRun
 
     class SelectiveScanOp(OpRun):
-        """``mhunet::SelectiveScan`` for ReferenceEvaluator; an absent delta_bias arrives as None."""
+        """``mhunet::SelectiveScan`` for ReferenceEvaluator; an absent delta_bias arrives as None. The
+        parser attributes (``contract.PARSER_ATTRIBUTES``) are TensorRT's; a node of another plugin
+        version is refused here too."""
 
         op_domain = contract.DOMAIN
 
         def _run(
-            self, *inputs: np.ndarray | None, delta_softplus: int = contract.ATTRIBUTES["delta_softplus"]
+            self,
+            *inputs: np.ndarray | None,
+            delta_softplus: int = contract.ATTRIBUTES["delta_softplus"],
+            plugin_version: str | None = None,
+            plugin_namespace: str | None = None,
         ) -> tuple[np.ndarray]:
+            if plugin_version not in (None, contract.PLUGIN_VERSION):
+                raise ValueError(
+                    f"{contract.OP_TYPE} node of plugin version {plugin_version}; this is version "
+                    f"{contract.PLUGIN_VERSION} (re-export the graph)"
+                )
             return (selective_scan_numpy(*inputs, delta_softplus=bool(delta_softplus)),)
 
     # ReferenceEvaluator matches new ops by (op_domain, class __name__) against (domain, op_type).

@@ -9,7 +9,8 @@ Four implementations, each a ``ScanFn`` (the package's one statement of the sign
 - the mamba-ssm CUDA kernel, picked by ``selective_scan`` on CUDA tensors when it imports.
 
 Shapes: u, delta (Bt, D, L); A (D, N); B, C (Bt, G, N, L), channel d reads group d // (D // G);
-D, delta_bias (D). The state and every accumulation are fp32 (fp64 for fp64 inputs); y has u's dtype.
+D, delta_bias (D). The state, every accumulation and y are fp32 whatever u's dtype (fp64 for fp64
+inputs). mamba-ssm writes y in u's dtype, so its adapter hands it fp32 data (fp16 y would overflow).
 All implementations only exponentiate non-positive numbers (delta >= 0 after softplus, A < 0), so no
 intermediate overflows whatever the delta range.
 """
@@ -31,7 +32,8 @@ from . import ScanFn, contract, scan_args
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
-    """fp32 state for every input type except fp64, which keeps fp64 (for gradcheck and tests)."""
+    """The state's and y's dtype: fp32 for every input type except fp64, which keeps fp64 (for gradcheck
+    and tests)."""
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
@@ -71,8 +73,7 @@ def selective_scan_loop(*args: Any, **kwargs: Any) -> torch.Tensor:
     for t in range(u.shape[2]):
         h = torch.exp(dt[:, :, t, None] * Ac) * h + (dt[:, :, t] * uc[:, :, t])[:, :, None] * Bd[..., t]
         ys.append((h * Cd[..., t]).sum(-1))
-    y = torch.stack(ys, dim=-1) + D.to(cd)[:, None] * uc
-    return y.to(u.dtype)
+    return torch.stack(ys, dim=-1) + D.to(cd)[:, None] * uc
 
 
 #: Most elements (Bt * D * L * N) the parallel-chunk path holds per full-size temporary; larger batches
@@ -200,7 +201,7 @@ def selective_scan_chunked(*args: Any, chunk: int | None = None, **kwargs: Any) 
         out = y.view(t_len, -1).t().clone(memory_format=torch.contiguous_format).view(bsz, d, length)
     else:
         out = y.permute(1, 2, 4, 3, 0).reshape(bsz, d, nc * t_len)[..., :length]
-    return out.addcmul_(D.to(cd)[:, None], uc).to(u.dtype)
+    return out.addcmul_(D.to(cd)[:, None], uc)
 
 
 def static_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -284,7 +285,7 @@ def selective_scan_logstep(*args: Any, **kwargs: Any) -> torch.Tensor:
     Ag = A.to(cd).reshape(g, dg, n, 1)
     h_e, h_o = _odd_even_scan(torch.exp(dt_e * Ag), torch.exp(dt_o * Ag), du_e * B_e, du_o * B_o)
     y = _interleave((h_e * C_e).sum(3), (h_o * C_o).sum(3), length)  # (Bt, G, Dg, L)
-    return (y.reshape(-1, d, length) + D.to(cd)[:, None] * uc).to(u.dtype)
+    return y.reshape(-1, d, length) + D.to(cd)[:, None] * uc
 
 
 @functools.cache
@@ -297,9 +298,10 @@ def _mamba_cuda() -> ScanFn | None:
 
     def run(*args: Any, **kwargs: Any) -> torch.Tensor:
         u, delta, A, B, C, D, delta_bias, delta_softplus = scan_args(*args, **kwargs)
-        return selective_scan_fn(
-            u, delta, A, B, C, D, None, delta_bias, delta_softplus
-        )  # z before delta_bias
+        # Its y has u's dtype, written from its fp32 accumulator: fp16 y would overflow (~3.5e5 with the
+        # trained weights), so it gets fp32 data and gives the contract's fp32 y.
+        u, delta, B, C = (x.to(_compute_dtype(u)) for x in (u, delta, B, C))
+        return selective_scan_fn(u, delta, A, B, C, D, None, delta_bias, delta_softplus)  # z, then bias
 
     return run
 
