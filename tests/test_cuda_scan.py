@@ -60,18 +60,24 @@ def test_matches_loop_oracle(b, d, l, g, dtype, tol):
 @_gpu
 @pytest.mark.parametrize("n", [1, 7, 16])
 def test_every_config_matches_the_oracle(n):
-    """Every compiled configuration, the two-warp ones (the warps split the N states) included, at an
-    odd length, N odd or 1, and D not a multiple of any block's channels."""
-    from mhunet_deploy.ops.selective_scan.cuda import load_library, selective_scan_cuda
+    """Every compiled configuration, the two-warp ones (the warps split the N states) and the fp16 B/C
+    rows (fp16 inputs only) included, at an odd length, N odd or 1, and D not a multiple of any block's
+    channels."""
+    from mhunet_deploy.ops.selective_scan.cuda import CONFIG_FIELDS, load_library, selective_scan_cuda
     from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan_loop
 
     configs = load_library().configs()
-    assert any(c[3] == 2 for c in configs)
+    assert any(c[3] == 2 for c in configs) and any(c[4] == 2 for c in configs)
     for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-4)):
         args = _inputs(2, 36, 301, 2, n, dtype)
         ref = selective_scan_loop(*[a.double() for a in args], delta_softplus=True)
         for c in configs:
-            y = selective_scan_cuda(*args, items=c[0], cpw=c[1], spi=c[2], wpc=c[3])
+            kwargs = dict(zip(CONFIG_FIELDS, c, strict=True))
+            if c[4] == 2 and dtype == torch.float32:  # fp16 B/C rows: fp16 inputs only
+                with pytest.raises(RuntimeError, match="unsupported kernel config"):
+                    selective_scan_cuda(*args, **kwargs)
+                continue
+            y = selective_scan_cuda(*args, **kwargs)
             err = (torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref)).item()
             assert y.dtype == torch.float32 and err <= tol, (c, dtype, err)
 

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace mhunet
 {
@@ -26,7 +27,8 @@ namespace scan
 {
 
 constexpr int kMaxN = MHUNET_SCAN_MAX_DSTATE;
-constexpr int kTeams = 4; // channel teams per block
+constexpr int kTeams = 4;       // channel teams per block
+constexpr int kConfigFields = 5; // items, cpw, spi, wpc, bcb
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kSoftplusThreshold = 20.0f;
 
@@ -131,6 +133,13 @@ __device__ __forceinline__ int pad_col(int l) { return l + 4 * (l >> 5); }
 
 template <int NITEMS> __host__ __device__ constexpr int chunk_pad() { return 32 * NITEMS + 4 * NITEMS; }
 
+// The same for fp16 B/C rows (BCB = 2): 8 halves (16 bytes) of padding every 64 steps, so that the 16-byte
+// reads of an 8-lane phase hit distinct banks at ITEMS = 16 (at ITEMS <= 8 a phase reads 128 contiguous
+// bytes anyway). A row has 32 * ITEMS + 4 * ITEMS halves, chunk_pad<ITEMS>() elements as the fp32 rows.
+__device__ __forceinline__ int pad_col_h(int l) { return l + 8 * (l >> 6); }
+__device__ __forceinline__ int bc_col(const float*, int l) { return pad_col(l); }
+__device__ __forceinline__ int bc_col(const __half*, int l) { return pad_col_h(l); }
+
 // NI consecutive floats of a padded shared-memory row starting at column l (NI * 4 bytes aligned).
 template <int NI>
 __device__ __forceinline__ void lds_items(const float* row, int l, float (&out)[NI])
@@ -158,6 +167,61 @@ __device__ __forceinline__ void lds_items(const float* row, int l, float (&out)[
         out[0] = *p;
 }
 
+// NI consecutive halves of a padded fp16 B/C row starting at column l, as fp32 (one 16-byte read per 8).
+template <int NI>
+__device__ __forceinline__ void lds_items(const __half* row, int l, float (&out)[NI])
+{
+    constexpr int VB = 2 * NI < 16 ? 2 * NI : 16;
+    using V = typename RawVec<VB>::type;
+    const V* p = reinterpret_cast<const V*>(row + pad_col_h(l));
+#pragma unroll
+    for (int v = 0; v < 2 * NI / VB; ++v)
+    {
+        const V raw = p[v];
+        __half2 h2[VB / 4];
+        memcpy(h2, &raw, VB);
+#pragma unroll
+        for (int e = 0; e < VB / 4; ++e)
+        {
+            const float2 f = __half22float2(h2[e]);
+            out[v * (VB / 2) + 2 * e] = f.x;
+            out[v * (VB / 2) + 2 * e + 1] = f.y;
+        }
+    }
+}
+
+// Stages 16 bytes of a B/C row (VE elements of T, nvalid of them in range; the rest 0) into the smem row
+// element `dst` of type BC: fp32 rows take them converted, fp16 rows (BCB = 2, T = __half) as they are.
+template <typename T, typename BC>
+__device__ __forceinline__ void stage_bc(const T* src, int nvalid, BC* dst)
+{
+    constexpr int VE = 16 / (int) sizeof(T);
+    if constexpr (sizeof(BC) == sizeof(float))
+    {
+        float v[VE];
+        load_items<T, VE, false>(src, nvalid, v);
+#pragma unroll
+        for (int e = 0; e < VE; e += 4)
+            reinterpret_cast<float4*>(dst)[e / 4] = make_float4(v[e], v[e + 1], v[e + 2], v[e + 3]);
+    }
+    else
+    {
+        static_assert(sizeof(T) == 2, "fp16 B/C rows take fp16 inputs only");
+        uint4 raw;
+        if (nvalid >= VE && (reinterpret_cast<uintptr_t>(src) % 16) == 0)
+            raw = __ldg(reinterpret_cast<const uint4*>(src));
+        else
+        {
+            T tmp[VE];
+#pragma unroll
+            for (int e = 0; e < VE; ++e)
+                tmp[e] = e < nvalid ? src[e] : T(0.f);
+            memcpy(&raw, tmp, 16);
+        }
+        *reinterpret_cast<uint4*>(dst) = raw;
+    }
+}
+
 template <int NI>
 __device__ __forceinline__ void sts_items(float* row, int l, const float (&in)[NI])
 {
@@ -177,13 +241,14 @@ __device__ __forceinline__ void sts_items(float* row, int l, const float (&in)[N
 // Warps per block: kTeams channel teams of WPC warps each (a team = CPW channels).
 template <int WPC> __host__ __device__ constexpr int block_warps() { return kTeams * WPC; }
 
-template <int NITEMS, int CPW, int WPC>
+template <int NITEMS, int CPW, int WPC, int BCB>
 constexpr size_t smem_bytes(int dstate)
 {
-    // Bs, Cs [N][CPAD]; A2s, carry_s [kTeams][CPW][kMaxN]; with WPC = 2 the exchange rows xs [kTeams][CPW][CPAD]
-    return sizeof(float)
-        * (2 * (size_t) dstate * chunk_pad<NITEMS>() + 2 * (size_t) kTeams * CPW * kMaxN
-            + (WPC > 1 ? (size_t) kTeams * CPW * chunk_pad<NITEMS>() : 0));
+    // Bs, Cs [N][CPAD] of BCB bytes each (a multiple of 16 bytes for any N); then fp32: A2s, carry_s
+    // [kTeams][CPW][kMaxN]; with WPC = 2 the exchange rows xs [kTeams][CPW][CPAD]
+    return (size_t) BCB * 2 * (size_t) dstate * chunk_pad<NITEMS>()
+        + sizeof(float)
+        * (2 * (size_t) kTeams * CPW * kMaxN + (WPC > 1 ? (size_t) kTeams * CPW * chunk_pad<NITEMS>() : 0));
 }
 
 // softplus(x) = log1p(exp(x)) for x <= 20, else x. log1p through Goldberg's identity
@@ -214,13 +279,17 @@ template <int WPC> __device__ __forceinline__ void team_sync(int team)
 // `part` finalises and stores steps [part * NITEMS/2, (part + 1) * NITEMS/2) of each lane. No exp is
 // computed twice. xs rows are reused by both exchanges: each warp overwrites only positions that it
 // alone has read before (NOTES.md, "Two warps per channel").
+// BCB = bytes per B/C element in shared memory: 4 (fp32 rows) or 2 (fp16 rows, fp16 inputs only: staged
+// as loaded, converted on each read; half the shared memory and half the read wavefronts per state).
 // MINB = the launch bounds' minimum resident blocks per SM: a register cap per configuration (NOTES.md,
 // "Resource usage"), chosen so that ptxas does not jump to the next occupancy step and nothing spills;
 // 0 = none (ptxas's own occupancy heuristic, as for every one-warp configuration).
-template <typename T, int NITEMS, int CPW, int SPI, int WPC, int MINB>
+template <typename T, int NITEMS, int CPW, int SPI, int WPC, int BCB, int MINB>
 __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_fwd_kernel(const Params p)
 {
     static_assert(WPC == 1 || WPC == 2, "one or two warps per channel");
+    static_assert(BCB == 4 || (BCB == 2 && sizeof(T) == 2), "fp16 B/C rows for fp16 inputs only");
+    using BC = typename std::conditional<BCB == 2, __half, float>::type;
     static_assert(NITEMS % WPC == 0, "each warp of a team finalises NITEMS / WPC steps per lane");
     constexpr int CHUNK = 32 * NITEMS;
     constexpr int CPAD = chunk_pad<NITEMS>();
@@ -230,9 +299,9 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
     constexpr bool STREAM = WPC == 1;          // u is read by both warps of a team: keep it in L1 then
     extern __shared__ __align__(16) float smem[];
     const int N = p.dstate;
-    float* Bs = smem;                                  // [N][CPAD]
-    float* Cs = Bs + N * CPAD;                         // [N][CPAD]
-    float* A2s = Cs + N * CPAD;                        // [kTeams][CPW][kMaxN]   A * log2(e)
+    BC* Bs = reinterpret_cast<BC*>(smem);              // [N][CPAD]
+    BC* Cs = Bs + N * CPAD;                            // [N][CPAD]
+    float* A2s = reinterpret_cast<float*>(Cs + N * CPAD); // [kTeams][CPW][kMaxN]   A * log2(e)
     float* carry_s = A2s + kTeams * CPW * kMaxN;       // [kTeams][CPW][kMaxN]   state at chunk end
     float* xs = carry_s + kTeams * CPW * kMaxN;        // [kTeams][CPW][CPAD]    WPC = 2 only
 
@@ -278,8 +347,8 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
     // (read only after the first chunk's __syncthreads). This warp's views, from its first state on:
     const float* A2w = A2s + team * CPW * kMaxN + nbeg;
     float* carry_w = carry_s + team * CPW * kMaxN + nbeg;
-    const float* Bw = Bs + nbeg * CPAD;
-    const float* Cw = Cs + nbeg * CPAD;
+    const BC* Bw = Bs + nbeg * CPAD;
+    const BC* Cw = Cs + nbeg * CPAD;
 
     const T* u = static_cast<const T*>(p.u);
     const T* dl = static_cast<const T*>(p.delta);
@@ -291,7 +360,7 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
     for (int l0 = 0; l0 < L; l0 += CHUNK)
     {
         __syncthreads(); // the previous chunk's reads of Bs/Cs (and xs) are done
-        // ---- stage B and C of this group for the chunk: N rows x CHUNK steps, fp32 in smem
+        // ---- stage B and C of this group for the chunk: N rows x CHUNK steps, in smem as BC
         {
             const int nvec_row = CHUNK / VE;
             const int total = 2 * N * nvec_row;
@@ -302,12 +371,8 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
                 const int n = rem / nvec_row;
                 const int col = (rem - n * nvec_row) * VE;
                 const T* src = (which ? Cg : Bg) + (size_t) n * L + l0 + col;
-                float v[VE];
-                load_items<T, VE, false>(src, L - (l0 + col), v);
-                float* dst = (which ? Cs : Bs) + n * CPAD + pad_col(col);
-#pragma unroll
-                for (int e = 0; e < VE; e += 4)
-                    *reinterpret_cast<float4*>(dst + e) = make_float4(v[e], v[e + 1], v[e + 2], v[e + 3]);
+                BC* row = (which ? Cs : Bs) + n * CPAD;
+                stage_bc<T, BC>(src, L - (l0 + col), row + bc_col(row, col));
             }
         }
         // ---- this lane's slice of u (all NITEMS steps) and the softplus of its PART steps of delta
@@ -495,7 +560,7 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
     }
 }
 
-template <typename T, int NITEMS, int CPW, int SPI, int WPC, int MINB>
+template <typename T, int NITEMS, int CPW, int SPI, int WPC, int BCB, int MINB>
 int launch(const Params& p0, cudaStream_t stream)
 {
     Params p = p0;
@@ -503,8 +568,8 @@ int launch(const Params& p0, cudaStream_t stream)
     const long long nblocks = (long long) p.batch * p.groups * p.tiles_per_group;
     if (nblocks > 0x7fffffffLL)
         return MHUNET_SCAN_ERR_BAD_SHAPE;
-    const size_t smem = smem_bytes<NITEMS, CPW, WPC>(p.dstate);
-    auto kernel = selective_scan_fwd_kernel<T, NITEMS, CPW, SPI, WPC, MINB>;
+    const size_t smem = smem_bytes<NITEMS, CPW, WPC, BCB>(p.dstate);
+    auto kernel = selective_scan_fwd_kernel<T, NITEMS, CPW, SPI, WPC, BCB, MINB>;
     if (smem > 48 * 1024)
     {
         // Raise the dynamic shared-memory limit (a per-device attribute, so set on every launch: it is a
@@ -516,21 +581,30 @@ int launch(const Params& p0, cudaStream_t stream)
     return cudaGetLastError() == cudaSuccess ? MHUNET_SCAN_OK : MHUNET_SCAN_ERR_CUDA;
 }
 
-// The compiled configurations (items, cpw, spi, wpc; then MINB, not part of the configuration's name).
-// One list serves dispatch and the Python side's sweep (mhunet_selective_scan_configs). Two-warp
-// configurations whose registers cannot be capped without spilling (8x1x4, 8x2x1, 16x1x2) are not built.
-#define MHUNET_SCAN_CONFIGS(X)                                                                                     \
-    X(2, 1, 1, 1, 0) X(2, 2, 1, 1, 0) X(4, 1, 1, 1, 0) X(4, 2, 1, 1, 0) X(8, 1, 1, 1, 0) X(8, 2, 1, 1, 0)          \
-    X(16, 1, 1, 1, 0) X(16, 2, 1, 1, 0) X(2, 1, 2, 1, 0) X(2, 2, 2, 1, 0) X(4, 1, 2, 1, 0) X(4, 2, 2, 1, 4)        \
-    X(8, 1, 2, 1, 6) X(16, 1, 2, 1, 0) X(2, 1, 4, 1, 0) X(2, 2, 4, 1, 0) X(4, 1, 4, 1, 0) X(8, 1, 4, 1, 0)         \
-    X(4, 1, 1, 2, 3) X(4, 1, 2, 2, 3) X(4, 1, 4, 2, 2) X(4, 2, 1, 2, 2) X(8, 1, 1, 2, 2) X(8, 1, 2, 2, 2)
+// The compiled configurations (items, cpw, spi, wpc, bcb; then MINB, not part of the configuration's
+// name). One list serves dispatch and the Python side's sweep (mhunet_selective_scan_configs). Two-warp
+// configurations whose registers cannot be capped without spilling (8x1x4, 8x2x1, 16x1x2) are not built;
+// bcb = 2 (fp16 B/C rows) is built for fp16 inputs only (fp32 inputs: MHUNET_SCAN_ERR_BAD_CONFIG).
+#define MHUNET_SCAN_CONFIGS(X)                                                                                         \
+    X(2, 1, 1, 1, 4, 0) X(2, 2, 1, 1, 4, 0) X(4, 1, 1, 1, 4, 0) X(4, 2, 1, 1, 4, 0) X(8, 1, 1, 1, 4, 0)                \
+    X(8, 2, 1, 1, 4, 0) X(16, 1, 1, 1, 4, 0) X(16, 2, 1, 1, 4, 0) X(2, 1, 2, 1, 4, 0) X(2, 2, 2, 1, 4, 0)              \
+    X(4, 1, 2, 1, 4, 0) X(4, 2, 2, 1, 4, 4) X(8, 1, 2, 1, 4, 6) X(16, 1, 2, 1, 4, 0) X(2, 1, 4, 1, 4, 0)               \
+    X(2, 2, 4, 1, 4, 0) X(4, 1, 4, 1, 4, 0) X(8, 1, 4, 1, 4, 0) X(4, 1, 1, 2, 4, 3) X(4, 1, 2, 2, 4, 3)                \
+    X(4, 1, 4, 2, 4, 2) X(4, 2, 1, 2, 4, 2) X(8, 1, 1, 2, 4, 2) X(8, 1, 2, 2, 4, 2) X(4, 1, 2, 1, 2, 0)                \
+    X(8, 1, 1, 1, 2, 0) X(8, 1, 2, 1, 2, 7) X(8, 1, 4, 1, 2, 0) X(8, 2, 1, 1, 2, 0) X(16, 1, 2, 1, 2, 0)               \
+    X(4, 1, 2, 2, 2, 3) X(8, 1, 2, 2, 2, 2)
 
 template <typename T>
-int dispatch(const Params& p, int items, int cpw, int spi, int wpc, cudaStream_t stream)
+int dispatch(const Params& p, int items, int cpw, int spi, int wpc, int bcb, cudaStream_t stream)
 {
-#define MHUNET_SCAN_CASE(NI, CP, SP, WP, MB)                                                                       \
-    if (items == NI && cpw == CP && spi == SP && wpc == WP)                                                        \
-        return launch<T, NI, CP, SP, WP, MB>(p, stream);
+#define MHUNET_SCAN_CASE(NI, CP, SP, WP, BB, MB)                                                                       \
+    if (items == NI && cpw == CP && spi == SP && wpc == WP && bcb == BB)                                               \
+    {                                                                                                                  \
+        if constexpr (BB == 4 || sizeof(T) == 2)                                                                       \
+            return launch<T, NI, CP, SP, WP, BB, MB>(p, stream);                                                       \
+        else                                                                                                           \
+            return MHUNET_SCAN_ERR_BAD_CONFIG;                                                                         \
+    }
     MHUNET_SCAN_CONFIGS(MHUNET_SCAN_CASE)
 #undef MHUNET_SCAN_CASE
     return MHUNET_SCAN_ERR_BAD_CONFIG;
@@ -540,13 +614,14 @@ int dispatch(const Params& p, int items, int cpw, int spi, int wpc, cudaStream_t
 } // namespace mhunet
 
 extern "C" void mhunet_selective_scan_default_config(
-    int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi, int* wpc)
+    int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi, int* wpc, int* bcb)
 {
     (void) groups;
     // The rule chosen from the tuning sweep of every compiled configuration (NOTES.md, "Default
     // configuration"; the sweep: BENCHMARKS.md section 4): L = 64: 2x2x1; L = 128: 4x1x2 (interpolated);
     // L >= 256: fp16 8x1x2, fp32 8x2x1 except a long sequence over few rows (L >= 2048, B x D < 8192): 8x1x2.
-    // One warp per channel everywhere until a sweep of the two-warp configurations says otherwise.
+    // One warp per channel and fp32 B/C rows everywhere until a sweep of the two-warp and fp16-row
+    // configurations says otherwise.
     const long long rows = (long long) batch * dim;
     int it = 8, cp = 1, sp = 2;
     if (len <= 64)
@@ -566,19 +641,19 @@ extern "C" void mhunet_selective_scan_default_config(
     *cpw = cp;
     *spi = sp;
     *wpc = 1;
+    *bcb = 4;
 }
 
 extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
 {
+    using mhunet::scan::kConfigFields;
     int n = 0;
-#define MHUNET_SCAN_LIST(NI, CP, SP, WP, MB)                                                                       \
-    if (n < capacity)                                                                                              \
-    {                                                                                                              \
-        out[4 * n] = NI;                                                                                           \
-        out[4 * n + 1] = CP;                                                                                       \
-        out[4 * n + 2] = SP;                                                                                       \
-        out[4 * n + 3] = WP;                                                                                       \
-    }                                                                                                              \
+#define MHUNET_SCAN_LIST(NI, CP, SP, WP, BB, MB)                                                                       \
+    if (n < capacity)                                                                                                  \
+    {                                                                                                                  \
+        const int c[kConfigFields] = {NI, CP, SP, WP, BB};                                                             \
+        memcpy(out + kConfigFields * n, c, sizeof c);                                                                  \
+    }                                                                                                                  \
     ++n;
     MHUNET_SCAN_CONFIGS(MHUNET_SCAN_LIST)
 #undef MHUNET_SCAN_LIST
@@ -587,7 +662,7 @@ extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
 
 extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,
     const void* C, const float* D, const float* delta_bias, float* y, int batch, int dim, int len, int dstate,
-    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, cudaStream_t stream)
+    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, int bcb, cudaStream_t stream)
 {
     using namespace mhunet::scan;
     if (batch < 0 || dim <= 0 || len < 0)
@@ -602,8 +677,9 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
         return MHUNET_SCAN_OK;
     if (!u || !delta || !A || !B || !C || !y)
         return MHUNET_SCAN_ERR_NULL_POINTER;
-    int def_items = 0, def_cpw = 0, def_spi = 0, def_wpc = 0;
-    mhunet_selective_scan_default_config(batch, dim, len, groups, dtype, &def_items, &def_cpw, &def_spi, &def_wpc);
+    int def_items = 0, def_cpw = 0, def_spi = 0, def_wpc = 0, def_bcb = 0;
+    mhunet_selective_scan_default_config(
+        batch, dim, len, groups, dtype, &def_items, &def_cpw, &def_spi, &def_wpc, &def_bcb);
     if (items == 0)
         items = def_items;
     if (cpw == 0)
@@ -612,6 +688,8 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
         spi = def_spi;
     if (wpc == 0)
         wpc = def_wpc;
+    if (bcb == 0)
+        bcb = def_bcb;
     Params p{};
     p.u = u;
     p.delta = delta;
@@ -628,8 +706,8 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
     p.groups = groups;
     p.dim_per_group = dim / groups;
     p.delta_softplus = delta_softplus ? 1 : 0;
-    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, items, cpw, spi, wpc, stream)
-                                     : dispatch<__half>(p, items, cpw, spi, wpc, stream);
+    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, items, cpw, spi, wpc, bcb, stream)
+                                     : dispatch<__half>(p, items, cpw, spi, wpc, bcb, stream);
 }
 
 extern "C" int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, const void* B,
@@ -637,7 +715,7 @@ extern "C" int mhunet_selective_scan_fwd(const void* u, const void* delta, const
     int groups, int delta_softplus, int dtype, cudaStream_t stream)
 {
     return mhunet_selective_scan_fwd_config(u, delta, A, B, C, D, delta_bias, y, batch, dim, len, dstate, groups,
-        delta_softplus, dtype, 0, 0, 0, 0, stream);
+        delta_softplus, dtype, 0, 0, 0, 0, 0, stream);
 }
 
 extern "C" const char* mhunet_selective_scan_error_string(int code)
@@ -650,7 +728,8 @@ extern "C" const char* mhunet_selective_scan_error_string(int code)
     case MHUNET_SCAN_ERR_BAD_DSTATE: return "unsupported dstate: need 1 <= N <= 16";
     case MHUNET_SCAN_ERR_BAD_GROUPS: return "bad groups: need groups >= 1 dividing dim";
     case MHUNET_SCAN_ERR_BAD_DTYPE: return "unsupported dtype: 0 (fp32) or 1 (fp16)";
-    case MHUNET_SCAN_ERR_BAD_CONFIG: return "unsupported kernel config: see mhunet_selective_scan_configs";
+    case MHUNET_SCAN_ERR_BAD_CONFIG:
+        return "unsupported kernel config: see mhunet_selective_scan_configs (bcb = 2 needs fp16 inputs)";
     case MHUNET_SCAN_ERR_CUDA: return "CUDA error at launch (see cudaGetLastError)";
     default: return "unknown selective-scan status";
     }

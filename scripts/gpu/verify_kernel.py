@@ -6,17 +6,18 @@ Contract v2: u, delta, B, C fp32 or fp16 (one dtype), y float32 always.
     configs, odd lengths, G=4 and G=1, fp32 inputs (rel L2 <= 1e-5) and fp16 inputs (<= 1e-4: 10x the
     fp32 bound, below the ~3e-4 that an fp16-rounded y would cost), y checked to be float32, outputs
     poisoned with NaN, fresh inputs per check; every compiled kernel configuration (items x cpw x spi x
-    wpc) on odd lengths, and every two-warp configuration (wpc = 2: the warps split the N states) at
-    N = 1, 7, 16 with D not a multiple of the block's channels; the dtype rule (fp16 in -> fp32 y,
-    an fp16 `out` refused); softplus off, no bias; against selective_scan_loop.
+    wpc x bcb) on odd lengths (bcb = 2, fp16 B/C rows in shared memory: fp16 inputs only, and refused
+    for fp32 inputs), and every two-warp configuration (wpc = 2: the warps split the N states) at
+    N = 1, 7 with D not a multiple of the block's channels; the dtype rule (fp16 in -> fp32 y, an fp16
+    `out` refused); softplus off, no bias; against selective_scan_loop.
 (b) speed with CUDA events (median), input sets rotated beyond L2: ours vs the pure-PyTorch chunked scan
     (mhunet_deploy.ops.selective_scan.torch_scan.selective_scan_chunked, when present) vs mamba-ssm's
     selective_scan_cuda.fwd (when importable: see get_mamba; skipped with a message otherwise). Like
     with like: mamba-ssm gets the same fp16 (or fp32) inputs and returns y in that dtype (its own
     contract), ours returns fp32 y (4 bytes per element written: counted in our byte floor). The
     "ours" column is the default configuration; "best" is the fastest compiled configuration of the
-    tuning sweep (every configuration at every shape), also split into the best one-warp and the best
-    two-warp configuration. "forward" sums one model forward's scans per model config, batch and
+    tuning sweep (every configuration valid for the dtype at every shape), also split into the best
+    one-warp and the best two-warp configuration. "forward" sums one model forward's scans per model config, batch and
     dtype (encoder 2 + decoder 2 SS2D blocks at stages 1-3, encoder 2 at stage 4), each at the
     default, at the best configuration per shape, and mamba-ssm, with the ratios.
 Writes results.json and results.md into --out; prints the table last. --quick: (a) only.
@@ -155,6 +156,18 @@ def cfg_name(c):
     return "x".join(map(str, c))
 
 
+def cfg_kwargs(c):
+    """A configuration tuple as selective_scan_cuda's keyword arguments."""
+    from mhunet_deploy.ops.selective_scan.cuda import CONFIG_FIELDS
+
+    return dict(zip(CONFIG_FIELDS, c, strict=True))
+
+
+def cfg_takes(c, dtype):
+    """Whether configuration c runs this input dtype (bcb = 2: fp16 B/C rows, fp16 inputs only)."""
+    return c[4] == 4 or dtype == torch.float16
+
+
 def empty_y(u):
     """y poisoned with NaN (every element must be written), float32 as contract v2 says."""
     return torch.full(u.shape, float("nan"), dtype=torch.float32, device=u.device)
@@ -190,7 +203,7 @@ def main():
     # ------------------------------------------------ (a) correctness
     gen = torch.Generator(device="cuda")
     gen.manual_seed(0)
-    default = (0, 0, 0, 0)
+    default = (0, 0, 0, 0, 0)
     cases = []  # (name, B, D, L, G, N, config)
     for cfg, stages in STAGES.items():
         for d, l in stages:
@@ -210,11 +223,13 @@ def main():
     n_fail = 0
     for name, b, d, l, g, n, cfg in cases:
         for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-4)):
+            if not cfg_takes(cfg, dtype):
+                continue
             inp = make_inputs(b, d, l, g, dtype, gen=gen, n=n)
             ref = ref_fp64(*inp)
             torch.cuda.synchronize()
             y = empty_y(inp[0])
-            ours(*inp, items=cfg[0], cpw=cfg[1], spi=cfg[2], wpc=cfg[3], out=y)
+            ours(*inp, **cfg_kwargs(cfg), out=y)
             torch.cuda.synchronize()
             err = rel_l2(y, ref)
             ok = err <= tol and y.dtype == torch.float32 and y.shape == inp[0].shape
@@ -236,6 +251,18 @@ def main():
             )
             if not ok:
                 log(f"FAIL {name} G={g} {dtype}: rel_l2={err:.3g} > {tol}")
+    # fp16 B/C rows (bcb = 2) with fp32 inputs: refused, not run with rounded B/C
+    for c in (c for c in configs if c[4] == 2):
+        inp = make_inputs(1, 8, 40, 1, torch.float32, gen=gen)
+        try:
+            ours(*inp, **cfg_kwargs(c))
+            refused = False
+        except RuntimeError as e:
+            refused = "unsupported kernel config" in str(e)
+        n_fail += not refused
+        results["correctness"].append({"case": f"cfg {cfg_name(c)} refuses fp32 inputs", "ok": refused})
+        if not refused:
+            log(f"FAIL cfg {cfg_name(c)} ran fp32 inputs (fp16 B/C rows need fp16 inputs)")
     # the v2 dtype rule through the binding: fp16 inputs give a float32 y; an fp16 `out` is refused
     inp = make_inputs(2, 64, 130, 4, torch.float16, gen=gen)
     y = ours(*inp)
@@ -326,7 +353,7 @@ def main():
         return nbytes, [make_inputs(b, d, l, 4, dtype, gen=gen) for _ in range(nsets)]
 
     def run_cfg(c):
-        return lambda *a: ours(*a, items=c[0], cpw=c[1], spi=c[2], wpc=c[3])
+        return lambda *a: ours(*a, **cfg_kwargs(c))
 
     # tuning sweep first: every compiled configuration at every shape of the table
     best = {}
@@ -340,6 +367,8 @@ def main():
             for c in configs:
                 if 32 * c[0] > 2 * max(l, 64) and c[0] > 2:
                     continue  # a lane slice far longer than L: all padding
+                if not cfg_takes(c, dtype):
+                    continue
                 med, _, _ = bench(run_cfg(c), sets, 20)
                 results["tuning"].append({"shape": list(key), "config": cfg_name(c), "us": med})
                 for k in (key, (*key, c[3])):  # overall, and per warps-per-channel
@@ -438,8 +467,9 @@ def main():
         "",
         "Contract v2: ours reads u, delta, B, C in the row's dtype and writes y as fp32 (floor counts "
         "4-byte y); mamba-ssm gets the same inputs and writes y in the input dtype (fp16 rows: fp16 y). "
-        "Config = items x cpw x spi x wpc (wpc = warps per channel). best1/best2: fastest one-warp / "
-        "two-warp configuration in the sweep (20 runs each).",
+        "Config = items x cpw x spi x wpc x bcb (wpc = warps per channel; bcb = bytes per B/C element in "
+        "shared memory, 2 = fp16 rows for fp16 inputs). best1/best2: fastest one-warp / two-warp "
+        "configuration in the sweep (20 runs each).",
         "",
         "| cfg | B | D | L | dtype | floor us | ours us (default) | % copy bw | best us (config) | % copy bw "
         "| best1 us (config) | best2 us (config) | mamba us | x mamba | best x mamba | torch us | x torch |",
@@ -469,7 +499,11 @@ def main():
             f"| {r['config']} | {r['B']} | {r['dtype']} | {f('ours_us', '%.0f')} | {f('best_us', '%.0f')} | "
             f"{f('mamba_us', '%.0f')} | {f('x_mamba', '%.2f')} | {f('best_x_mamba', '%.2f')} |"
         )
-    lines += ["", "tuning sweep: the five fastest configurations (items x cpw x spi x wpc) per shape", ""]
+    lines += [
+        "",
+        "tuning sweep: the five fastest configurations (items x cpw x spi x wpc x bcb) per shape",
+        "",
+    ]
     by = {}
     for t in results["tuning"]:
         by.setdefault(tuple(t["shape"]), []).append(t)

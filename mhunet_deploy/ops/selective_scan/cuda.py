@@ -42,9 +42,10 @@ CMAKE_CANDIDATES = (Path("build") / LIBRARY_NAME, Path("plugins/build") / LIBRAR
 #: The files the library is compiled from, in the order their hashes enter the key (plugins/CMakeLists.txt).
 SOURCES = ("selective_scan.cu", "selective_scan.h")
 #: A kernel configuration, in the launcher's order (kernels/selective_scan.h): time steps per lane,
-#: channels per warp team, states interleaved per iteration, warps per channel; 0 = the default.
-CONFIG_FIELDS = ("items", "cpw", "spi", "wpc")
-Config = tuple[int, int, int, int]
+#: channels per warp team, states interleaved per iteration, warps per channel, bytes per B/C element in
+#: shared memory (4, or 2 for fp16 inputs only); 0 = the default.
+CONFIG_FIELDS = ("items", "cpw", "spi", "wpc", "bcb")
+Config = tuple[int, int, int, int, int]
 _STATUS_OK = 0
 _FP32, _FP16 = 0, 1
 
@@ -165,7 +166,7 @@ class ScanLibrary:
         self._default.argtypes = [i32] * 5 + [ctypes.POINTER(i32)] * len(CONFIG_FIELDS)
 
     def fwd(
-        self, u, delta, A, B, C, D, delta_bias, y, delta_softplus: bool, config: Config = (0, 0, 0, 0)
+        self, u, delta, A, B, C, D, delta_bias, y, delta_softplus: bool, config: Config = (0, 0, 0, 0, 0)
     ) -> None:
         """Launch on torch's current stream of u's device; tensors as checked by selective_scan_cuda
         (u, delta, B, C of one dtype, y float32)."""
@@ -180,14 +181,15 @@ class ScanLibrary:
             raise RuntimeError(f"selective_scan_cuda: {self._error(rc).decode()}")
 
     def configs(self) -> list[Config]:
-        """The compiled kernel configurations (items, cpw, spi, wpc)."""
+        """The compiled kernel configurations (items, cpw, spi, wpc, bcb); bcb = 2 ones take fp16 inputs
+        only (fp32 inputs: an unsupported-config error)."""
         k, cap = len(CONFIG_FIELDS), 128
         buf = (ctypes.c_int * (k * cap))()
         n = min(self._configs(buf, cap), cap)
         return [tuple(buf[k * i : k * (i + 1)]) for i in range(n)]
 
     def default_config(self, batch: int, dim: int, length: int, groups: int, fp16: bool) -> Config:
-        """The configuration (items, cpw, spi, wpc) the kernel uses by default for a shape."""
+        """The configuration (items, cpw, spi, wpc, bcb) the kernel uses by default for a shape."""
         out = [ctypes.c_int() for _ in CONFIG_FIELDS]
         self._default(batch, dim, length, groups, _FP16 if fp16 else _FP32, *(ctypes.byref(v) for v in out))
         return tuple(v.value for v in out)
@@ -241,6 +243,7 @@ def selective_scan_cuda(
     cpw=0,
     spi=0,
     wpc=0,
+    bcb=0,
     out=None,
 ):
     """Selective scan forward on the GPU: same arguments and semantics as ``selective_scan_loop``.
@@ -248,8 +251,8 @@ def selective_scan_cuda(
     u, delta: (B, D, L); A: (D, N) fp32; B, C: (B, G, N, L); D, delta_bias: (D,) fp32 or None.
     u, delta, B, C share one dtype (float32 or float16: delta, B, C are cast to u's); y is float32
     whatever that dtype (contract v2). N <= 16.
-    ``items``/``cpw``/``spi``/``wpc`` override the kernel configuration (0 = default; the compiled
-    ones: ``load_library().configs()``); for tuning only.
+    ``items``/``cpw``/``spi``/``wpc``/``bcb`` override the kernel configuration (0 = default; the
+    compiled ones: ``load_library().configs()``, in :data:`CONFIG_FIELDS` order); for tuning only.
     ``out``: optional contiguous float32 (B, D, L) tensor to write y into (returned).
     """
     tensors = (u, delta, A, B, C, D, delta_bias)
@@ -284,7 +287,7 @@ def selective_scan_cuda(
         raise ValueError(
             "selective_scan_cuda: out must be a contiguous float32 tensor of u's shape and device"
         )
-    config = (int(items), int(cpw), int(spi), int(wpc))
+    config = (int(items), int(cpw), int(spi), int(wpc), int(bcb))
     with torch.cuda.device(u.device):
         load_library().fwd(*args, out, bool(delta_softplus), config)
     return out
