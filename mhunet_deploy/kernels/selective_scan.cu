@@ -592,7 +592,7 @@ int launch(const Params& p0, cudaStream_t stream)
     X(2, 2, 4, 1, 4, 0) X(4, 1, 4, 1, 4, 0) X(8, 1, 4, 1, 4, 0) X(4, 1, 1, 2, 4, 3) X(4, 1, 2, 2, 4, 3)                \
     X(4, 1, 4, 2, 4, 2) X(4, 2, 1, 2, 4, 2) X(8, 1, 1, 2, 4, 2) X(8, 1, 2, 2, 4, 2) X(4, 1, 2, 1, 2, 0)                \
     X(8, 1, 1, 1, 2, 0) X(8, 1, 2, 1, 2, 7) X(8, 1, 4, 1, 2, 0) X(8, 2, 1, 1, 2, 0) X(16, 1, 2, 1, 2, 0)               \
-    X(4, 1, 2, 2, 2, 3) X(8, 1, 2, 2, 2, 2)
+    X(4, 1, 2, 2, 2, 3) X(8, 1, 2, 2, 2, 2) X(4, 1, 1, 2, 2, 4)
 
 template <typename T>
 int dispatch(const Params& p, int items, int cpw, int spi, int wpc, int bcb, cudaStream_t stream)
