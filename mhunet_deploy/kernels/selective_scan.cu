@@ -5,8 +5,8 @@
 //   team   = WPC warps (1 or 2) = CPW channels, the whole length L, in chunks of CHUNK = 32 * NITEMS steps;
 //            with WPC = 2 its two warps split the N states and sum their partial y through smem;
 //   lane   = NITEMS consecutive time steps of the chunk (registers).
-// Per chunk: the block stages B and C of its group (N x CHUNK, converted to fp32) in shared memory once
-// and every warp reuses them for its channels (B/C are read from DRAM/L2 once per block, not once per
+// Per chunk: the block stages B and C of its group (N x CHUNK; fp32 rows, or for fp16 inputs optionally
+// fp16 rows: BCB) in shared memory once and every warp reuses them for its channels (B/C are read from DRAM/L2 once per block, not once per
 // channel). For each state n a lane composes its NITEMS steps into one affine map h -> a*h + b, the
 // warp combines the 32 maps with a shuffle scan (Kogge-Stone), applies the carry from the previous
 // chunk, and re-runs its steps from the correct incoming state to accumulate y += C * h.
@@ -144,6 +144,7 @@ __device__ __forceinline__ int bc_col(const __half*, int l) { return pad_col_h(l
 template <int NI>
 __device__ __forceinline__ void lds_items(const float* row, int l, float (&out)[NI])
 {
+    static_assert(NI == 2 || NI % 4 == 0, "2 or a multiple of 4 floats");
     const float* p = row + pad_col(l);
     if constexpr (NI >= 4)
     {
@@ -157,14 +158,12 @@ __device__ __forceinline__ void lds_items(const float* row, int l, float (&out)[
             out[4 * v + 3] = q.w;
         }
     }
-    else if constexpr (NI == 2)
+    else
     {
         const float2 q = *reinterpret_cast<const float2*>(p);
         out[0] = q.x;
         out[1] = q.y;
     }
-    else
-        out[0] = *p;
 }
 
 // NI consecutive halves of a padded fp16 B/C row starting at column l, as fp32 (one 16-byte read per 8).
@@ -225,6 +224,7 @@ __device__ __forceinline__ void stage_bc(const T* src, int nvalid, BC* dst)
 template <int NI>
 __device__ __forceinline__ void sts_items(float* row, int l, const float (&in)[NI])
 {
+    static_assert(NI == 2 || NI % 4 == 0, "2 or a multiple of 4 floats");
     float* p = row + pad_col(l);
     if constexpr (NI >= 4)
     {
@@ -232,10 +232,8 @@ __device__ __forceinline__ void sts_items(float* row, int l, const float (&in)[N
         for (int v = 0; v < NI / 4; ++v)
             reinterpret_cast<float4*>(p)[v] = make_float4(in[4 * v], in[4 * v + 1], in[4 * v + 2], in[4 * v + 3]);
     }
-    else if constexpr (NI == 2)
-        *reinterpret_cast<float2*>(p) = make_float2(in[0], in[1]);
     else
-        *p = in[0];
+        *reinterpret_cast<float2*>(p) = make_float2(in[0], in[1]);
 }
 
 // Warps per block: kTeams channel teams of WPC warps each (a team = CPW channels).
