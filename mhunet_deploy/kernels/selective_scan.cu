@@ -1,15 +1,17 @@
 // Selective-scan forward kernel (see selective_scan.h for the semantics, NOTES.md for the design).
 //
 // Work decomposition
-//   block  = WARPS warps = WARPS * CPW channels of ONE group of ONE batch element;
-//   warp   = CPW channels, the whole length L, in chunks of CHUNK = 32 * NITEMS time steps;
+//   block  = 4 teams x WPC warps = 4 * CPW channels of ONE group of ONE batch element;
+//   team   = WPC warps (1 or 2) = CPW channels, the whole length L, in chunks of CHUNK = 32 * NITEMS steps;
+//            with WPC = 2 its two warps split the N states and sum their partial y through smem;
 //   lane   = NITEMS consecutive time steps of the chunk (registers).
-// Per chunk: the block stages B and C of its group (N x CHUNK, converted to fp32) in shared memory once
-// and every warp reuses them for its channels (B/C are read from DRAM/L2 once per block, not once per
+// Per chunk: the block stages B and C of its group (N x CHUNK; fp32 rows, or for fp16 inputs optionally
+// fp16 rows: BCB) in shared memory once and every warp reuses them for its channels (B/C are read from DRAM/L2 once per block, not once per
 // channel). For each state n a lane composes its NITEMS steps into one affine map h -> a*h + b, the
 // warp combines the 32 maps with a shuffle scan (Kogge-Stone), applies the carry from the previous
 // chunk, and re-runs its steps from the correct incoming state to accumulate y += C * h.
 // The carry (state at the end of the chunk) per (channel, n) lives in shared memory.
+// Contract v2: u, delta, B, C are fp32 or fp16 (one dtype); y is always fp32.
 #include "selective_scan.h"
 
 #include <cuda_fp16.h>
@@ -17,6 +19,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace mhunet
 {
@@ -24,7 +27,8 @@ namespace scan
 {
 
 constexpr int kMaxN = MHUNET_SCAN_MAX_DSTATE;
-constexpr int kWarps = 4;
+constexpr int kTeams = 4;       // channel teams per block
+constexpr int kConfigFields = 5; // items, cpw, spi, wpc, bcb
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kSoftplusThreshold = 20.0f;
 
@@ -37,7 +41,7 @@ struct Params
     const void* C;
     const float* D;
     const float* delta_bias;
-    void* y;
+    float* y;
     int batch, dim, len, dstate, groups;
     int dim_per_group, tiles_per_group;
     int delta_softplus;
@@ -124,21 +128,30 @@ __device__ __forceinline__ void store_items(T* p, int nvalid, const float (&in)[
 }
 
 // Shared-memory column of time step l inside a chunk: 4 floats of padding every 32 steps, so that the
-// 16-byte reads of the NITEMS-wide lane slices hit distinct banks (see NOTES.md).
+// 16-byte reads of the NITEMS-wide lane slices (and of their halves) hit distinct banks (see NOTES.md).
 __device__ __forceinline__ int pad_col(int l) { return l + 4 * (l >> 5); }
 
 template <int NITEMS> __host__ __device__ constexpr int chunk_pad() { return 32 * NITEMS + 4 * NITEMS; }
 
-template <int NITEMS>
-__device__ __forceinline__ void lds_items(const float* row, int lane, float (&out)[NITEMS])
+// The same for fp16 B/C rows (BCB = 2): 8 halves (16 bytes) of padding every 64 steps, so that the 16-byte
+// reads of an 8-lane phase hit distinct banks at ITEMS = 16 (at ITEMS <= 8 a phase reads 128 contiguous
+// bytes anyway). A row has 32 * ITEMS + 4 * ITEMS halves, chunk_pad<ITEMS>() elements as the fp32 rows.
+__device__ __forceinline__ int pad_col_h(int l) { return l + 8 * (l >> 6); }
+__device__ __forceinline__ int bc_col(const float*, int l) { return pad_col(l); }
+__device__ __forceinline__ int bc_col(const __half*, int l) { return pad_col_h(l); }
+
+// NI consecutive floats of a padded shared-memory row starting at column l (NI * 4 bytes aligned).
+template <int NI>
+__device__ __forceinline__ void lds_items(const float* row, int l, float (&out)[NI])
 {
-    const float* p = row + pad_col(lane * NITEMS);
-    if constexpr (NITEMS >= 4)
+    static_assert(NI == 2 || NI % 4 == 0, "2 or a multiple of 4 floats");
+    const float* p = row + pad_col(l);
+    if constexpr (NI >= 4)
     {
 #pragma unroll
-        for (int v = 0; v < NITEMS / 4; ++v)
+        for (int v = 0; v < NI / 4; ++v)
         {
-            float4 q = reinterpret_cast<const float4*>(p)[v];
+            const float4 q = reinterpret_cast<const float4*>(p)[v];
             out[4 * v + 0] = q.x;
             out[4 * v + 1] = q.y;
             out[4 * v + 2] = q.z;
@@ -147,16 +160,93 @@ __device__ __forceinline__ void lds_items(const float* row, int lane, float (&ou
     }
     else
     {
-        float2 q = *reinterpret_cast<const float2*>(p);
+        const float2 q = *reinterpret_cast<const float2*>(p);
         out[0] = q.x;
         out[1] = q.y;
     }
 }
 
-template <int NITEMS, int CPW>
+// NI consecutive halves of a padded fp16 B/C row starting at column l, as fp32 (one 16-byte read per 8).
+template <int NI>
+__device__ __forceinline__ void lds_items(const __half* row, int l, float (&out)[NI])
+{
+    constexpr int VB = 2 * NI < 16 ? 2 * NI : 16;
+    using V = typename RawVec<VB>::type;
+    const V* p = reinterpret_cast<const V*>(row + pad_col_h(l));
+#pragma unroll
+    for (int v = 0; v < 2 * NI / VB; ++v)
+    {
+        const V raw = p[v];
+        __half2 h2[VB / 4];
+        memcpy(h2, &raw, VB);
+#pragma unroll
+        for (int e = 0; e < VB / 4; ++e)
+        {
+            const float2 f = __half22float2(h2[e]);
+            out[v * (VB / 2) + 2 * e] = f.x;
+            out[v * (VB / 2) + 2 * e + 1] = f.y;
+        }
+    }
+}
+
+// Stages 16 bytes of a B/C row (VE elements of T, nvalid of them in range; the rest 0) into the smem row
+// element `dst` of type BC: fp32 rows take them converted, fp16 rows (BCB = 2, T = __half) as they are.
+template <typename T, typename BC>
+__device__ __forceinline__ void stage_bc(const T* src, int nvalid, BC* dst)
+{
+    constexpr int VE = 16 / (int) sizeof(T);
+    if constexpr (sizeof(BC) == sizeof(float))
+    {
+        float v[VE];
+        load_items<T, VE, false>(src, nvalid, v);
+#pragma unroll
+        for (int e = 0; e < VE; e += 4)
+            reinterpret_cast<float4*>(dst)[e / 4] = make_float4(v[e], v[e + 1], v[e + 2], v[e + 3]);
+    }
+    else
+    {
+        static_assert(sizeof(T) == 2, "fp16 B/C rows take fp16 inputs only");
+        uint4 raw;
+        if (nvalid >= VE && (reinterpret_cast<uintptr_t>(src) % 16) == 0)
+            raw = __ldg(reinterpret_cast<const uint4*>(src));
+        else
+        {
+            T tmp[VE];
+#pragma unroll
+            for (int e = 0; e < VE; ++e)
+                tmp[e] = e < nvalid ? src[e] : T(0.f);
+            memcpy(&raw, tmp, 16);
+        }
+        *reinterpret_cast<uint4*>(dst) = raw;
+    }
+}
+
+template <int NI>
+__device__ __forceinline__ void sts_items(float* row, int l, const float (&in)[NI])
+{
+    static_assert(NI == 2 || NI % 4 == 0, "2 or a multiple of 4 floats");
+    float* p = row + pad_col(l);
+    if constexpr (NI >= 4)
+    {
+#pragma unroll
+        for (int v = 0; v < NI / 4; ++v)
+            reinterpret_cast<float4*>(p)[v] = make_float4(in[4 * v], in[4 * v + 1], in[4 * v + 2], in[4 * v + 3]);
+    }
+    else
+        *reinterpret_cast<float2*>(p) = make_float2(in[0], in[1]);
+}
+
+// Warps per block: kTeams channel teams of WPC warps each (a team = CPW channels).
+template <int WPC> __host__ __device__ constexpr int block_warps() { return kTeams * WPC; }
+
+template <int NITEMS, int CPW, int WPC, int BCB>
 constexpr size_t smem_bytes(int dstate)
 {
-    return sizeof(float) * (2 * (size_t) dstate * chunk_pad<NITEMS>() + 2 * (size_t) kWarps * CPW * kMaxN);
+    // Bs, Cs [N][CPAD] of BCB bytes each (a multiple of 16 bytes for any N); then fp32: A2s, carry_s
+    // [kTeams][CPW][kMaxN]; with WPC = 2 the exchange rows xs [kTeams][CPW][CPAD]
+    return (size_t) BCB * 2 * (size_t) dstate * chunk_pad<NITEMS>()
+        + sizeof(float)
+        * (2 * (size_t) kTeams * CPW * kMaxN + (WPC > 1 ? (size_t) kTeams * CPW * chunk_pad<NITEMS>() : 0));
 }
 
 // softplus(x) = log1p(exp(x)) for x <= 20, else x. log1p through Goldberg's identity
@@ -171,25 +261,57 @@ __device__ __forceinline__ float softplus(float x)
     return w == 1.f ? e : logf(w) * __fdividef(e, w - 1.f);
 }
 
+// Barrier of the WPC warps of one team only (ids 1..kTeams; __syncthreads uses 0).
+template <int WPC> __device__ __forceinline__ void team_sync(int team)
+{
+    asm volatile("bar.sync %0, %1;" ::"r"(team + 1), "r"(WPC * 32) : "memory");
+}
+
+// T = the input dtype of u, delta, B and C (float or __half); y is always fp32 (contract v2).
 // SPI = states per iteration: SPI independent states go through the compose -> shuffle scan -> re-run
 // chain side by side, so one state's shuffle latency hides behind another's arithmetic (NOTES.md:
 // the single-state chain left the schedulers idle).
-template <typename T, int NITEMS, int CPW, int SPI>
-__global__ void __launch_bounds__(kWarps * 32) selective_scan_fwd_kernel(const Params p)
+// WPC = warps per channel (1 or 2). With 2, the two warps of a team split the N states (warp `part`
+// takes states [part * ceil(N/2), ...)), each computes softplus for half of each lane's steps and hands
+// it to its partner through xs, and their partial y (over their states) are summed through xs: warp
+// `part` finalises and stores steps [part * NITEMS/2, (part + 1) * NITEMS/2) of each lane. No exp is
+// computed twice. xs rows are reused by both exchanges: each warp overwrites only positions that it
+// alone has read before (NOTES.md, "Two warps per channel").
+// BCB = bytes per B/C element in shared memory: 4 (fp32 rows) or 2 (fp16 rows, fp16 inputs only: staged
+// as loaded, converted on each read; half the shared memory and half the read wavefronts per state).
+// MINB = the launch bounds' minimum resident blocks per SM: a register cap per configuration (NOTES.md,
+// "Resource usage"), chosen so that ptxas does not jump to the next occupancy step and nothing spills;
+// 0 = none (ptxas's own occupancy heuristic, as for every one-warp configuration).
+template <typename T, int NITEMS, int CPW, int SPI, int WPC, int BCB, int MINB>
+__global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_fwd_kernel(const Params p)
 {
+    static_assert(WPC == 1 || WPC == 2, "one or two warps per channel");
+    static_assert(BCB == 4 || (BCB == 2 && sizeof(T) == 2), "fp16 B/C rows for fp16 inputs only");
+    using BC = typename std::conditional<BCB == 2, __half, float>::type;
+    static_assert(NITEMS % WPC == 0, "each warp of a team finalises NITEMS / WPC steps per lane");
     constexpr int CHUNK = 32 * NITEMS;
     constexpr int CPAD = chunk_pad<NITEMS>();
-    constexpr int VE = 16 / (int) sizeof(T); // elements per 16-byte vector for the B/C staging
+    constexpr int PART = NITEMS / WPC;         // steps per lane whose softplus and y this warp owns
+    constexpr int NTHREADS = block_warps<WPC>() * 32;
+    constexpr int VE = 16 / (int) sizeof(T);   // elements per 16-byte vector for the B/C staging
+    constexpr bool STREAM = WPC == 1;          // u is read by both warps of a team: keep it in L1 then
     extern __shared__ __align__(16) float smem[];
     const int N = p.dstate;
-    float* Bs = smem;                                  // [N][CPAD]
-    float* Cs = Bs + N * CPAD;                         // [N][CPAD]
-    float* A2s = Cs + N * CPAD;                        // [kWarps][CPW][kMaxN]   A * log2(e)
-    float* carry_s = A2s + kWarps * CPW * kMaxN;       // [kWarps][CPW][kMaxN]   state at chunk end
+    BC* Bs = reinterpret_cast<BC*>(smem);              // [N][CPAD]
+    BC* Cs = Bs + N * CPAD;                            // [N][CPAD]
+    float* A2s = reinterpret_cast<float*>(Cs + N * CPAD); // [kTeams][CPW][kMaxN]   A * log2(e)
+    float* carry_s = A2s + kTeams * CPW * kMaxN;       // [kTeams][CPW][kMaxN]   state at chunk end
+    float* xs = carry_s + kTeams * CPW * kMaxN;        // [kTeams][CPW][CPAD]    WPC = 2 only
 
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
+    const int team = warp / WPC;
+    const int part = warp % WPC;
     const int L = p.len;
+    // this warp's states: nbeg .. nbeg + nst - 1 (the loop below runs over k = n - nbeg, on shifted bases)
+    const int nper = (N + WPC - 1) / WPC;
+    const int nbeg = min(N, part * nper);
+    const int nst = min(N, nbeg + nper) - nbeg;
 
     int blk = blockIdx.x;
     const int tile = blk % p.tiles_per_group;
@@ -197,7 +319,7 @@ __global__ void __launch_bounds__(kWarps * 32) selective_scan_fwd_kernel(const P
     const int g = blk % p.groups;
     const int b = blk / p.groups;
 
-    const int local0 = tile * (kWarps * CPW) + warp * CPW; // channel index inside the group
+    const int local0 = tile * (kTeams * CPW) + team * CPW; // channel index inside the group
     const int d0 = g * p.dim_per_group + local0;
     bool valid[CPW];
     float Dc[CPW], bias[CPW];
@@ -209,88 +331,133 @@ __global__ void __launch_bounds__(kWarps * 32) selective_scan_fwd_kernel(const P
         Dc[c] = p.D ? __ldg(p.D + d) : 0.f;
         bias[c] = p.delta_bias ? __ldg(p.delta_bias + d) : 0.f;
     }
-    float* A2w = A2s + warp * CPW * kMaxN;
-    float* carry_w = carry_s + warp * CPW * kMaxN;
-    for (int i = lane; i < CPW * kMaxN; i += 32)
+    float* xw = xs + team * CPW * CPAD;
+    if (part == 0)
     {
-        const int c = i / kMaxN, n = i % kMaxN;
-        const int d = (local0 + c < p.dim_per_group) ? d0 + c : 0;
-        A2w[i] = n < N ? __ldg(p.A + (size_t) d * N + n) * kLog2e : 0.f;
-        carry_w[i] = 0.f;
+        for (int i = lane; i < CPW * kMaxN; i += 32)
+        {
+            const int c = i / kMaxN, n = i % kMaxN;
+            const int d = (local0 + c < p.dim_per_group) ? d0 + c : 0;
+            A2s[team * CPW * kMaxN + i] = n < N ? __ldg(p.A + (size_t) d * N + n) * kLog2e : 0.f;
+            carry_s[team * CPW * kMaxN + i] = 0.f;
+        }
     }
-    __syncwarp();
+    // (read only after the first chunk's __syncthreads). This warp's views, from its first state on:
+    const float* A2w = A2s + team * CPW * kMaxN + nbeg;
+    float* carry_w = carry_s + team * CPW * kMaxN + nbeg;
+    const BC* Bw = Bs + nbeg * CPAD;
+    const BC* Cw = Cs + nbeg * CPAD;
 
     const T* u = static_cast<const T*>(p.u);
     const T* dl = static_cast<const T*>(p.delta);
-    T* y = static_cast<T*>(p.y);
+    float* y = p.y;
     const size_t bc_base = ((size_t) b * p.groups + g) * (size_t) N * L;
     const T* Bg = static_cast<const T*>(p.B) + bc_base;
     const T* Cg = static_cast<const T*>(p.C) + bc_base;
 
     for (int l0 = 0; l0 < L; l0 += CHUNK)
     {
-        __syncthreads(); // the previous chunk's reads of Bs/Cs are done
-        // ---- stage B and C of this group for the chunk: N rows x CHUNK steps, fp32 in smem
+        __syncthreads(); // the previous chunk's reads of Bs/Cs (and xs) are done
+        // ---- stage B and C of this group for the chunk: N rows x CHUNK steps, in smem as BC
         {
             const int nvec_row = CHUNK / VE;
             const int total = 2 * N * nvec_row;
-            for (int i = threadIdx.x; i < total; i += kWarps * 32)
+            for (int i = threadIdx.x; i < total; i += NTHREADS)
             {
                 const int which = i / (N * nvec_row);
                 const int rem = i - which * (N * nvec_row);
                 const int n = rem / nvec_row;
                 const int col = (rem - n * nvec_row) * VE;
                 const T* src = (which ? Cg : Bg) + (size_t) n * L + l0 + col;
-                float v[VE];
-                load_items<T, VE, false>(src, L - (l0 + col), v);
-                float* dst = (which ? Cs : Bs) + n * CPAD + pad_col(col);
-#pragma unroll
-                for (int e = 0; e < VE; e += 4)
-                    *reinterpret_cast<float4*>(dst + e) = make_float4(v[e], v[e + 1], v[e + 2], v[e + 3]);
+                BC* row = (which ? Cs : Bs) + n * CPAD;
+                stage_bc<T, BC>(src, L - (l0 + col), row + bc_col(row, col));
             }
         }
-        // ---- this lane's slice of u and delta for each of the warp's channels
+        // ---- this lane's slice of u (all NITEMS steps) and the softplus of its PART steps of delta
         const int ls = l0 + lane * NITEMS;
         const int nvalid = L - ls;
+        const int own = part * PART; // first step of this warp's part inside the lane slice
         float dlt[CPW][NITEMS], du[CPW][NITEMS], acc[CPW][NITEMS], sdt[CPW];
+        float uu[CPW][NITEMS]; // WPC = 2: live until the partner's softplus half arrives
 #pragma unroll
         for (int c = 0; c < CPW; ++c)
         {
-            float uu[NITEMS];
             const size_t row = ((size_t) b * p.dim + (valid[c] ? d0 + c : 0)) * L;
             const int nv = valid[c] ? nvalid : 0;
-            load_items<T, NITEMS, true>(u + row + ls, nv, uu);
-            load_items<T, NITEMS, true>(dl + row + ls, nv, dlt[c]);
-            sdt[c] = 0.f;
+            float xp[PART];
+            load_items<T, NITEMS, STREAM>(u + row + ls, nv, uu[c]);
+            load_items<T, PART, STREAM>(dl + row + ls + own, nv - own, xp);
 #pragma unroll
-            for (int i = 0; i < NITEMS; ++i)
+            for (int j = 0; j < PART; ++j)
             {
-                float x = dlt[c][i] + bias[c];
+                float x = xp[j] + bias[c];
                 if (p.delta_softplus)
                     x = softplus(x);
-                x = i < nv ? x : 0.f; // padding steps are the identity map (a = 1, b = 0)
-                dlt[c][i] = x;
-                sdt[c] += x;
-                du[c][i] = x * uu[i];
-                acc[c][i] = Dc[c] * uu[i];
+                xp[j] = own + j < nv ? x : 0.f; // padding steps are the identity map (a = 1, b = 0)
+            }
+#pragma unroll
+            for (int i = 0; i < NITEMS; ++i)
+                acc[c][i] = (WPC == 1 || i / PART == part) ? Dc[c] * uu[c][i] : 0.f; // D * u enters once
+            if constexpr (WPC == 1)
+            {
+                sdt[c] = 0.f;
+#pragma unroll
+                for (int i = 0; i < NITEMS; ++i)
+                {
+                    dlt[c][i] = xp[i];
+                    sdt[c] += xp[i];
+                    du[c][i] = xp[i] * uu[c][i];
+                }
+            }
+            else
+            {
+                sts_items<PART>(xw + c * CPAD, lane * NITEMS + own, xp);
+#pragma unroll
+                for (int j = 0; j < PART; ++j) // our half now; the partner's after the barrier
+                {
+                    dlt[c][j] = xp[j];
+                    dlt[c][PART + j] = xp[j];
+                }
             }
         }
-        __syncthreads(); // Bs/Cs ready
+        __syncthreads(); // Bs/Cs (and the partner's softplus half in xs) ready
+        if constexpr (WPC > 1)
+        {
+#pragma unroll
+            for (int c = 0; c < CPW; ++c)
+            {
+                float other[PART];
+                lds_items<PART>(xw + c * CPAD, lane * NITEMS + (PART - own), other);
+                sdt[c] = 0.f;
+#pragma unroll
+                for (int j = 0; j < PART; ++j)
+                {
+                    dlt[c][j] = part == 0 ? dlt[c][j] : other[j];
+                    dlt[c][PART + j] = part == 0 ? other[j] : dlt[c][PART + j];
+                }
+#pragma unroll
+                for (int i = 0; i < NITEMS; ++i)
+                {
+                    sdt[c] += dlt[c][i];
+                    du[c][i] = dlt[c][i] * uu[c][i];
+                }
+            }
+        }
 
 #pragma unroll 1
-        for (int n0 = 0; n0 < N; n0 += SPI)
+        for (int n0 = 0; n0 < nst; n0 += SPI)
         {
-            // states n0 .. n0 + SPI - 1; a state past N (N not a multiple of SPI) recomputes N - 1 and is
-            // neither stored nor accumulated
+            // states n0 .. n0 + SPI - 1 (of this warp's); a state past nst (not a multiple of SPI)
+            // recomputes nst - 1 and is neither stored nor accumulated
             int ns[SPI];
             float Bn[SPI][NITEMS], Cn[SPI][NITEMS];
 #pragma unroll
             for (int s = 0; s < SPI; ++s)
             {
-                ns[s] = min(n0 + s, N - 1);
-                lds_items<NITEMS>(Bs + ns[s] * CPAD, lane, Bn[s]);
-                lds_items<NITEMS>(Cs + ns[s] * CPAD, lane, Cn[s]);
-                if (n0 + s >= N)
+                ns[s] = min(n0 + s, nst - 1);
+                lds_items<NITEMS>(Bw + ns[s] * CPAD, lane * NITEMS, Bn[s]);
+                lds_items<NITEMS>(Cw + ns[s] * CPAD, lane * NITEMS, Cn[s]);
+                if (n0 + s >= nst)
                 {
 #pragma unroll
                     for (int i = 0; i < NITEMS; ++i)
@@ -345,7 +512,7 @@ __global__ void __launch_bounds__(kWarps * 32) selective_scan_fwd_kernel(const P
                     if (lane == 0)
                         h = carry[s];
                     const float next_carry = __shfl_sync(0xffffffffu, h_end, 31);
-                    if (lane == 0 && n0 + s < N)
+                    if (lane == 0 && n0 + s < nst)
                         carry_w[c * kMaxN + ns[s]] = next_carry;
 #pragma unroll
                     for (int i = 0; i < NITEMS; ++i)
@@ -356,28 +523,51 @@ __global__ void __launch_bounds__(kWarps * 32) selective_scan_fwd_kernel(const P
                 }
             }
         }
-#pragma unroll
-        for (int c = 0; c < CPW; ++c)
+        if constexpr (WPC == 1)
         {
-            if (valid[c])
+#pragma unroll
+            for (int c = 0; c < CPW; ++c)
+                if (valid[c])
+                    store_items<float, NITEMS>(y + ((size_t) b * p.dim + d0 + c) * L + ls, nvalid, acc[c]);
+        }
+        else
+        {
+            // hand the partner the partial y of its part, take ours, store our part
+#pragma unroll
+            for (int c = 0; c < CPW; ++c)
             {
-                const size_t row = ((size_t) b * p.dim + d0 + c) * L;
-                store_items<T, NITEMS>(y + row + ls, nvalid, acc[c]);
+                float give[PART];
+#pragma unroll
+                for (int j = 0; j < PART; ++j)
+                    give[j] = part == 0 ? acc[c][PART + j] : acc[c][j];
+                sts_items<PART>(xw + c * CPAD, lane * NITEMS + (PART - own), give);
+            }
+            team_sync<WPC>(team);
+#pragma unroll
+            for (int c = 0; c < CPW; ++c)
+            {
+                float mine[PART];
+                lds_items<PART>(xw + c * CPAD, lane * NITEMS + own, mine);
+#pragma unroll
+                for (int j = 0; j < PART; ++j)
+                    mine[j] += part == 0 ? acc[c][j] : acc[c][PART + j];
+                if (valid[c])
+                    store_items<float, PART>(y + ((size_t) b * p.dim + d0 + c) * L + ls + own, nvalid - own, mine);
             }
         }
     }
 }
 
-template <typename T, int NITEMS, int CPW, int SPI>
+template <typename T, int NITEMS, int CPW, int SPI, int WPC, int BCB, int MINB>
 int launch(const Params& p0, cudaStream_t stream)
 {
     Params p = p0;
-    p.tiles_per_group = (p.dim_per_group + kWarps * CPW - 1) / (kWarps * CPW);
+    p.tiles_per_group = (p.dim_per_group + kTeams * CPW - 1) / (kTeams * CPW);
     const long long nblocks = (long long) p.batch * p.groups * p.tiles_per_group;
     if (nblocks > 0x7fffffffLL)
         return MHUNET_SCAN_ERR_BAD_SHAPE;
-    const size_t smem = smem_bytes<NITEMS, CPW>(p.dstate);
-    auto kernel = selective_scan_fwd_kernel<T, NITEMS, CPW, SPI>;
+    const size_t smem = smem_bytes<NITEMS, CPW, WPC, BCB>(p.dstate);
+    auto kernel = selective_scan_fwd_kernel<T, NITEMS, CPW, SPI, WPC, BCB, MINB>;
     if (smem > 48 * 1024)
     {
         // Raise the dynamic shared-memory limit (a per-device attribute, so set on every launch: it is a
@@ -385,23 +575,34 @@ int launch(const Params& p0, cudaStream_t stream)
         if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) != cudaSuccess)
             return MHUNET_SCAN_ERR_CUDA;
     }
-    kernel<<<(unsigned) nblocks, kWarps * 32, smem, stream>>>(p);
+    kernel<<<(unsigned) nblocks, block_warps<WPC>() * 32, smem, stream>>>(p);
     return cudaGetLastError() == cudaSuccess ? MHUNET_SCAN_OK : MHUNET_SCAN_ERR_CUDA;
 }
 
-// The compiled configurations (items, cpw, spi). One list serves dispatch and the Python side's sweep
-// (mhunet_selective_scan_configs).
-#define MHUNET_SCAN_CONFIGS(X)                                                                                     \
-    X(2, 1, 1) X(2, 2, 1) X(4, 1, 1) X(4, 2, 1) X(8, 1, 1) X(8, 2, 1) X(16, 1, 1) X(16, 2, 1)                          \
-    X(2, 1, 2) X(2, 2, 2) X(4, 1, 2) X(4, 2, 2) X(8, 1, 2) X(16, 1, 2)                                                 \
-    X(2, 1, 4) X(2, 2, 4) X(4, 1, 4) X(8, 1, 4)
+// The compiled configurations (items, cpw, spi, wpc, bcb; then MINB, not part of the configuration's
+// name). One list serves dispatch and the Python side's sweep (mhunet_selective_scan_configs). Two-warp
+// configurations whose registers cannot be capped without spilling (8x1x4, 8x2x1, 16x1x2) are not built;
+// bcb = 2 (fp16 B/C rows) is built for fp16 inputs only (fp32 inputs: MHUNET_SCAN_ERR_BAD_CONFIG).
+#define MHUNET_SCAN_CONFIGS(X)                                                                                         \
+    X(2, 1, 1, 1, 4, 0) X(2, 2, 1, 1, 4, 0) X(4, 1, 1, 1, 4, 0) X(4, 2, 1, 1, 4, 0) X(8, 1, 1, 1, 4, 0)                \
+    X(8, 2, 1, 1, 4, 0) X(16, 1, 1, 1, 4, 0) X(16, 2, 1, 1, 4, 0) X(2, 1, 2, 1, 4, 0) X(2, 2, 2, 1, 4, 0)              \
+    X(4, 1, 2, 1, 4, 0) X(4, 2, 2, 1, 4, 4) X(8, 1, 2, 1, 4, 6) X(16, 1, 2, 1, 4, 0) X(2, 1, 4, 1, 4, 0)               \
+    X(2, 2, 4, 1, 4, 0) X(4, 1, 4, 1, 4, 0) X(8, 1, 4, 1, 4, 0) X(4, 1, 1, 2, 4, 3) X(4, 1, 2, 2, 4, 3)                \
+    X(4, 1, 4, 2, 4, 2) X(4, 2, 1, 2, 4, 2) X(8, 1, 1, 2, 4, 2) X(8, 1, 2, 2, 4, 2) X(4, 1, 2, 1, 2, 0)                \
+    X(8, 1, 1, 1, 2, 0) X(8, 1, 2, 1, 2, 7) X(8, 1, 4, 1, 2, 0) X(8, 2, 1, 1, 2, 0) X(16, 1, 2, 1, 2, 0)               \
+    X(4, 1, 2, 2, 2, 3) X(8, 1, 2, 2, 2, 2) X(4, 1, 1, 2, 2, 4)
 
 template <typename T>
-int dispatch(const Params& p, int items, int cpw, int spi, cudaStream_t stream)
+int dispatch(const Params& p, int items, int cpw, int spi, int wpc, int bcb, cudaStream_t stream)
 {
-#define MHUNET_SCAN_CASE(NI, CP, SP)                                                                               \
-    if (items == NI && cpw == CP && spi == SP)                                                                         \
-        return launch<T, NI, CP, SP>(p, stream);
+#define MHUNET_SCAN_CASE(NI, CP, SP, WP, BB, MB)                                                                       \
+    if (items == NI && cpw == CP && spi == SP && wpc == WP && bcb == BB)                                               \
+    {                                                                                                                  \
+        if constexpr (BB == 4 || sizeof(T) == 2)                                                                       \
+            return launch<T, NI, CP, SP, WP, BB, MB>(p, stream);                                                       \
+        else                                                                                                           \
+            return MHUNET_SCAN_ERR_BAD_CONFIG;                                                                         \
+    }
     MHUNET_SCAN_CONFIGS(MHUNET_SCAN_CASE)
 #undef MHUNET_SCAN_CASE
     return MHUNET_SCAN_ERR_BAD_CONFIG;
@@ -411,12 +612,14 @@ int dispatch(const Params& p, int items, int cpw, int spi, cudaStream_t stream)
 } // namespace mhunet
 
 extern "C" void mhunet_selective_scan_default_config(
-    int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi)
+    int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi, int* wpc, int* bcb)
 {
     (void) groups;
     // The rule chosen from the tuning sweep of every compiled configuration (NOTES.md, "Default
     // configuration"; the sweep: BENCHMARKS.md section 4): L = 64: 2x2x1; L = 128: 4x1x2 (interpolated);
     // L >= 256: fp16 8x1x2, fp32 8x2x1 except a long sequence over few rows (L >= 2048, B x D < 8192): 8x1x2.
+    // One warp per channel and fp32 B/C rows everywhere until a sweep of the two-warp and fp16-row
+    // configurations says otherwise.
     const long long rows = (long long) batch * dim;
     int it = 8, cp = 1, sp = 2;
     if (len <= 64)
@@ -435,17 +638,19 @@ extern "C" void mhunet_selective_scan_default_config(
     *items = it;
     *cpw = cp;
     *spi = sp;
+    *wpc = 1;
+    *bcb = 4;
 }
 
 extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
 {
+    using mhunet::scan::kConfigFields;
     int n = 0;
-#define MHUNET_SCAN_LIST(NI, CP, SP)                                                                               \
+#define MHUNET_SCAN_LIST(NI, CP, SP, WP, BB, MB)                                                                       \
     if (n < capacity)                                                                                                  \
     {                                                                                                                  \
-        out[3 * n] = NI;                                                                                               \
-        out[3 * n + 1] = CP;                                                                                           \
-        out[3 * n + 2] = SP;                                                                                           \
+        const int c[kConfigFields] = {NI, CP, SP, WP, BB};                                                             \
+        memcpy(out + kConfigFields * n, c, sizeof c);                                                                  \
     }                                                                                                                  \
     ++n;
     MHUNET_SCAN_CONFIGS(MHUNET_SCAN_LIST)
@@ -454,8 +659,8 @@ extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
 }
 
 extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,
-    const void* C, const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate,
-    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, cudaStream_t stream)
+    const void* C, const float* D, const float* delta_bias, float* y, int batch, int dim, int len, int dstate,
+    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, int bcb, cudaStream_t stream)
 {
     using namespace mhunet::scan;
     if (batch < 0 || dim <= 0 || len < 0)
@@ -470,14 +675,19 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
         return MHUNET_SCAN_OK;
     if (!u || !delta || !A || !B || !C || !y)
         return MHUNET_SCAN_ERR_NULL_POINTER;
-    int def_items = 0, def_cpw = 0, def_spi = 0;
-    mhunet_selective_scan_default_config(batch, dim, len, groups, dtype, &def_items, &def_cpw, &def_spi);
+    int def_items = 0, def_cpw = 0, def_spi = 0, def_wpc = 0, def_bcb = 0;
+    mhunet_selective_scan_default_config(
+        batch, dim, len, groups, dtype, &def_items, &def_cpw, &def_spi, &def_wpc, &def_bcb);
     if (items == 0)
         items = def_items;
     if (cpw == 0)
         cpw = def_cpw;
     if (spi == 0)
         spi = def_spi;
+    if (wpc == 0)
+        wpc = def_wpc;
+    if (bcb == 0)
+        bcb = def_bcb;
     Params p{};
     p.u = u;
     p.delta = delta;
@@ -494,16 +704,16 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
     p.groups = groups;
     p.dim_per_group = dim / groups;
     p.delta_softplus = delta_softplus ? 1 : 0;
-    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, items, cpw, spi, stream)
-                                     : dispatch<__half>(p, items, cpw, spi, stream);
+    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, items, cpw, spi, wpc, bcb, stream)
+                                     : dispatch<__half>(p, items, cpw, spi, wpc, bcb, stream);
 }
 
 extern "C" int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, const void* B,
-    const void* C, const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate,
+    const void* C, const float* D, const float* delta_bias, float* y, int batch, int dim, int len, int dstate,
     int groups, int delta_softplus, int dtype, cudaStream_t stream)
 {
     return mhunet_selective_scan_fwd_config(u, delta, A, B, C, D, delta_bias, y, batch, dim, len, dstate, groups,
-        delta_softplus, dtype, 0, 0, 0, stream);
+        delta_softplus, dtype, 0, 0, 0, 0, 0, stream);
 }
 
 extern "C" const char* mhunet_selective_scan_error_string(int code)
@@ -516,7 +726,8 @@ extern "C" const char* mhunet_selective_scan_error_string(int code)
     case MHUNET_SCAN_ERR_BAD_DSTATE: return "unsupported dstate: need 1 <= N <= 16";
     case MHUNET_SCAN_ERR_BAD_GROUPS: return "bad groups: need groups >= 1 dividing dim";
     case MHUNET_SCAN_ERR_BAD_DTYPE: return "unsupported dtype: 0 (fp32) or 1 (fp16)";
-    case MHUNET_SCAN_ERR_BAD_CONFIG: return "unsupported kernel config: see mhunet_selective_scan_configs";
+    case MHUNET_SCAN_ERR_BAD_CONFIG:
+        return "unsupported kernel config: see mhunet_selective_scan_configs (bcb = 2 needs fp16 inputs)";
     case MHUNET_SCAN_ERR_CUDA: return "CUDA error at launch (see cudaGetLastError)";
     default: return "unknown selective-scan status";
     }

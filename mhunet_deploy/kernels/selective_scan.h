@@ -1,8 +1,8 @@
-// Selective-scan forward (Mamba S6) CUDA kernel: C ABI.
+// Selective-scan forward (Mamba S6) CUDA kernel: C ABI (contract v2: fp32 or fp16 inputs, fp32 y).
 //
 // Semantics (ARCHITECTURE.md, SelectiveScan contract; mamba-ssm's selective_scan_ref):
 //   u (B, D, L), delta (B, D, L), A (D, N) fp32, Bm (B, G, N, L), Cm (B, G, N, L),
-//   Dv (D) fp32, delta_bias (D) fp32 (may be null: no bias), y (B, D, L) in u's dtype.
+//   Dv (D) fp32, delta_bias (D) fp32 (may be null: no bias), y (B, D, L) fp32 whatever the input dtype.
 //   channel d reads group d / (D / G) of Bm and Cm.
 //   delta = softplus(delta + delta_bias) if delta_softplus (softplus(x) = x for x > 20)
 //   h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t ;  y_t = <C_t, h_t> + D * u_t
@@ -13,7 +13,8 @@
 // delta + delta_bias >= 0. A negative step makes exp(delta * A) > 1 and the fp32 state grows
 // geometrically: over long L it overflows to inf/nan (the fp64 reference overflows later, not never).
 // The kernel does not check this (it would cost a pass over delta); it is an invalid input, not a mode.
-// All tensors are contiguous (row-major, last dim fastest). u, delta, Bm, Cm and y share one dtype.
+// All tensors are contiguous (row-major, last dim fastest). u, delta, Bm and Cm share one dtype, named by
+// `dtype` (MHUNET_SCAN_FP32 or MHUNET_SCAN_FP16); y is float32 always.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -34,6 +35,7 @@ enum MhunetScanStatus
     MHUNET_SCAN_ERR_CUDA = 7,
 };
 
+//! The dtype of u, delta, B and C (y is fp32 for both).
 enum MhunetScanDtype
 {
     MHUNET_SCAN_FP32 = 0,
@@ -46,24 +48,26 @@ enum MhunetScanDtype
 //! Forward selective scan on `stream`. Returns MHUNET_SCAN_OK or an error code (see
 //! mhunet_selective_scan_error_string). Asynchronous: launch errors are reported, execution errors are not.
 int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, const void* B, const void* C,
-    const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate, int groups,
+    const float* D, const float* delta_bias, float* y, int batch, int dim, int len, int dstate, int groups,
     int delta_softplus, int dtype, cudaStream_t stream);
 
 //! Same, with an explicit kernel configuration (for tuning): items = consecutive time steps per thread
-//! (chunk of L per warp = 32 * items), cpw = channels per warp, spi = states interleaved per iteration.
-//! 0 picks the default for that parameter; a combination that is not compiled returns
-//! MHUNET_SCAN_ERR_BAD_CONFIG (the list: mhunet_selective_scan_configs).
+//! (chunk of L per warp = 32 * items), cpw = channels per warp team, spi = states interleaved per
+//! iteration, wpc = warps per channel (1, or 2: the two warps of a team split the N states), bcb = bytes
+//! per B/C element in shared memory (4: fp32; 2: fp16, for fp16 inputs only).
+//! 0 picks the default for that parameter; a combination that is not compiled (or bcb = 2 with fp32
+//! inputs) returns MHUNET_SCAN_ERR_BAD_CONFIG (the list: mhunet_selective_scan_configs).
 int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,
-    const void* C, const float* D, const float* delta_bias, void* y, int batch, int dim, int len, int dstate,
-    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, cudaStream_t stream);
+    const void* C, const float* D, const float* delta_bias, float* y, int batch, int dim, int len, int dstate,
+    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, int bcb, cudaStream_t stream);
 
-//! The configuration mhunet_selective_scan_fwd uses for a shape and dtype (writes items, cpw and spi): a
-//! small table keyed on L, batch x dim and dtype, from the tuning sweep (kernels/NOTES.md).
+//! The configuration mhunet_selective_scan_fwd uses for a shape and dtype (writes items, cpw, spi, wpc
+//! and bcb): a small table keyed on L, batch x dim and dtype, from the tuning sweep (kernels/NOTES.md).
 void mhunet_selective_scan_default_config(
-    int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi);
+    int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi, int* wpc, int* bcb);
 
-//! The compiled configurations: writes up to `capacity` triples (items, cpw, spi) into `out` (3 ints
-//! each) and returns how many there are.
+//! The compiled configurations: writes up to `capacity` 5-tuples (items, cpw, spi, wpc, bcb) into `out`
+//! (5 ints each) and returns how many there are.
 int mhunet_selective_scan_configs(int* out, int capacity);
 
 //! Static, human-readable text for a status code.

@@ -210,7 +210,7 @@ int32_t SelectiveScanPlugin::getOutputDataTypes(
         logError("getOutputDataTypes: u must be FLOAT or HALF");
         return -1;
     }
-    outputTypes[0] = inputTypes[ct::kInput_u];
+    outputTypes[0] = DataType::kFLOAT; // contract v2: y is fp32 whatever the input dtype
     return 0;
 }
 
@@ -236,9 +236,10 @@ bool SelectiveScanPlugin::supportsFormatCombination(
     PluginTensorDesc const& d = inOut[pos].desc;
     if (d.format != TensorFormat::kLINEAR)
         return false;
-    if (pos < nbInputs && isFp32Only(pos))
+    // A, D, delta_bias and (contract v2) the output y: FLOAT only.
+    if (pos >= nbInputs || isFp32Only(pos))
         return d.type == DataType::kFLOAT;
-    // u, delta, B, C and y: FLOAT or HALF, all the same as u.
+    // u, delta, B and C: FLOAT or HALF, all the same as u.
     if (!isDataType(d.type))
         return false;
     return pos == ct::kInput_u || d.type == inOut[ct::kInput_u].desc.type;
@@ -283,15 +284,15 @@ int32_t SelectiveScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
         return -1;
     }
     DataType const t = inputDesc[ct::kInput_u].type;
-    if (!isDataType(t) || outputDesc[0].type != t)
+    if (!isDataType(t) || outputDesc[0].type != DataType::kFLOAT)
     {
-        logError("enqueue: u and y must both be FLOAT or both HALF");
+        logError("enqueue: u must be FLOAT or HALF and y FLOAT");
         return -1;
     }
     int const rc = mhunet_selective_scan_fwd(inputs[ct::kInput_u], inputs[ct::kInput_delta],
         static_cast<float const*>(inputs[ct::kInput_A]), inputs[ct::kInput_B], inputs[ct::kInput_C],
         static_cast<float const*>(inputs[ct::kInput_D]), static_cast<float const*>(inputs[ct::kInput_delta_bias]),
-        outputs[0], static_cast<int>(u.d[0]), static_cast<int>(u.d[1]), static_cast<int>(u.d[2]),
+        static_cast<float*>(outputs[0]), static_cast<int>(u.d[0]), static_cast<int>(u.d[1]), static_cast<int>(u.d[2]),
         static_cast<int>(A.d[1]), static_cast<int>(Bm.d[1]), mDeltaSoftplus,
         t == DataType::kFLOAT ? MHUNET_SCAN_FP32 : MHUNET_SCAN_FP16, stream);
     if (rc != MHUNET_SCAN_OK)

@@ -1,5 +1,6 @@
 // TensorRT (>= 10) IPluginV3 for the SelectiveScan op: name, version, namespace, input order and field
 // names come from selective_scan_contract.h, generated from mhunet_deploy/ops/selective_scan/contract.py.
+// Types (contract v2): u, delta, B, C FLOAT or HALF (one type); A, D, delta_bias FLOAT; y FLOAT always.
 #pragma once
 
 #include <NvInferRuntime.h>

@@ -1,14 +1,25 @@
 # ruff: noqa: E501, E741, B023, SIM115  (GPU script: short shape names l/d/b, long report lines)
 """Correctness and speed of our selective-scan CUDA kernel on a GPU (run by scripts/gpu/verify_kernel.sh).
 
-(a) correctness vs an fp64 reference: the four stage shapes of both configs, odd lengths, G=4 and G=1,
-    fp32 (rel L2 <= 1e-5) and fp16 I/O (<= 1e-2), outputs poisoned with NaN, fresh inputs per check;
-    plus every compiled kernel configuration (items x cpw x spi) on odd lengths.
+Contract v2: u, delta, B, C fp32 or fp16 (one dtype), y float32 always.
+(a) correctness vs an fp64 reference on the same (rounded) inputs: the four stage shapes of both
+    configs, odd lengths, G=4 and G=1, fp32 inputs (rel L2 <= 1e-5) and fp16 inputs (<= 1e-4: 10x the
+    fp32 bound, below the ~3e-4 that an fp16-rounded y would cost), y checked to be float32, outputs
+    poisoned with NaN, fresh inputs per check; every compiled kernel configuration (items x cpw x spi x
+    wpc x bcb) on odd lengths (bcb = 2, fp16 B/C rows in shared memory: fp16 inputs only, and refused
+    for fp32 inputs), and every two-warp configuration (wpc = 2: the warps split the N states) at
+    N = 1, 7 with D not a multiple of the block's channels; the dtype rule (fp16 in -> fp32 y, an fp16
+    `out` refused); softplus off, no bias; against selective_scan_loop.
 (b) speed with CUDA events (median), input sets rotated beyond L2: ours vs the pure-PyTorch chunked scan
-    (mhunet_deploy.ops.selective_scan.torch_scan.selective_scan_chunked, when present) vs mamba-ssm's selective_scan_fn
-    (when importable: see get_mamba; skipped with a message otherwise); achieved GB/s vs the measured
-    device-to-device copy bandwidth. The "ours" column is the default configuration; "best" is the
-    fastest compiled configuration (items x cpw x spi) of the tuning sweep at that shape.
+    (mhunet_deploy.ops.selective_scan.torch_scan.selective_scan_chunked, when present) vs mamba-ssm's
+    selective_scan_cuda.fwd (when importable: see get_mamba; skipped with a message otherwise). Like
+    with like: mamba-ssm gets the same fp16 (or fp32) inputs and returns y in that dtype (its own
+    contract), ours returns fp32 y (4 bytes per element written: counted in our byte floor). The
+    "ours" column is the default configuration; "best" is the fastest compiled configuration of the
+    tuning sweep (every configuration valid for the dtype at every shape), also split into the best
+    one-warp and the best two-warp configuration. "forward" sums one model forward's scans per model config, batch and
+    dtype (encoder 2 + decoder 2 SS2D blocks at stages 1-3, encoder 2 at stage 4), each at the
+    default, at the best configuration per shape, and mamba-ssm, with the ratios.
 Writes results.json and results.md into --out; prints the table last. --quick: (a) only.
 """
 
@@ -33,6 +44,9 @@ STAGES = {
     "paper": [(768, 4096), (1536, 1024), (3072, 256), (6144, 64)],
 }
 N = 16
+#: SS2D blocks per model forward at each stage (depths (2, 2, 2, 2): encoder 2 at every stage, decoder 2
+#: at stages 1-3), each one scan call of the stage's shape.
+CALLS_PER_FORWARD = (4, 4, 4, 2)
 
 
 def log(*a):
@@ -69,12 +83,12 @@ def get_mamba(wait_s: float):
 
 
 # ---------------------------------------------------------------- reference and inputs
-def make_inputs(b, d, l, g, dtype, dev="cuda", gen=None):
+def make_inputs(b, d, l, g, dtype, dev="cuda", gen=None, n=N):
     u = torch.randn(b, d, l, device=dev, generator=gen).to(dtype)
     delta = (torch.rand(b, d, l, device=dev, generator=gen) * 2 - 1.5).to(dtype)  # softplus -> (0.2, 1.0)
-    A = -torch.exp(torch.rand(d, N, device=dev, generator=gen) * 2.5 - 0.5)  # what A = -exp(A_log) gives
-    Bm = torch.randn(b, g, N, l, device=dev, generator=gen).to(dtype)
-    Cm = torch.randn(b, g, N, l, device=dev, generator=gen).to(dtype)
+    A = -torch.exp(torch.rand(d, n, device=dev, generator=gen) * 2.5 - 0.5)  # what A = -exp(A_log) gives
+    Bm = torch.randn(b, g, n, l, device=dev, generator=gen).to(dtype)
+    Cm = torch.randn(b, g, n, l, device=dev, generator=gen).to(dtype)
     D = torch.randn(d, device=dev, generator=gen)
     bias = torch.rand(d, device=dev, generator=gen) * 0.5 - 1.0
     return u, delta, A, Bm, Cm, D, bias
@@ -133,8 +147,30 @@ def copy_bandwidth():
     return 2 * n / (med * 1e-6) / 1e9  # GB/s, read + write
 
 
-def scan_bytes(b, d, l, g, esz):
-    return esz * (3 * b * d * l + 2 * b * g * N * l) + 4 * (d * N + 2 * d)
+def scan_bytes(b, d, l, g, esz, y_esz=4):
+    """Bytes read (u, delta, B, C in their dtype; A, D, delta_bias fp32) and written (y: fp32 for ours)."""
+    return esz * (2 * b * d * l + 2 * b * g * N * l) + y_esz * b * d * l + 4 * (d * N + 2 * d)
+
+
+def cfg_name(c):
+    return "x".join(map(str, c))
+
+
+def cfg_kwargs(c):
+    """A configuration tuple as selective_scan_cuda's keyword arguments."""
+    from mhunet_deploy.ops.selective_scan.cuda import CONFIG_FIELDS
+
+    return dict(zip(CONFIG_FIELDS, c, strict=True))
+
+
+def cfg_takes(c, dtype):
+    """Whether configuration c runs this input dtype (bcb = 2: fp16 B/C rows, fp16 inputs only)."""
+    return c[4] == 4 or dtype == torch.float16
+
+
+def empty_y(u):
+    """y poisoned with NaN (every element must be written), float32 as contract v2 says."""
+    return torch.full(u.shape, float("nan"), dtype=torch.float32, device=u.device)
 
 
 def main():
@@ -167,28 +203,36 @@ def main():
     # ------------------------------------------------ (a) correctness
     gen = torch.Generator(device="cuda")
     gen.manual_seed(0)
-    cases = []
+    default = (0, 0, 0, 0, 0)
+    cases = []  # (name, B, D, L, G, N, config)
     for cfg, stages in STAGES.items():
         for d, l in stages:
             for g in (4, 1):
-                cases.append((f"{cfg} D={d} L={l}", 2, d, l, g, (0, 0, 0)))
+                cases.append((f"{cfg} D={d} L={l}", 2, d, l, g, N, default))
     for l in (1, 7, 63, 65, 1000, 4097):
         for g in (4, 1):
-            cases.append((f"odd L={l}", 2, 96, l, g, (0, 0, 0)))
-    for it, cpw, spi in configs:
+            cases.append((f"odd L={l}", 2, 96, l, g, N, default))
+    for c in configs:
         for l in (65, 1000, 4097):
-            cases.append((f"cfg {it}x{cpw}x{spi} L={l}", 2, 72, l, 4, (it, cpw, spi)))
+            cases.append((f"cfg {cfg_name(c)} L={l}", 2, 72, l, 4, N, c))
+    for c in (c for c in configs if c[3] == 2):
+        # the two warps split the states: N odd (7 -> 4 + 3) and N = 1 (the second warp has none);
+        # D = 36 per group of 1: 4 * cpw channels per block do not divide it
+        for n in (1, 7):
+            cases.append((f"cfg {cfg_name(c)} N={n} L=300", 2, 36, 300, 1, n, c))
     n_fail = 0
-    for name, b, d, l, g, cfg in cases:
-        for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-2)):
-            inp = make_inputs(b, d, l, g, dtype, gen=gen)
+    for name, b, d, l, g, n, cfg in cases:
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-4)):
+            if not cfg_takes(cfg, dtype):
+                continue
+            inp = make_inputs(b, d, l, g, dtype, gen=gen, n=n)
             ref = ref_fp64(*inp)
             torch.cuda.synchronize()
-            y = torch.full_like(inp[0], float("nan"))  # poison: every element must be written
-            ours(*inp, items=cfg[0], cpw=cfg[1], spi=cfg[2], out=y)
+            y = empty_y(inp[0])
+            ours(*inp, **cfg_kwargs(cfg), out=y)
             torch.cuda.synchronize()
             err = rel_l2(y, ref)
-            ok = err <= tol and y.dtype == dtype and y.shape == inp[0].shape
+            ok = err <= tol and y.dtype == torch.float32 and y.shape == inp[0].shape
             n_fail += not ok
             results["correctness"].append(
                 {
@@ -197,7 +241,8 @@ def main():
                     "D": d,
                     "L": l,
                     "G": g,
-                    "config": "x".join(map(str, cfg)),
+                    "N": n,
+                    "config": cfg_name(cfg),
                     "dtype": str(dtype).split(".")[-1],
                     "rel_l2": err,
                     "tol": tol,
@@ -206,6 +251,34 @@ def main():
             )
             if not ok:
                 log(f"FAIL {name} G={g} {dtype}: rel_l2={err:.3g} > {tol}")
+    # fp16 B/C rows (bcb = 2) with fp32 inputs: refused, not run with rounded B/C
+    for c in (c for c in configs if c[4] == 2):
+        inp = make_inputs(1, 8, 40, 1, torch.float32, gen=gen)
+        try:
+            ours(*inp, **cfg_kwargs(c))
+            refused = False
+        except RuntimeError as e:
+            refused = "unsupported kernel config" in str(e)
+        n_fail += not refused
+        results["correctness"].append({"case": f"cfg {cfg_name(c)} refuses fp32 inputs", "ok": refused})
+        if not refused:
+            log(f"FAIL cfg {cfg_name(c)} ran fp32 inputs (fp16 B/C rows need fp16 inputs)")
+    # the v2 dtype rule through the binding: fp16 inputs give a float32 y; an fp16 `out` is refused
+    inp = make_inputs(2, 64, 130, 4, torch.float16, gen=gen)
+    y = ours(*inp)
+    err = rel_l2(y, ref_fp64(*inp))
+    ok = y.dtype == torch.float32 and err <= 1e-4
+    try:
+        ours(*inp, out=torch.empty(inp[0].shape, dtype=torch.float16, device="cuda"))
+        refused = False
+    except ValueError:
+        refused = True
+    n_fail += not (ok and refused)
+    results["correctness"].append(
+        {"case": "dtype rule: fp16 in -> fp32 y; fp16 out refused", "rel_l2": err, "ok": ok and refused}
+    )
+    if not (ok and refused):
+        log(f"FAIL dtype rule: y {y.dtype}, rel_l2={err:.3g}, fp16 out refused: {refused}")
     # no-softplus and no-bias paths. Without softplus delta is the step itself and the contract requires
     # delta + delta_bias >= 0 (selective_scan.h, as in mamba-ssm): draw |N(0,1)| steps and a non-negative
     # bias. (The first GPU run used the softplus inputs here, delta in (-1.5, 0.5): exp(delta * A) > 1 and
@@ -213,14 +286,14 @@ def main():
     for dtype, tol, with_bias in (
         (torch.float32, 1e-5, False),
         (torch.float32, 1e-5, True),
-        (torch.float16, 1e-2, True),
+        (torch.float16, 1e-4, True),
     ):
         inp = make_inputs(2, 64, 300, 4, dtype, gen=gen)
         delta = torch.randn(inp[1].shape, device="cuda", generator=gen).abs().to(dtype)
         bias = torch.rand(64, device="cuda", generator=gen) * 0.1 if with_bias else None
         inp = (inp[0], delta, *inp[2:6], bias)
         ref = ref_fp64(*inp[:6], bias if with_bias else torch.zeros(64, device="cuda"), softplus=False)
-        y = torch.full_like(inp[0], float("nan"))
+        y = empty_y(inp[0])
         ours(*inp, delta_softplus=False, out=y)
         err = rel_l2(y, ref)
         ok = err <= tol
@@ -279,6 +352,9 @@ def main():
         nsets = max(1, min(8, math.ceil(3 * l2 / nbytes)))  # rotate inputs beyond L2
         return nbytes, [make_inputs(b, d, l, 4, dtype, gen=gen) for _ in range(nsets)]
 
+    def run_cfg(c):
+        return lambda *a: ours(*a, **cfg_kwargs(c))
+
     # tuning sweep first: every compiled configuration at every shape of the table
     best = {}
     with torch.no_grad():
@@ -287,14 +363,17 @@ def main():
                 log("time budget: tuning sweep cut short")
                 break
             nbytes, sets = input_sets(b, d, l, dtype)
+            key = (cfg, b, d, l, str(dtype).split(".")[-1])
             for c in configs:
                 if 32 * c[0] > 2 * max(l, 64) and c[0] > 2:
                     continue  # a lane slice far longer than L: all padding
-                med, _, _ = bench(lambda *a, c=c: ours(*a, items=c[0], cpw=c[1], spi=c[2]), sets, 20)
-                key = (cfg, b, d, l, str(dtype).split(".")[-1])
-                results["tuning"].append({"shape": list(key), "config": "x".join(map(str, c)), "us": med})
-                if key not in best or med < best[key][1]:
-                    best[key] = (c, med)
+                if not cfg_takes(c, dtype):
+                    continue
+                med, _, _ = bench(run_cfg(c), sets, 20)
+                results["tuning"].append({"shape": list(key), "config": cfg_name(c), "us": med})
+                for k in (key, (*key, c[3])):  # overall, and per warps-per-channel
+                    if k not in best or med < best[k][1]:
+                        best[k] = (c, med)
             del sets
             torch.cuda.empty_cache()
     log("tuning sweep done")
@@ -309,6 +388,7 @@ def main():
             break
         nbytes, sets = input_sets(b, d, l, dtype)
         dname = str(dtype).split(".")[-1]
+        key = (cfg, b, d, l, dname)
         default = tuple(ext.default_config(b, d, l, 4, dtype == torch.float16))
         row = {
             "config": cfg,
@@ -318,22 +398,26 @@ def main():
             "dtype": "fp16" if dtype == torch.float16 else "fp32",
             "bytes": nbytes,
             "floor_us": nbytes / (bw * 1e3),
-            "default": "x".join(map(str, default)),
+            "default": cfg_name(default),
         }
+        for w in (1, 2):
+            if (*key, w) in best:
+                row[f"best_wpc{w}"] = cfg_name(best[(*key, w)][0])
+                row[f"best_wpc{w}_us"] = best[(*key, w)][1]  # sweep time (20 runs)
         with torch.no_grad():
             med, lo, _ = bench(lambda *a: ours(*a), sets, 50)
             row.update(ours_us=med, ours_min_us=lo, ours_frac_copy=nbytes / (med * 1e3) / bw)
-            bc = best.get((cfg, b, d, l, dname))
+            bc = best.get(key)
             if bc is not None:
-                c = bc[0]
-                med_b, _, _ = bench(lambda *a: ours(*a, items=c[0], cpw=c[1], spi=c[2]), sets, 50)
-                row.update(
-                    best="x".join(map(str, c)), best_us=med_b, best_frac_copy=nbytes / (med_b * 1e3) / bw
-                )
+                med_b, _, _ = bench(run_cfg(bc[0]), sets, 50)
+                row.update(best=cfg_name(bc[0]), best_us=med_b, best_frac_copy=nbytes / (med_b * 1e3) / bw)
             if mamba_fn is not None:
                 try:
+                    # same inputs: mamba-ssm returns y in the input dtype (fp16 for fp16), ours fp32
                     med_m, _, _ = bench(lambda *a: mamba_fn(*a), sets, 30)
                     row.update(mamba_us=med_m, speedup_vs_mamba=med_m / med)
+                    if "best_us" in row:
+                        row["best_speedup_vs_mamba"] = med_m / row["best_us"]
                 except Exception as e:  # noqa: BLE001
                     row["mamba_error"] = repr(e)[:200]
             if selective_scan_chunked is not None and b == 8 and left() > 60:
@@ -353,6 +437,25 @@ def main():
         del sets
         torch.cuda.empty_cache()
 
+    # one model forward: the stages' scans, CALLS_PER_FORWARD of each, per model config, batch, dtype
+    forward = []
+    for cfg, stages in STAGES.items():
+        for b in (8, 32):
+            for dt in ("fp16", "fp32"):
+                rows = [r for r in results["speed"] if (r["config"], r["B"], r["dtype"]) == (cfg, b, dt)]
+                if len(rows) != len(stages):
+                    continue  # cut short by the time budget
+                f = {"config": cfg, "B": b, "dtype": dt}
+                for col in ("ours_us", "best_us", "mamba_us"):
+                    if all(col in r for r in rows):
+                        f[col] = sum(k * r[col] for k, r in zip(CALLS_PER_FORWARD, rows, strict=True))
+                if "mamba_us" in f:
+                    f["x_mamba"] = f["mamba_us"] / f["ours_us"]
+                    if "best_us" in f:
+                        f["best_x_mamba"] = f["mamba_us"] / f["best_us"]
+                forward.append(f)
+    results["forward"] = forward
+
     # ------------------------------------------------ report
     out = Path(ARGS.out)
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -362,9 +465,15 @@ def main():
         f"copy bandwidth {bw:.0f} GB/s; extension build {build_s:.0f}s; mamba-ssm: {results['mamba']}; "
         f"correctness {ncases - n_fail}/{ncases} passed",
         "",
+        "Contract v2: ours reads u, delta, B, C in the row's dtype and writes y as fp32 (floor counts "
+        "4-byte y); mamba-ssm gets the same inputs and writes y in the input dtype (fp16 rows: fp16 y). "
+        "Config = items x cpw x spi x wpc x bcb (wpc = warps per channel; bcb = bytes per B/C element in "
+        "shared memory, 2 = fp16 rows for fp16 inputs). best1/best2: fastest one-warp / two-warp "
+        "configuration in the sweep (20 runs each).",
+        "",
         "| cfg | B | D | L | dtype | floor us | ours us (default) | % copy bw | best us (config) | % copy bw "
-        "| mamba us | x mamba | torch us | x torch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| best1 us (config) | best2 us (config) | mamba us | x mamba | best x mamba | torch us | x torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["speed"]:
         f = lambda k, fmt: (fmt % r[k]) if k in r else "-"  # noqa: E731
@@ -372,10 +481,29 @@ def main():
             f"| {r['config']} | {r['B']} | {r['D']} | {r['L']} | {r['dtype']} | {r['floor_us']:.1f} | "
             f"{r['ours_us']:.1f} ({r['default']}) | {100 * r['ours_frac_copy']:.1f} | "
             f"{f('best_us', '%.1f')} ({r.get('best', '-')}) | {100 * r.get('best_frac_copy', 0):.1f} | "
-            f"{f('mamba_us', '%.1f')} | {f('speedup_vs_mamba', '%.2f')} | {f('torch_us', '%.0f')} | "
-            f"{f('speedup_vs_torch', '%.1f')} |"
+            f"{f('best_wpc1_us', '%.1f')} ({r.get('best_wpc1', '-')}) | "
+            f"{f('best_wpc2_us', '%.1f')} ({r.get('best_wpc2', '-')}) | "
+            f"{f('mamba_us', '%.1f')} | {f('speedup_vs_mamba', '%.2f')} | {f('best_speedup_vs_mamba', '%.2f')} | "
+            f"{f('torch_us', '%.0f')} | {f('speedup_vs_torch', '%.1f')} |"
         )
-    lines += ["", "tuning sweep: the five fastest configurations (items x cpw x spi) per shape", ""]
+    lines += [
+        "",
+        "one model forward (scans of stages 1-4 x (4, 4, 4, 2) calls), us",
+        "",
+        "| cfg | B | dtype | ours (default) | ours (best per shape) | mamba | x mamba | best x mamba |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in forward:
+        f = lambda k, fmt: (fmt % r[k]) if k in r else "-"  # noqa: E731
+        lines.append(
+            f"| {r['config']} | {r['B']} | {r['dtype']} | {f('ours_us', '%.0f')} | {f('best_us', '%.0f')} | "
+            f"{f('mamba_us', '%.0f')} | {f('x_mamba', '%.2f')} | {f('best_x_mamba', '%.2f')} |"
+        )
+    lines += [
+        "",
+        "tuning sweep: the five fastest configurations (items x cpw x spi x wpc x bcb) per shape",
+        "",
+    ]
     by = {}
     for t in results["tuning"]:
         by.setdefault(tuple(t["shape"]), []).append(t)

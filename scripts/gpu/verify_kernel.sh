@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run on the GPU machine from the repository root (the lead runs it with the device tool):
-#   carry: third_party/TensorRT/include  (+ .whl holding mamba_ssm-*.tar.gz for the mamba-ssm comparison)
+#   carry: third_party/TensorRT/include  (+ .whl holding mamba_ssm-*.tar.gz for the mamba-ssm comparison,
+#   built beside this script by the caller into $MAMBA_SITE, touching $MAMBA_DONE: never by project code)
 #   command: bash scripts/gpu/verify_kernel.sh        (QUICK=1: plugin harness + correctness only, no
 #            speed table, no tuning sweep, no mamba-ssm build; ~1.5 min of which ~30 s CMake build)
 # Builds the plugin library + harness against the TensorRT headers (no libnvinfer; without them the kernel

@@ -41,6 +41,11 @@ LIBRARY_NAME = "libmhunet_scan.so"
 CMAKE_CANDIDATES = (Path("build") / LIBRARY_NAME, Path("plugins/build") / LIBRARY_NAME)
 #: The files the library is compiled from, in the order their hashes enter the key (plugins/CMakeLists.txt).
 SOURCES = ("selective_scan.cu", "selective_scan.h")
+#: A kernel configuration, in the launcher's order (kernels/selective_scan.h): time steps per lane,
+#: channels per warp team, states interleaved per iteration, warps per channel, bytes per B/C element in
+#: shared memory (4, or 2 for fp16 inputs only); 0 = the default.
+CONFIG_FIELDS = ("items", "cpw", "spi", "wpc", "bcb")
+Config = tuple[int, int, int, int, int]
 _STATUS_OK = 0
 _FP32, _FP16 = 0, 1
 
@@ -151,17 +156,20 @@ class ScanLibrary:
             )
         ptr, i32 = ctypes.c_void_p, ctypes.c_int
         self._fwd = lib.mhunet_selective_scan_fwd_config
-        self._fwd.argtypes = [ptr] * 8 + [i32] * 10 + [ptr]
+        self._fwd.argtypes = [ptr] * 8 + [i32] * (7 + len(CONFIG_FIELDS)) + [ptr]
         self._fwd.restype = i32
         self._error = lib.mhunet_selective_scan_error_string
         self._error.argtypes, self._error.restype = [i32], ctypes.c_char_p
         self._configs = lib.mhunet_selective_scan_configs
         self._configs.argtypes, self._configs.restype = [ctypes.POINTER(i32), i32], i32
         self._default = lib.mhunet_selective_scan_default_config
-        self._default.argtypes = [i32] * 5 + [ctypes.POINTER(i32)] * 3
+        self._default.argtypes = [i32] * 5 + [ctypes.POINTER(i32)] * len(CONFIG_FIELDS)
 
-    def fwd(self, u, delta, A, B, C, D, delta_bias, y, delta_softplus: bool, config=(0, 0, 0)) -> None:
-        """Launch on torch's current stream of u's device; tensors as checked by selective_scan_cuda."""
+    def fwd(
+        self, u, delta, A, B, C, D, delta_bias, y, delta_softplus: bool, config: Config = (0, 0, 0, 0, 0)
+    ) -> None:
+        """Launch on torch's current stream of u's device; tensors as checked by selective_scan_cuda
+        (u, delta, B, C of one dtype, y float32)."""
         batch, dim, length = u.shape
         pointers = [t.data_ptr() if t is not None else None for t in (u, delta, A, B, C, D, delta_bias, y)]
         stream = torch.cuda.current_stream(u.device).cuda_stream
@@ -172,17 +180,17 @@ class ScanLibrary:
         if rc != _STATUS_OK:
             raise RuntimeError(f"selective_scan_cuda: {self._error(rc).decode()}")
 
-    def configs(self) -> list[tuple[int, int, int]]:
-        """The compiled kernel configurations (items, cpw, spi)."""
-        buf = (ctypes.c_int * (3 * 64))()
-        n = min(self._configs(buf, 64), 64)
-        return [(buf[3 * i], buf[3 * i + 1], buf[3 * i + 2]) for i in range(n)]
+    def configs(self) -> list[Config]:
+        """The compiled kernel configurations (items, cpw, spi, wpc, bcb); bcb = 2 ones take fp16 inputs
+        only (fp32 inputs: an unsupported-config error)."""
+        k, cap = len(CONFIG_FIELDS), 128
+        buf = (ctypes.c_int * (k * cap))()
+        n = min(self._configs(buf, cap), cap)
+        return [tuple(buf[k * i : k * (i + 1)]) for i in range(n)]
 
-    def default_config(
-        self, batch: int, dim: int, length: int, groups: int, fp16: bool
-    ) -> tuple[int, int, int]:
-        """The configuration (items, cpw, spi) the kernel uses by default for a shape."""
-        out = [ctypes.c_int() for _ in range(3)]
+    def default_config(self, batch: int, dim: int, length: int, groups: int, fp16: bool) -> Config:
+        """The configuration (items, cpw, spi, wpc, bcb) the kernel uses by default for a shape."""
+        out = [ctypes.c_int() for _ in CONFIG_FIELDS]
         self._default(batch, dim, length, groups, _FP16 if fp16 else _FP32, *(ctypes.byref(v) for v in out))
         return tuple(v.value for v in out)
 
@@ -222,15 +230,30 @@ def load_library() -> ScanLibrary:
 
 
 def selective_scan_cuda(
-    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, items=0, cpw=0, spi=0, out=None
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    delta_bias=None,
+    delta_softplus=True,
+    *,
+    items=0,
+    cpw=0,
+    spi=0,
+    wpc=0,
+    bcb=0,
+    out=None,
 ):
     """Selective scan forward on the GPU: same arguments and semantics as ``selective_scan_loop``.
 
     u, delta: (B, D, L); A: (D, N) fp32; B, C: (B, G, N, L); D, delta_bias: (D,) fp32 or None.
-    u, delta, B, C share one dtype (float32 or float16); y has u's dtype. N <= 16.
-    ``items``/``cpw``/``spi`` override the kernel configuration (0 = default; the compiled ones:
-    ``load_library().configs()``); for tuning only.
-    ``out``: optional contiguous (B, D, L) tensor of u's dtype to write y into (returned).
+    u, delta, B, C share one dtype (float32 or float16: delta, B, C are cast to u's); y is float32
+    whatever that dtype (contract v2). N <= 16.
+    ``items``/``cpw``/``spi``/``wpc``/``bcb`` override the kernel configuration (0 = default; the
+    compiled ones: ``load_library().configs()``, in :data:`CONFIG_FIELDS` order); for tuning only.
+    ``out``: optional contiguous float32 (B, D, L) tensor to write y into (returned).
     """
     tensors = (u, delta, A, B, C, D, delta_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
@@ -254,13 +277,19 @@ def selective_scan_cuda(
     ]
     _check_shapes(*args)
     if out is None:
-        out = torch.empty_like(args[0])
-    elif out.shape != u.shape or out.dtype != dt or out.device != u.device or not out.is_contiguous():
+        out = torch.empty(u.shape, dtype=torch.float32, device=u.device)
+    elif (
+        out.shape != u.shape
+        or out.dtype != torch.float32
+        or out.device != u.device
+        or not out.is_contiguous()
+    ):
         raise ValueError(
-            "selective_scan_cuda: out must be a contiguous tensor of u's shape, dtype and device"
+            "selective_scan_cuda: out must be a contiguous float32 tensor of u's shape and device"
         )
+    config = (int(items), int(cpw), int(spi), int(wpc), int(bcb))
     with torch.cuda.device(u.device):
-        load_library().fwd(*args, out, bool(delta_softplus), (int(items), int(cpw), int(spi)))
+        load_library().fwd(*args, out, bool(delta_softplus), config)
     return out
 
 
@@ -296,7 +325,8 @@ def _kernel_applies(u, delta, A, B, C, D, delta_bias) -> bool:
 
 def scan_cuda_or_chunked(*args: Any, **kwargs: Any) -> torch.Tensor:
     """The ``"cuda"`` scan implementation (a ScanFn): our kernel for CUDA tensors without autograd (fp32
-    or fp16 u, N <= 16), ``selective_scan_chunked`` for everything else (CPU, grad, bf16, N > 16)."""
+    or fp16 u, N <= 16; y float32), ``selective_scan_chunked`` for everything else (CPU, grad, bf16,
+    N > 16)."""
     args = scan_args(*args, **kwargs)
     if _kernel_applies(*args[:7]):
         return selective_scan_cuda(*args)
