@@ -248,3 +248,12 @@ def test_bad_brain_mask_one_error_and_no_output(tmp_path, tiny_two, case: str) -
         assert len(lines) == 1 and lines[0].startswith("error: "), lines
     # Nothing written (only the user's own mask, where it sits in the output folder).
     assert [p.name for p in (tmp_path / "out").iterdir()] == (["v_brain.nii.gz"] if code == 3 else [])
+
+
+def test_version_needs_no_command() -> None:
+    """`mhunet --version` prints the package version and exits 0 (it once failed with "Missing command")."""
+    from mhunet_deploy import __version__
+
+    result = mhunet("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"mhunet-deploy {__version__}"

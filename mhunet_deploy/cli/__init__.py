@@ -94,13 +94,21 @@ def _table(*args: Any, **kwargs: Any) -> Table:
     return Table(*args, **kwargs)
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    """Eager, so `mhunet --version` answers before Click asks for a command."""
+    if value:
         out.print(f"mhunet-deploy {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Options of `mhunet` itself, before any command."""
 
 
 def _announce_choice(name: str, why: str) -> None:
