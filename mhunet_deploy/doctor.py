@@ -144,7 +144,15 @@ def check_scan_kernel() -> Check:
     import torch
 
     if not torch.cuda.is_available():
-        return Check(name, "ok", "not needed here: no CUDA GPU, the torch backend runs on the CPU")
+        numba = _module_version("numba")
+        if numba is None:
+            return Check(
+                name,
+                "warn",
+                "no CUDA GPU, and numba is not installed: the CPU runs the slower torch scan",
+                "pip install numba (it is in the torch extra)",
+            )
+        return Check(name, "ok", f"no CUDA GPU: the CPU runs SS2D's fused scan (numba {numba})")
     from .ops.selective_scan.cuda import KernelLibraryError, load_library
 
     try:
