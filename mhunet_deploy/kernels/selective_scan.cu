@@ -770,15 +770,31 @@ __global__ void __launch_bounds__(kCombineRows * kMaxN) selective_scan_seq_combi
     const int d = (int) (rowi % p.dim);
     const float A2 = __ldg(p.A + (size_t) d * N + n) * kLog2e;
     float* yrow = p.y + (size_t) rowi * p.len;
+    // Records kCombineAhead at a time: their loads are issued before the window's stores (which the
+    // compiler may not move loads across: possible aliasing), so one L2 latency per window, not per segment.
+    constexpr int kCombineAhead = 8;
     float h = 0.f;
-#pragma unroll 4
-    for (int s = 1; s < nseg; ++s)
+#pragma unroll 1
+    for (int s0 = 1; s0 < nseg; s0 += kCombineAhead)
     {
-        float* rec = yrow + (size_t) s * seg; // end state and sum of steps of segment s - 1
-        const float end = rec[n];
-        const float sdt = rec[N];
-        h = fmaf(fast_exp2(A2 * sdt), h, end);
-        rec[n] = h; // only this thread reads or writes rec[n]; rec[N] is read by all n, written by none
+        float end[kCombineAhead], sdt[kCombineAhead];
+#pragma unroll
+        for (int j = 0; j < kCombineAhead; ++j)
+        {
+            const float* rec = yrow + (size_t) (s0 + j) * seg; // end state, sum of steps of s0 + j - 1
+            end[j] = s0 + j < nseg ? rec[n] : 0.f;
+            sdt[j] = s0 + j < nseg ? rec[N] : 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < kCombineAhead; ++j)
+        {
+            if (s0 + j < nseg)
+            {
+                h = fmaf(fast_exp2(A2 * sdt[j]), h, end[j]);
+                yrow[(size_t) (s0 + j) * seg + n] = h; // rec[n]: only this thread reads or writes it; rec[N]
+                                                       // is read by every n and written by none
+            }
+        }
     }
 }
 
