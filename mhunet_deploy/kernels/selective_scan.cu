@@ -594,7 +594,8 @@ int launch(const Params& p0, cudaStream_t stream)
 // ---------------------------------------------------------------------------------------------------
 // Sequential family (config field seg > 0; NOTES.md, "Sequential lanes"): no shuffle scan.
 //   warp  = 32 consecutive channels of ONE group of ONE batch element (lane = channel), so the B/C value
-//           of a step and state is the same for the whole warp: a uniform (broadcast) global load;
+//           of a step and state is the same for the whole warp: per block of KSTEP steps the warp stages
+//           its B/C rows as fp32 in shared memory (lane j: row j) and every lane reads them broadcast;
 //   lane  = its channel's steps of one segment, one by one, with all N states h[16] in registers:
 //           per update ex2(dt * A log2 e), dt u * B, fma into h, fma into y (no cross-lane work).
 // L is split into S = max(1, L / seg) segments (the last one takes the remainder: seg .. 2 seg - 1
@@ -612,34 +613,56 @@ int launch(const Params& p0, cudaStream_t stream)
 
 constexpr int kSeqWarps = 4; // warps per block (128 threads)
 
-// One block of KSTEP steps starting at l (nv of them in the segment), all states. FAST (uniform over the
-// warp): every B/C row's KSTEP elements are one aligned vector in range (no scalar path). The state guard
-// n < N stays in both: it also keeps ptxas from hoisting the B/C loads of all 16 states to the top of
-// the block (without it, 128 registers spill 100-290 bytes; NOTES.md, "Sequential lanes").
-// 32-bit element offsets inside the group's rows (launch_seq checks N x L < 2^31): 64-bit row pointers
-// per state would be hoisted out of the step loop.
-template <typename T, int KSTEP, bool WRITE_Y, bool FAST>
-__device__ __forceinline__ void seq_states(const T* Bg, const T* Cg, int l, int nv, int L, int N,
-    const float (&A2)[kMaxN], const float (&dt)[KSTEP], const float (&du)[KSTEP], float (&h)[kMaxN],
-    float (&acc)[KSTEP])
+// The warp's B/C staging area for one block: [2][kMaxN][KSTEP] fp32 (B rows, then C rows).
+template <int KSTEP> __host__ __device__ constexpr int seq_stage_floats() { return 2 * kMaxN * KSTEP; }
+
+// One block of KSTEP steps starting at l (nv of them in the segment), all states. The warp first stages
+// the block's B (and with WRITE_Y C) as fp32 in its shared-memory area: lane j loads row j (B or C of
+// state j % 16; vector loads where aligned and in range, masked scalar ones else) and converts it once;
+// then every state reads its KSTEP values as broadcast 16-byte LDS at fixed offsets (no per-lane
+// fp16 -> fp32 conversion, no per-state 64-bit address). The state test n < N also keeps ptxas from
+// hoisting the reads of all 16 states to the top of the block (NOTES.md, "Sequential lanes").
+template <typename T, int KSTEP, bool WRITE_Y>
+__device__ __forceinline__ void seq_states(const T* Bg, const T* Cg, float* stage, int lane, int l, int nv,
+    int L, int N, const float (&A2)[kMaxN], const float (&dt)[KSTEP], const float (&du)[KSTEP],
+    float (&h)[kMaxN], float (&acc)[KSTEP])
 {
-    int off = l;
+    __syncwarp(); // the previous block's reads of the staging area are done
+    {
+        const int which = lane / kMaxN, n = lane % kMaxN;
+        float v[KSTEP];
+        if (n < N && (WRITE_Y || which == 0))
+            load_items<T, KSTEP, false>((which ? Cg : Bg) + (size_t) n * L + l, nv, v);
+        else
+        {
 #pragma unroll
-    for (int n = 0; n < kMaxN; ++n, off += L)
+            for (int i = 0; i < KSTEP; ++i)
+                v[i] = 0.f;
+        }
+        float4* dst = reinterpret_cast<float4*>(stage + lane * KSTEP);
+#pragma unroll
+        for (int i = 0; i < KSTEP; i += 4)
+            dst[i / 4] = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int n = 0; n < kMaxN; ++n)
     {
         if (n < N)
         {
             float Bv[KSTEP], Cv[KSTEP];
-            if constexpr (FAST)
-                load_vec<T, KSTEP, false>(Bg + off, Bv);
-            else
-                load_items<T, KSTEP, false>(Bg + off, nv, Bv);
-            if constexpr (WRITE_Y)
+            const float4* bs = reinterpret_cast<const float4*>(stage + n * KSTEP);
+            const float4* cs = reinterpret_cast<const float4*>(stage + (kMaxN + n) * KSTEP);
+#pragma unroll
+            for (int i = 0; i < KSTEP; i += 4)
             {
-                if constexpr (FAST)
-                    load_vec<T, KSTEP, false>(Cg + off, Cv);
-                else
-                    load_items<T, KSTEP, false>(Cg + off, nv, Cv);
+                const float4 q = bs[i / 4];
+                Bv[i] = q.x, Bv[i + 1] = q.y, Bv[i + 2] = q.z, Bv[i + 3] = q.w;
+                if constexpr (WRITE_Y)
+                {
+                    const float4 r = cs[i / 4];
+                    Cv[i] = r.x, Cv[i + 1] = r.y, Cv[i + 2] = r.z, Cv[i + 3] = r.w;
+                }
             }
 #pragma unroll
             for (int i = 0; i < KSTEP; ++i)
@@ -654,13 +677,12 @@ __device__ __forceinline__ void seq_states(const T* Bg, const T* Cg, int l, int 
 }
 
 // One segment [l0, l1) of one channel: h (all kMaxN states; states >= N untouched) walks the steps;
-// with WRITE_Y also y = C h + D u for each step. sum_dt gets the segment's sum of steps. bc_vec: B/C
-// rows allow aligned vector loads at every block start (l0 and seg multiples of 8, L and the bases
-// aligned: launch_seq). STREAM: u and delta are read for the last time (phase 2), else kept in L2 for
-// phase 2's re-read.
+// with WRITE_Y also y = C h + D u for each step (stored only for a valid lane). sum_dt gets the
+// segment's sum of steps. STREAM: u and delta are read for the last time (phase 2), else kept in L2 for
+// phase 2's re-read. Every lane of the warp runs this (the B/C staging needs all 32).
 template <typename T, int KSTEP, bool WRITE_Y, bool STREAM>
 __device__ __forceinline__ void seq_walk(const T* urow, const T* drow, const T* Bg, const T* Cg, float* yrow,
-    int l0, int l1, int L, int N, float bias, float Dc, bool do_softplus, bool bc_vec,
+    float* stage, int lane, bool valid, int l0, int l1, int L, int N, float bias, float Dc, bool do_softplus,
     const float (&A2)[kMaxN], float (&h)[kMaxN], float& sum_dt)
 {
 #pragma unroll 1
@@ -682,19 +704,18 @@ __device__ __forceinline__ void seq_walk(const T* urow, const T* drow, const T* 
             acc[i] = Dc * uu[i];
             sum_dt += x;
         }
-        if (bc_vec && nv >= KSTEP)
-            seq_states<T, KSTEP, WRITE_Y, true>(Bg, Cg, l, nv, L, N, A2, dt, du, h, acc);
-        else
-            seq_states<T, KSTEP, WRITE_Y, false>(Bg, Cg, l, nv, L, N, A2, dt, du, h, acc);
+        seq_states<T, KSTEP, WRITE_Y>(Bg, Cg, stage, lane, l, nv, L, N, A2, dt, du, h, acc);
         if constexpr (WRITE_Y)
-            store_items<float, KSTEP>(yrow + l, nv, acc);
+        {
+            if (valid)
+                store_items<float, KSTEP>(yrow + l, nv, acc);
+        }
     }
 }
 
 // Launch bounds' minimum blocks per SM: the tightest register cap without spills (nvcc 13.0, sm_90; NOTES.md,
-// "Sequential lanes"): KSTEP = 8 <= 128 registers (at 96 phase 1 spills 8 bytes); KSTEP = 4 phase 2
-// <= 102, phase 1 <= 80.
-template <int KSTEP, int PHASE> constexpr int seq_minb() { return KSTEP == 8 ? 4 : (PHASE == 2 ? 5 : 6); }
+// "Sequential lanes"): KSTEP = 8 <= 102 registers (20 warps per SM), KSTEP = 4 <= 80 (24).
+template <int KSTEP, int PHASE> constexpr int seq_minb() { return KSTEP == 8 ? 5 : 6; }
 
 // PHASE 1 or 2 (see above). Warp index -> (b, g, segment, tile of 32 channels), tile fastest: the warps
 // of a block share (b, g, segment) where the group has several tiles, so their B/C lines meet in L1.
@@ -712,13 +733,16 @@ __global__ void __launch_bounds__(kSeqWarps * 32, (seq_minb<KSTEP, PHASE>())) se
     const int b = (int) (rest / p.groups);
     if (b >= p.batch)
         return;
+    // A lane past the group's channels (D / G not a multiple of 32) walks the group's first channel for
+    // the B/C staging and stores nothing.
     const int local = tile * 32 + lane;
-    if (local >= p.dim_per_group)
-        return; // no warp-wide operation below: idle lanes may leave
+    const bool valid = local < p.dim_per_group;
     const int s = PHASE == 1 ? sidx : sidx + 1;
     const int N = p.dstate;
     const int L = p.len;
-    const int d = g * p.dim_per_group + local;
+    const int d = g * p.dim_per_group + (valid ? local : 0);
+    __shared__ __align__(16) float stage_all[kSeqWarps * seq_stage_floats<KSTEP>()];
+    float* stage = stage_all + (threadIdx.x >> 5) * seq_stage_floats<KSTEP>();
     const int l0 = s * seg;
     const int l1 = s == nseg - 1 ? L : l0 + seg;
 
@@ -739,15 +763,14 @@ __global__ void __launch_bounds__(kSeqWarps * 32, (seq_minb<KSTEP, PHASE>())) se
     const T* Bg = static_cast<const T*>(p.B) + bc_base;
     const T* Cg = static_cast<const T*>(p.C) + bc_base;
     const bool sp = p.delta_softplus != 0;
-    constexpr int VB = vec_bytes<T, KSTEP>();
-    const bool bc_vec = (L * (int) sizeof(T)) % VB == 0 && reinterpret_cast<uintptr_t>(Bg) % VB == 0
-        && reinterpret_cast<uintptr_t>(Cg) % VB == 0;
     float sum_dt = 0.f;
     if (PHASE == 2 || s == 0)
-        seq_walk<T, KSTEP, true, PHASE == 2>(urow, drow, Bg, Cg, yrow, l0, l1, L, N, bias, Dc, sp, bc_vec, A2, h, sum_dt);
+        seq_walk<T, KSTEP, true, PHASE == 2>(
+            urow, drow, Bg, Cg, yrow, stage, lane, valid, l0, l1, L, N, bias, Dc, sp, A2, h, sum_dt);
     else
-        seq_walk<T, KSTEP, false, false>(urow, drow, Bg, Cg, yrow, l0, l1, L, N, bias, Dc, sp, bc_vec, A2, h, sum_dt);
-    if (PHASE == 1 && s < nseg - 1)
+        seq_walk<T, KSTEP, false, false>(
+            urow, drow, Bg, Cg, yrow, stage, lane, valid, l0, l1, L, N, bias, Dc, sp, A2, h, sum_dt);
+    if (PHASE == 1 && valid && s < nseg - 1)
     {
         float* rec = yrow + l1; // the first N + 1 floats of segment s + 1
 #pragma unroll
@@ -805,9 +828,7 @@ int launch_seq(const Params& p0, int seg, cudaStream_t stream)
     p.tiles_per_group = (p.dim_per_group + 31) / 32;
     if (seg < kMaxN + 1 || seg % 8 != 0)
         return MHUNET_SCAN_ERR_BAD_CONFIG; // a segment holds its predecessor's record (N + 1 floats) and
-                                           // starts where B/C vector loads are aligned
-    if ((long long) p.dstate * p.len >= 0x7fffffffLL)
-        return MHUNET_SCAN_ERR_BAD_SHAPE; // 32-bit offsets inside a group's B/C rows
+                                           // starts where vector loads can be aligned
     const int nseg = p.len / seg > 1 ? p.len / seg : 1;
     const long long tiles = (long long) p.batch * p.groups * p.tiles_per_group;
     const long long warps1 = tiles * (nseg > 1 ? nseg - 1 : 1);
