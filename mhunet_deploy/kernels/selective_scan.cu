@@ -12,6 +12,8 @@
 // chunk, and re-runs its steps from the correct incoming state to accumulate y += C * h.
 // The carry (state at the end of the chunk) per (channel, n) lives in shared memory.
 // Contract v2: u, delta, B, C are fp32 or fp16 (one dtype); y is always fp32.
+// A second family (config field seg > 0, "Sequential family" below) has no scan across lanes: lane =
+// channel with all states in registers, L split into segments, three launches.
 #include "selective_scan.h"
 
 #include <cuda_fp16.h>
