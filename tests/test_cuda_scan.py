@@ -67,7 +67,7 @@ def test_every_config_matches_the_oracle(n):
     from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan_loop
 
     configs = load_library().configs()
-    assert any(c[3] == 2 for c in configs) and any(c[4] == 2 for c in configs)
+    assert any(c[3] == 2 for c in configs) and any(c[4] == 2 for c in configs) and any(c[5] for c in configs)
     for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-4)):
         args = _inputs(2, 36, 301, 2, n, dtype)
         ref = selective_scan_loop(*[a.double() for a in args], delta_softplus=True)
@@ -80,6 +80,33 @@ def test_every_config_matches_the_oracle(n):
             y = selective_scan_cuda(*args, **kwargs)
             err = (torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref)).item()
             assert y.dtype == torch.float32 and err <= tol, (c, dtype, err)
+
+
+@_gpu
+@pytest.mark.parametrize("l", [1, 63, 64, 65, 1000, 4097])
+def test_sequential_configs_match_the_oracle(l):
+    """The sequential family (seg > 0: L split into segments, carries combined between launches): one
+    segment, exact multiples of seg and remainders; N = 16, 7, 1; G = 4, 1 with D = 72 (idle lanes in a
+    group's last warp); softplus on and off (steps >= 0 without it); both dtypes."""
+    from mhunet_deploy.ops.selective_scan.cuda import CONFIG_FIELDS, load_library, selective_scan_cuda
+    from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan_loop
+
+    configs = [c for c in load_library().configs() if c[5] > 0]
+    assert configs
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-4)):
+        for n, g, softplus in ((16, 4, True), (7, 1, True), (1, 4, False)):
+            args = list(_inputs(2, 72, l, g, n, dtype))
+            if not softplus:
+                args[1] = torch.randn_like(args[1].float()).abs().to(dtype)
+                args[6] = torch.rand(72, device="cuda") * 0.1
+            ref = selective_scan_loop(*[a.double() for a in args], delta_softplus=softplus)
+            for c in configs:
+                y = torch.full(args[0].shape, float("nan"), device="cuda")
+                selective_scan_cuda(
+                    *args, delta_softplus=softplus, out=y, **dict(zip(CONFIG_FIELDS, c, strict=True))
+                )
+                err = (torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref)).item()
+                assert err <= tol, (c, dtype, n, g, softplus, err)
 
 
 @_gpu

@@ -130,6 +130,10 @@ def test_kernel_only_cmake_build_without_tensorrt_headers(tmp_path):
     lib = ScanLibrary(tmp_path / "libmhunet_scan.so")  # loads without a GPU: nothing runs
     assert lib.source_sha256 == source_sha256()
     assert lib.configs() and lib.default_config(8, 768, 4096, 4, True) in lib.configs()
+    # the sequential family (seg > 0): a few configs, the fields the launcher matches, segments that hold
+    # the predecessor's record (N + 1 <= 17 floats)
+    seq = [c for c in lib.configs() if c[5] > 0]
+    assert 1 <= len(seq) <= 8 and all(c[1:5] == (1, 1, 1, 4) and c[5] >= 17 for c in seq), seq
 
 
 @pytest.mark.skipif(NVCC is None or shutil.which("cmake") is None, reason="nvcc or cmake not found")

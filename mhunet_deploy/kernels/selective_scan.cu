@@ -12,6 +12,8 @@
 // chunk, and re-runs its steps from the correct incoming state to accumulate y += C * h.
 // The carry (state at the end of the chunk) per (channel, n) lives in shared memory.
 // Contract v2: u, delta, B, C are fp32 or fp16 (one dtype); y is always fp32.
+// A second family (config field seg > 0, "Sequential family" below) has no scan across lanes: lane =
+// channel with all states in registers, L split into segments, three launches.
 #include "selective_scan.h"
 
 #include <cuda_fp16.h>
@@ -28,7 +30,7 @@ namespace scan
 
 constexpr int kMaxN = MHUNET_SCAN_MAX_DSTATE;
 constexpr int kTeams = 4;       // channel teams per block
-constexpr int kConfigFields = 5; // items, cpw, spi, wpc, bcb
+constexpr int kConfigFields = 6; // items, cpw, spi, wpc, bcb, seg
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kSoftplusThreshold = 20.0f;
 
@@ -69,27 +71,39 @@ template <> struct RawVec<2> { using type = unsigned short; };
 template <typename V> __device__ __forceinline__ V load_stream(const V* p) { return __ldcs(p); }
 template <typename V> __device__ __forceinline__ V load_keep(const V* p) { return __ldg(p); }
 
+// Vector width (bytes) of NI consecutive elements of T: up to 16.
+template <typename T, int NI> __host__ __device__ constexpr int vec_bytes()
+{
+    return (NI * (int) sizeof(T)) < 16 ? NI * (int) sizeof(T) : 16;
+}
+
+// Loads NI consecutive elements starting at p as fp32 with vector loads: p must be vec_bytes aligned and
+// all NI in range.
+template <typename T, int NI, bool STREAM>
+__device__ __forceinline__ void load_vec(const T* p, float (&out)[NI])
+{
+    constexpr int VB = vec_bytes<T, NI>();
+    constexpr int VE = VB / (int) sizeof(T);
+    using V = typename RawVec<VB>::type;
+#pragma unroll
+    for (int v = 0; v < NI / VE; ++v)
+    {
+        V raw = STREAM ? load_stream(reinterpret_cast<const V*>(p) + v) : load_keep(reinterpret_cast<const V*>(p) + v);
+        T tmp[VE];
+        memcpy(tmp, &raw, VB);
+#pragma unroll
+        for (int e = 0; e < VE; ++e)
+            out[v * VE + e] = to_float(tmp[e]);
+    }
+}
+
 // Loads NI consecutive elements starting at p (of which nvalid are in range) as fp32; out-of-range
 // elements read as 0. Vector loads (up to 16 bytes) when the address is aligned and all NI are valid.
 template <typename T, int NI, bool STREAM>
 __device__ __forceinline__ void load_items(const T* p, int nvalid, float (&out)[NI])
 {
-    constexpr int VB = (NI * (int) sizeof(T)) < 16 ? NI * (int) sizeof(T) : 16;
-    constexpr int VE = VB / (int) sizeof(T);
-    using V = typename RawVec<VB>::type;
-    if (nvalid >= NI && (reinterpret_cast<uintptr_t>(p) % VB) == 0)
-    {
-#pragma unroll
-        for (int v = 0; v < NI / VE; ++v)
-        {
-            V raw = STREAM ? load_stream(reinterpret_cast<const V*>(p) + v) : load_keep(reinterpret_cast<const V*>(p) + v);
-            T tmp[VE];
-            memcpy(tmp, &raw, VB);
-#pragma unroll
-            for (int e = 0; e < VE; ++e)
-                out[v * VE + e] = to_float(tmp[e]);
-        }
-    }
+    if (nvalid >= NI && (reinterpret_cast<uintptr_t>(p) % vec_bytes<T, NI>()) == 0)
+        load_vec<T, NI, STREAM>(p, out);
     else
     {
 #pragma unroll
@@ -579,6 +593,261 @@ int launch(const Params& p0, cudaStream_t stream)
     return cudaGetLastError() == cudaSuccess ? MHUNET_SCAN_OK : MHUNET_SCAN_ERR_CUDA;
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Sequential family (config field seg > 0; NOTES.md, "Sequential lanes"): no shuffle scan.
+//   warp  = 32 consecutive channels of ONE group of ONE batch element (lane = channel), so the B/C value
+//           of a step and state is the same for the whole warp: per block of KSTEP steps the warp stages
+//           its B/C rows as fp32 in shared memory (lane j: row j) and every lane reads them broadcast;
+//   lane  = its channel's steps of one segment, one by one, with all N states h[16] in registers:
+//           per update ex2(dt * A log2 e), dt u * B, fma into h, fma into y (no cross-lane work).
+// L is split into S = max(1, L / seg) segments (the last one takes the remainder: seg .. 2 seg - 1
+// steps), which gives B x D x S lanes of parallel work. Three launches:
+//   phase 1: each segment s < S - 1 walks from h = 0 and records its end state and its sum of steps
+//            (the segment's decay of state n is exp2(A2_n * sum)) in y's own storage: the first N + 1
+//            floats of segment s + 1's y row (every segment after the first has >= seg >= N + 1 steps,
+//            and that y is written only later, by phase 2 of that same lane). Segment 0 starts from the
+//            true state 0, so it writes its y here (with S = 1 it is the whole scan).
+//   combine: per (channel, n), in order over the segments, h_in(s) = decay(s-1) h_in(s-1) + end(s-1),
+//            written over the record of segment s (the same floats, the same thread).
+//   phase 2: each segment s >= 1 reads its h_in (its own y floats, before it writes them) and re-walks
+//            its steps, writing y. The second exp per update is the price of the parallelism.
+// KSTEP = steps per inner block (vector loads of u and delta, y stores, registers).
+
+constexpr int kSeqWarps = 4; // warps per block (128 threads)
+
+// The warp's B/C staging area for one block: [2][kMaxN][KSTEP] fp32 (B rows, then C rows).
+template <int KSTEP> __host__ __device__ constexpr int seq_stage_floats() { return 2 * kMaxN * KSTEP; }
+
+// One block of KSTEP steps starting at l (nv of them in the segment), all states. The warp first stages
+// the block's B (and with WRITE_Y C) as fp32 in its shared-memory area: lane j loads row j (B or C of
+// state j % 16; vector loads where aligned and in range, masked scalar ones else) and converts it once;
+// then every state reads its KSTEP values as broadcast 16-byte LDS at fixed offsets (no per-lane
+// fp16 -> fp32 conversion, no per-state 64-bit address). The state test n < N also keeps ptxas from
+// hoisting the reads of all 16 states to the top of the block (NOTES.md, "Sequential lanes").
+template <typename T, int KSTEP, bool WRITE_Y>
+__device__ __forceinline__ void seq_states(const T* Bg, const T* Cg, float* stage, int lane, int l, int nv,
+    int L, int N, const float (&A2)[kMaxN], const float (&dt)[KSTEP], const float (&du)[KSTEP],
+    float (&h)[kMaxN], float (&acc)[KSTEP])
+{
+    __syncwarp(); // the previous block's reads of the staging area are done
+    {
+        const int which = lane / kMaxN, n = lane % kMaxN;
+        float v[KSTEP];
+        if (n < N && (WRITE_Y || which == 0))
+            load_items<T, KSTEP, false>((which ? Cg : Bg) + (size_t) n * L + l, nv, v);
+        else
+        {
+#pragma unroll
+            for (int i = 0; i < KSTEP; ++i)
+                v[i] = 0.f;
+        }
+        float4* dst = reinterpret_cast<float4*>(stage + lane * KSTEP);
+#pragma unroll
+        for (int i = 0; i < KSTEP; i += 4)
+            dst[i / 4] = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int n = 0; n < kMaxN; ++n)
+    {
+        if (n < N)
+        {
+            float Bv[KSTEP], Cv[KSTEP];
+            const float4* bs = reinterpret_cast<const float4*>(stage + n * KSTEP);
+            const float4* cs = reinterpret_cast<const float4*>(stage + (kMaxN + n) * KSTEP);
+#pragma unroll
+            for (int i = 0; i < KSTEP; i += 4)
+            {
+                const float4 q = bs[i / 4];
+                Bv[i] = q.x, Bv[i + 1] = q.y, Bv[i + 2] = q.z, Bv[i + 3] = q.w;
+                if constexpr (WRITE_Y)
+                {
+                    const float4 r = cs[i / 4];
+                    Cv[i] = r.x, Cv[i + 1] = r.y, Cv[i + 2] = r.z, Cv[i + 3] = r.w;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < KSTEP; ++i)
+            {
+                const float a = fast_exp2(dt[i] * A2[n]);
+                h[n] = fmaf(a, h[n], du[i] * Bv[i]);
+                if constexpr (WRITE_Y)
+                    acc[i] = fmaf(Cv[i], h[n], acc[i]);
+            }
+        }
+    }
+}
+
+// One segment [l0, l1) of one channel: h (all kMaxN states; states >= N untouched) walks the steps;
+// with WRITE_Y also y = C h + D u for each step (stored only for a valid lane). sum_dt gets the
+// segment's sum of steps. STREAM: u and delta are read for the last time (phase 2), else kept in L2 for
+// phase 2's re-read. Every lane of the warp runs this (the B/C staging needs all 32).
+template <typename T, int KSTEP, bool WRITE_Y, bool STREAM>
+__device__ __forceinline__ void seq_walk(const T* urow, const T* drow, const T* Bg, const T* Cg, float* yrow,
+    float* stage, int lane, bool valid, int l0, int l1, int L, int N, float bias, float Dc, bool do_softplus,
+    const float (&A2)[kMaxN], float (&h)[kMaxN], float& sum_dt)
+{
+#pragma unroll 1
+    for (int l = l0; l < l1; l += KSTEP)
+    {
+        const int nv = l1 - l;
+        float uu[KSTEP], dt[KSTEP], du[KSTEP], acc[KSTEP];
+        load_items<T, KSTEP, STREAM>(urow + l, nv, uu);
+        load_items<T, KSTEP, STREAM>(drow + l, nv, dt);
+#pragma unroll
+        for (int i = 0; i < KSTEP; ++i)
+        {
+            float x = dt[i] + bias;
+            if (do_softplus)
+                x = softplus(x);
+            x = i < nv ? x : 0.f; // padding steps are the identity map (a = 1, b = 0)
+            dt[i] = x;
+            du[i] = x * uu[i];
+            acc[i] = Dc * uu[i];
+            sum_dt += x;
+        }
+        seq_states<T, KSTEP, WRITE_Y>(Bg, Cg, stage, lane, l, nv, L, N, A2, dt, du, h, acc);
+        if constexpr (WRITE_Y)
+        {
+            if (valid)
+                store_items<float, KSTEP>(yrow + l, nv, acc);
+        }
+    }
+}
+
+// Launch bounds' minimum blocks per SM: the tightest register cap without spills (nvcc 13.0, sm_90; NOTES.md,
+// "Sequential lanes"): KSTEP = 8 <= 102 registers (20 warps per SM), KSTEP = 4 <= 80 (24).
+template <int KSTEP, int PHASE> constexpr int seq_minb() { return KSTEP == 8 ? 5 : 6; }
+
+// PHASE 1 or 2 (see above). Warp index -> (b, g, segment, tile of 32 channels), tile fastest: the warps
+// of a block share (b, g, segment) where the group has several tiles, so their B/C lines meet in L1.
+template <typename T, int KSTEP, int PHASE>
+__global__ void __launch_bounds__(kSeqWarps * 32, (seq_minb<KSTEP, PHASE>())) selective_scan_seq_kernel(const Params p, int seg, int nseg)
+{
+    const int lane = threadIdx.x & 31;
+    const long long wid = (long long) blockIdx.x * kSeqWarps + (threadIdx.x >> 5);
+    const int nrun = PHASE == 1 ? max(1, nseg - 1) : nseg - 1; // segments this phase walks
+    long long rest = wid / p.tiles_per_group;
+    const int tile = (int) (wid - rest * p.tiles_per_group);
+    const int sidx = (int) (rest % nrun);
+    rest /= nrun;
+    const int g = (int) (rest % p.groups);
+    const int b = (int) (rest / p.groups);
+    if (b >= p.batch)
+        return;
+    // A lane past the group's channels (D / G not a multiple of 32) walks the group's first channel for
+    // the B/C staging and stores nothing.
+    const int local = tile * 32 + lane;
+    const bool valid = local < p.dim_per_group;
+    const int s = PHASE == 1 ? sidx : sidx + 1;
+    const int N = p.dstate;
+    const int L = p.len;
+    const int d = g * p.dim_per_group + (valid ? local : 0);
+    __shared__ __align__(16) float stage_all[kSeqWarps * seq_stage_floats<KSTEP>()];
+    float* stage = stage_all + (threadIdx.x >> 5) * seq_stage_floats<KSTEP>();
+    const int l0 = s * seg;
+    const int l1 = s == nseg - 1 ? L : l0 + seg;
+
+    float A2[kMaxN], h[kMaxN];
+    float* yrow = p.y + ((size_t) b * p.dim + d) * L;
+#pragma unroll
+    for (int n = 0; n < kMaxN; ++n)
+    {
+        A2[n] = n < N ? __ldg(p.A + (size_t) d * N + n) * kLog2e : 0.f;
+        h[n] = (PHASE == 2 && n < N) ? yrow[l0 + n] : 0.f; // h_in from the combine pass (plain load: y is written)
+    }
+    const float Dc = p.D ? __ldg(p.D + d) : 0.f;
+    const float bias = p.delta_bias ? __ldg(p.delta_bias + d) : 0.f;
+    const size_t row = ((size_t) b * p.dim + d) * L;
+    const T* urow = static_cast<const T*>(p.u) + row;
+    const T* drow = static_cast<const T*>(p.delta) + row;
+    const size_t bc_base = ((size_t) b * p.groups + g) * (size_t) N * L;
+    const T* Bg = static_cast<const T*>(p.B) + bc_base;
+    const T* Cg = static_cast<const T*>(p.C) + bc_base;
+    const bool sp = p.delta_softplus != 0;
+    float sum_dt = 0.f;
+    if (PHASE == 2 || s == 0)
+        seq_walk<T, KSTEP, true, PHASE == 2>(
+            urow, drow, Bg, Cg, yrow, stage, lane, valid, l0, l1, L, N, bias, Dc, sp, A2, h, sum_dt);
+    else
+        seq_walk<T, KSTEP, false, false>(
+            urow, drow, Bg, Cg, yrow, stage, lane, valid, l0, l1, L, N, bias, Dc, sp, A2, h, sum_dt);
+    if (PHASE == 1 && valid && s < nseg - 1)
+    {
+        float* rec = yrow + l1; // the first N + 1 floats of segment s + 1
+#pragma unroll
+        for (int n = 0; n < kMaxN; ++n)
+            if (n < N)
+                rec[n] = h[n];
+        rec[N] = sum_dt;
+    }
+}
+
+// The carry pass: thread = (channel, state n), n fastest (a channel's record is N + 1 consecutive floats).
+constexpr int kCombineRows = 8; // channels per 128-thread block
+__global__ void __launch_bounds__(kCombineRows * kMaxN) selective_scan_seq_combine(const Params p, int seg, int nseg)
+{
+    const int n = threadIdx.x % kMaxN;
+    const long long rowi = (long long) blockIdx.x * kCombineRows + threadIdx.x / kMaxN;
+    const int N = p.dstate;
+    if (n >= N || rowi >= (long long) p.batch * p.dim)
+        return;
+    const int d = (int) (rowi % p.dim);
+    const float A2 = __ldg(p.A + (size_t) d * N + n) * kLog2e;
+    float* yrow = p.y + (size_t) rowi * p.len;
+    // Records kCombineAhead at a time: their loads are issued before the window's stores (which the
+    // compiler may not move loads across: possible aliasing), so one L2 latency per window, not per segment.
+    constexpr int kCombineAhead = 8;
+    float h = 0.f;
+#pragma unroll 1
+    for (int s0 = 1; s0 < nseg; s0 += kCombineAhead)
+    {
+        float end[kCombineAhead], sdt[kCombineAhead];
+#pragma unroll
+        for (int j = 0; j < kCombineAhead; ++j)
+        {
+            const float* rec = yrow + (size_t) (s0 + j) * seg; // end state, sum of steps of s0 + j - 1
+            end[j] = s0 + j < nseg ? rec[n] : 0.f;
+            sdt[j] = s0 + j < nseg ? rec[N] : 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < kCombineAhead; ++j)
+        {
+            if (s0 + j < nseg)
+            {
+                h = fmaf(fast_exp2(A2 * sdt[j]), h, end[j]);
+                yrow[(size_t) (s0 + j) * seg + n] = h; // rec[n]: only this thread reads or writes it; rec[N]
+                                                       // is read by every n and written by none
+            }
+        }
+    }
+}
+
+template <typename T, int KSTEP>
+int launch_seq(const Params& p0, int seg, cudaStream_t stream)
+{
+    Params p = p0;
+    p.tiles_per_group = (p.dim_per_group + 31) / 32;
+    if (seg < kMaxN + 1 || seg % 8 != 0)
+        return MHUNET_SCAN_ERR_BAD_CONFIG; // a segment holds its predecessor's record (N + 1 floats) and
+                                           // starts where vector loads can be aligned
+    const int nseg = p.len / seg > 1 ? p.len / seg : 1;
+    const long long tiles = (long long) p.batch * p.groups * p.tiles_per_group;
+    const long long warps1 = tiles * (nseg > 1 ? nseg - 1 : 1);
+    const long long blocks1 = (warps1 + kSeqWarps - 1) / kSeqWarps;
+    const long long rows = (long long) p.batch * p.dim;
+    const long long blocksc = (rows + kCombineRows - 1) / kCombineRows;
+    if (blocks1 > 0x7fffffffLL || blocksc > 0x7fffffffLL)
+        return MHUNET_SCAN_ERR_BAD_SHAPE;
+    selective_scan_seq_kernel<T, KSTEP, 1><<<(unsigned) blocks1, kSeqWarps * 32, 0, stream>>>(p, seg, nseg);
+    if (nseg > 1)
+    {
+        selective_scan_seq_combine<<<(unsigned) blocksc, kCombineRows * kMaxN, 0, stream>>>(p, seg, nseg);
+        selective_scan_seq_kernel<T, KSTEP, 2><<<(unsigned) blocks1, kSeqWarps * 32, 0, stream>>>(p, seg, nseg);
+    }
+    return cudaGetLastError() == cudaSuccess ? MHUNET_SCAN_OK : MHUNET_SCAN_ERR_CUDA;
+}
+
 // The compiled configurations (items, cpw, spi, wpc, bcb; then MINB, not part of the configuration's
 // name). One list serves dispatch and the Python side's sweep (mhunet_selective_scan_configs). Two-warp
 // configurations whose registers cannot be capped without spilling (8x1x4, 8x2x1, 16x1x2) are not built;
@@ -592,9 +861,23 @@ int launch(const Params& p0, cudaStream_t stream)
     X(8, 1, 1, 1, 2, 0) X(8, 1, 2, 1, 2, 7) X(8, 1, 4, 1, 2, 0) X(8, 2, 1, 1, 2, 0) X(16, 1, 2, 1, 2, 0)               \
     X(4, 1, 2, 2, 2, 3) X(8, 1, 2, 2, 2, 2) X(4, 1, 1, 2, 2, 4)
 
+// The sequential family (seg > 0): (KSTEP, SEG) = steps per inner block, steps per segment; listed as
+// (items = KSTEP, cpw = 1, spi = 1, wpc = 1, bcb = 4, seg = SEG). One kernel per KSTEP and dtype (seg is
+// a launch argument), so the list can grow without more compile time.
+#define MHUNET_SCAN_SEQ_CONFIGS(X) X(4, 32) X(4, 64) X(8, 32) X(8, 64) X(8, 128) X(8, 256)
+
 template <typename T>
-int dispatch(const Params& p, int items, int cpw, int spi, int wpc, int bcb, cudaStream_t stream)
+int dispatch(const Params& p, int items, int cpw, int spi, int wpc, int bcb, int seg, cudaStream_t stream)
 {
+    if (seg > 0)
+    {
+#define MHUNET_SCAN_SEQ_CASE(KS, SG)                                                                                   \
+    if (items == KS && cpw == 1 && spi == 1 && wpc == 1 && bcb == 4 && seg == SG)                                      \
+        return launch_seq<T, KS>(p, seg, stream);
+        MHUNET_SCAN_SEQ_CONFIGS(MHUNET_SCAN_SEQ_CASE)
+#undef MHUNET_SCAN_SEQ_CASE
+        return MHUNET_SCAN_ERR_BAD_CONFIG;
+    }
 #define MHUNET_SCAN_CASE(NI, CP, SP, WP, BB, MB)                                                                       \
     if (items == NI && cpw == CP && spi == SP && wpc == WP && bcb == BB)                                               \
     {                                                                                                                  \
@@ -611,8 +894,8 @@ int dispatch(const Params& p, int items, int cpw, int spi, int wpc, int bcb, cud
 } // namespace scan
 } // namespace mhunet
 
-extern "C" void mhunet_selective_scan_default_config(
-    int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi, int* wpc, int* bcb)
+extern "C" void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int dtype, int* items,
+    int* cpw, int* spi, int* wpc, int* bcb, int* seg)
 {
     (void) groups;
     // The rule chosen from the tuning sweep of every compiled configuration (NOTES.md, "Default
@@ -640,6 +923,7 @@ extern "C" void mhunet_selective_scan_default_config(
     *spi = sp;
     *wpc = 1;
     *bcb = 4;
+    *seg = 0; // the chunked family until the sweep says otherwise
 }
 
 extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
@@ -649,18 +933,28 @@ extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
 #define MHUNET_SCAN_LIST(NI, CP, SP, WP, BB, MB)                                                                       \
     if (n < capacity)                                                                                                  \
     {                                                                                                                  \
-        const int c[kConfigFields] = {NI, CP, SP, WP, BB};                                                             \
+        const int c[kConfigFields] = {NI, CP, SP, WP, BB, 0};                                                          \
         memcpy(out + kConfigFields * n, c, sizeof c);                                                                  \
     }                                                                                                                  \
     ++n;
     MHUNET_SCAN_CONFIGS(MHUNET_SCAN_LIST)
 #undef MHUNET_SCAN_LIST
+#define MHUNET_SCAN_SEQ_LIST(KS, SG)                                                                                   \
+    if (n < capacity)                                                                                                  \
+    {                                                                                                                  \
+        const int c[kConfigFields] = {KS, 1, 1, 1, 4, SG};                                                             \
+        memcpy(out + kConfigFields * n, c, sizeof c);                                                                  \
+    }                                                                                                                  \
+    ++n;
+    MHUNET_SCAN_SEQ_CONFIGS(MHUNET_SCAN_SEQ_LIST)
+#undef MHUNET_SCAN_SEQ_LIST
     return n;
 }
 
 extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,
     const void* C, const float* D, const float* delta_bias, float* y, int batch, int dim, int len, int dstate,
-    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, int bcb, cudaStream_t stream)
+    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, int bcb, int seg,
+    cudaStream_t stream)
 {
     using namespace mhunet::scan;
     if (batch < 0 || dim <= 0 || len < 0)
@@ -675,9 +969,17 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
         return MHUNET_SCAN_OK;
     if (!u || !delta || !A || !B || !C || !y)
         return MHUNET_SCAN_ERR_NULL_POINTER;
-    int def_items = 0, def_cpw = 0, def_spi = 0, def_wpc = 0, def_bcb = 0;
+    if (seg < 0)
+        return MHUNET_SCAN_ERR_BAD_CONFIG;
+    int def_items = 0, def_cpw = 0, def_spi = 0, def_wpc = 0, def_bcb = 0, def_seg = 0;
     mhunet_selective_scan_default_config(
-        batch, dim, len, groups, dtype, &def_items, &def_cpw, &def_spi, &def_wpc, &def_bcb);
+        batch, dim, len, groups, dtype, &def_items, &def_cpw, &def_spi, &def_wpc, &def_bcb, &def_seg);
+    if (seg > 0) // the sequential family: its other fields default to its own (8 steps per block, 1, 1, 1, 4)
+    {
+        def_items = 8;
+        def_cpw = def_spi = def_wpc = 1;
+        def_bcb = 4;
+    }
     if (items == 0)
         items = def_items;
     if (cpw == 0)
@@ -704,8 +1006,8 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
     p.groups = groups;
     p.dim_per_group = dim / groups;
     p.delta_softplus = delta_softplus ? 1 : 0;
-    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, items, cpw, spi, wpc, bcb, stream)
-                                     : dispatch<__half>(p, items, cpw, spi, wpc, bcb, stream);
+    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, items, cpw, spi, wpc, bcb, seg, stream)
+                                     : dispatch<__half>(p, items, cpw, spi, wpc, bcb, seg, stream);
 }
 
 extern "C" int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, const void* B,
@@ -713,7 +1015,7 @@ extern "C" int mhunet_selective_scan_fwd(const void* u, const void* delta, const
     int groups, int delta_softplus, int dtype, cudaStream_t stream)
 {
     return mhunet_selective_scan_fwd_config(u, delta, A, B, C, D, delta_bias, y, batch, dim, len, dstate, groups,
-        delta_softplus, dtype, 0, 0, 0, 0, 0, stream);
+        delta_softplus, dtype, 0, 0, 0, 0, 0, 0, stream);
 }
 
 extern "C" const char* mhunet_selective_scan_error_string(int code)

@@ -54,20 +54,25 @@ int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, 
 //! Same, with an explicit kernel configuration (for tuning): items = consecutive time steps per thread
 //! (chunk of L per warp = 32 * items), cpw = channels per warp team, spi = states interleaved per
 //! iteration, wpc = warps per channel (1, or 2: the two warps of a team split the N states), bcb = bytes
-//! per B/C element in shared memory (4: fp32; 2: fp16, for fp16 inputs only).
-//! 0 picks the default for that parameter; a combination that is not compiled (or bcb = 2 with fp32
-//! inputs) returns MHUNET_SCAN_ERR_BAD_CONFIG (the list: mhunet_selective_scan_configs).
+//! per B/C element in shared memory (4: fp32; 2: fp16, for fp16 inputs only), seg = steps per segment:
+//! 0 = the chunked family above; > 0 = the sequential family (lane = channel, all N states in registers,
+//! L split into segments of seg steps, three launches; items = steps per inner block, the other fields 1,
+//! 1, 1, 4; kernels/NOTES.md, "Sequential lanes").
+//! 0 picks the default for that parameter (with seg > 0: the sequential family's); a combination that is
+//! not compiled (or bcb = 2 with fp32 inputs) returns MHUNET_SCAN_ERR_BAD_CONFIG (the list:
+//! mhunet_selective_scan_configs).
 int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,
     const void* C, const float* D, const float* delta_bias, float* y, int batch, int dim, int len, int dstate,
-    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, int bcb, cudaStream_t stream);
+    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, int bcb, int seg,
+    cudaStream_t stream);
 
-//! The configuration mhunet_selective_scan_fwd uses for a shape and dtype (writes items, cpw, spi, wpc
-//! and bcb): a small table keyed on L, batch x dim and dtype, from the tuning sweep (kernels/NOTES.md).
-void mhunet_selective_scan_default_config(
-    int batch, int dim, int len, int groups, int dtype, int* items, int* cpw, int* spi, int* wpc, int* bcb);
+//! The configuration mhunet_selective_scan_fwd uses for a shape and dtype (writes items, cpw, spi, wpc,
+//! bcb and seg): a small table keyed on L, batch x dim and dtype, from the tuning sweep (kernels/NOTES.md).
+void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int dtype, int* items,
+    int* cpw, int* spi, int* wpc, int* bcb, int* seg);
 
-//! The compiled configurations: writes up to `capacity` 5-tuples (items, cpw, spi, wpc, bcb) into `out`
-//! (5 ints each) and returns how many there are.
+//! The compiled configurations: writes up to `capacity` 6-tuples (items, cpw, spi, wpc, bcb, seg) into
+//! `out` (6 ints each) and returns how many there are.
 int mhunet_selective_scan_configs(int* out, int capacity);
 
 //! Static, human-readable text for a status code.

@@ -8,16 +8,20 @@ Contract v2: u, delta, B, C fp32 or fp16 (one dtype), y float32 always.
     poisoned with NaN, fresh inputs per check; every compiled kernel configuration (items x cpw x spi x
     wpc x bcb) on odd lengths (bcb = 2, fp16 B/C rows in shared memory: fp16 inputs only, and refused
     for fp32 inputs), and every two-warp configuration (wpc = 2: the warps split the N states) at
-    N = 1, 7 with D not a multiple of the block's channels; the dtype rule (fp16 in -> fp32 y, an fp16
-    `out` refused); softplus off, no bias; against selective_scan_loop.
+    N = 1, 7 with D not a multiple of the block's channels; every sequential configuration (seg > 0:
+    lane = channel, L split into segments; NOTES.md "Sequential lanes") at L = 1, 63, 64, 65, 1000, 4097
+    (one segment, exact multiples, remainders), N = 1, 7, 16, G = 1, 4, D = 72 (not a multiple of the
+    warp's 32 channels), softplus on and off; the dtype rule (fp16 in -> fp32 y, an fp16 `out`
+    refused); softplus off, no bias; against selective_scan_loop.
 (b) speed with CUDA events (median), input sets rotated beyond L2: ours vs the pure-PyTorch chunked scan
     (mhunet_deploy.ops.selective_scan.torch_scan.selective_scan_chunked, when present) vs mamba-ssm's
     selective_scan_cuda.fwd (when importable: see get_mamba; skipped with a message otherwise). Like
     with like: mamba-ssm gets the same fp16 (or fp32) inputs and returns y in that dtype (its own
     contract), ours returns fp32 y (4 bytes per element written: counted in our byte floor). The
     "ours" column is the default configuration; "best" is the fastest compiled configuration of the
-    tuning sweep (every configuration valid for the dtype at every shape), also split into the best
-    one-warp and the best two-warp configuration. "forward" sums one model forward's scans per model config, batch and
+    tuning sweep (every configuration valid for the dtype at every shape; a sequential one where L holds
+    at least two of its segments), also split into the best one-warp, two-warp and sequential
+    configuration. "forward" sums one model forward's scans per model config, batch and
     dtype (encoder 2 + decoder 2 SS2D blocks at stages 1-3, encoder 2 at stage 4), each at the
     default, at the best configuration per shape, and mamba-ssm, with the ratios.
 Writes results.json and results.md into --out; prints the table last. --quick: (a) only.
@@ -163,6 +167,19 @@ def cfg_kwargs(c):
     return dict(zip(CONFIG_FIELDS, c, strict=True))
 
 
+def cfg_family(c):
+    """The configuration's family for the best-per-family columns: "seq" (seg > 0), else wpc1 / wpc2."""
+    return "seq" if c[5] else f"wpc{c[3]}"
+
+
+def cfg_worth_timing(c, l):
+    """Whether the sweep times configuration c at length l: a sequential one needs >= 2 segments (one
+    segment is one serial walk per channel); a chunked one not a lane slice far longer than L."""
+    if c[5]:
+        return l >= 2 * c[5]
+    return not (32 * c[0] > 2 * max(l, 64) and c[0] > 2)
+
+
 def cfg_takes(c, dtype):
     """Whether configuration c runs this input dtype (bcb = 2: fp16 B/C rows, fp16 inputs only)."""
     return c[4] == 4 or dtype == torch.float16
@@ -178,7 +195,7 @@ def main():
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 60 << 20)
     log(f"device {dev_name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MiB, torch {torch.__version__}")
-    from mhunet_deploy.ops.selective_scan.cuda import load_library, selective_scan_cuda
+    from mhunet_deploy.ops.selective_scan.cuda import CONFIG_FIELDS, load_library, selective_scan_cuda
 
     t = time.time()
     ext = load_library()
@@ -203,33 +220,54 @@ def main():
     # ------------------------------------------------ (a) correctness
     gen = torch.Generator(device="cuda")
     gen.manual_seed(0)
-    default = (0, 0, 0, 0, 0)
-    cases = []  # (name, B, D, L, G, N, config)
+    default = (0,) * len(CONFIG_FIELDS)
+    cases = []  # (name, B, D, L, G, N, config, softplus)
     for cfg, stages in STAGES.items():
         for d, l in stages:
             for g in (4, 1):
-                cases.append((f"{cfg} D={d} L={l}", 2, d, l, g, N, default))
+                cases.append((f"{cfg} D={d} L={l}", 2, d, l, g, N, default, True))
     for l in (1, 7, 63, 65, 1000, 4097):
         for g in (4, 1):
-            cases.append((f"odd L={l}", 2, 96, l, g, N, default))
+            cases.append((f"odd L={l}", 2, 96, l, g, N, default, True))
     for c in configs:
         for l in (65, 1000, 4097):
-            cases.append((f"cfg {cfg_name(c)} L={l}", 2, 72, l, 4, N, c))
+            cases.append((f"cfg {cfg_name(c)} L={l}", 2, 72, l, 4, N, c, True))
     for c in (c for c in configs if c[3] == 2):
         # the two warps split the states: N odd (7 -> 4 + 3) and N = 1 (the second warp has none);
         # D = 36 per group of 1: 4 * cpw channels per block do not divide it
         for n in (1, 7):
-            cases.append((f"cfg {cfg_name(c)} N={n} L=300", 2, 36, 300, 1, n, c))
+            cases.append((f"cfg {cfg_name(c)} N={n} L=300", 2, 36, 300, 1, n, c, True))
+    for c in (c for c in configs if c[5]):
+        # sequential family: one segment (L < 2 seg), exact multiples of seg, remainders (the last segment
+        # takes seg .. 2 seg - 1 steps); N = 1, 7, 16 (states past N untouched); G = 1, 4 with D = 72 (the
+        # last warp of a group has idle lanes); softplus off (steps >= 0, see make_case_inputs)
+        for l in (1, 63, 64):  # 65, 1000 and 4097 at N = 16, G = 4: the loop over all configs above
+            cases.append((f"seq {cfg_name(c)} L={l}", 2, 72, l, 4, N, c, True))
+        for n in (1, 7, 16):
+            for g in (1, 4):
+                cases.append((f"seq {cfg_name(c)} N={n} G={g} L=1000", 2, 72, 1000, g, n, c, True))
+        for l in (65, 1000):
+            cases.append((f"seq {cfg_name(c)} softplus=0 L={l}", 2, 72, l, 4, N, c, False))
+
+    def make_case_inputs(b, d, l, g, dtype, n, softplus):
+        """make_inputs; without softplus, steps >= 0 (|N(0,1)| delta, U(0, 0.1) bias: the precondition)."""
+        inp = make_inputs(b, d, l, g, dtype, gen=gen, n=n)
+        if softplus:
+            return inp
+        delta = torch.randn(inp[1].shape, device="cuda", generator=gen).abs().to(dtype)
+        bias = torch.rand(d, device="cuda", generator=gen) * 0.1
+        return (inp[0], delta, *inp[2:6], bias)
+
     n_fail = 0
-    for name, b, d, l, g, n, cfg in cases:
+    for name, b, d, l, g, n, cfg, softplus in cases:
         for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-4)):
             if not cfg_takes(cfg, dtype):
                 continue
-            inp = make_inputs(b, d, l, g, dtype, gen=gen, n=n)
-            ref = ref_fp64(*inp)
+            inp = make_case_inputs(b, d, l, g, dtype, n, softplus)
+            ref = ref_fp64(*inp, softplus=softplus)
             torch.cuda.synchronize()
             y = empty_y(inp[0])
-            ours(*inp, **cfg_kwargs(cfg), out=y)
+            ours(*inp, **cfg_kwargs(cfg), delta_softplus=softplus, out=y)
             torch.cuda.synchronize()
             err = rel_l2(y, ref)
             ok = err <= tol and y.dtype == torch.float32 and y.shape == inp[0].shape
@@ -243,6 +281,7 @@ def main():
                     "G": g,
                     "N": n,
                     "config": cfg_name(cfg),
+                    "softplus": softplus,
                     "dtype": str(dtype).split(".")[-1],
                     "rel_l2": err,
                     "tol": tol,
@@ -365,13 +404,13 @@ def main():
             nbytes, sets = input_sets(b, d, l, dtype)
             key = (cfg, b, d, l, str(dtype).split(".")[-1])
             for c in configs:
-                if 32 * c[0] > 2 * max(l, 64) and c[0] > 2:
-                    continue  # a lane slice far longer than L: all padding
+                if not cfg_worth_timing(c, l):
+                    continue
                 if not cfg_takes(c, dtype):
                     continue
                 med, _, _ = bench(run_cfg(c), sets, 20)
                 results["tuning"].append({"shape": list(key), "config": cfg_name(c), "us": med})
-                for k in (key, (*key, c[3])):  # overall, and per warps-per-channel
+                for k in (key, (*key, cfg_family(c))):  # overall, and per family
                     if k not in best or med < best[k][1]:
                         best[k] = (c, med)
             del sets
@@ -400,10 +439,10 @@ def main():
             "floor_us": nbytes / (bw * 1e3),
             "default": cfg_name(default),
         }
-        for w in (1, 2):
-            if (*key, w) in best:
-                row[f"best_wpc{w}"] = cfg_name(best[(*key, w)][0])
-                row[f"best_wpc{w}_us"] = best[(*key, w)][1]  # sweep time (20 runs)
+        for fam in ("wpc1", "wpc2", "seq"):
+            if (*key, fam) in best:
+                row[f"best_{fam}"] = cfg_name(best[(*key, fam)][0])
+                row[f"best_{fam}_us"] = best[(*key, fam)][1]  # sweep time (20 runs)
         with torch.no_grad():
             med, lo, _ = bench(lambda *a: ours(*a), sets, 50)
             row.update(ours_us=med, ours_min_us=lo, ours_frac_copy=nbytes / (med * 1e3) / bw)
@@ -467,13 +506,15 @@ def main():
         "",
         "Contract v2: ours reads u, delta, B, C in the row's dtype and writes y as fp32 (floor counts "
         "4-byte y); mamba-ssm gets the same inputs and writes y in the input dtype (fp16 rows: fp16 y). "
-        "Config = items x cpw x spi x wpc x bcb (wpc = warps per channel; bcb = bytes per B/C element in "
-        "shared memory, 2 = fp16 rows for fp16 inputs). best1/best2: fastest one-warp / two-warp "
-        "configuration in the sweep (20 runs each).",
+        "Config = items x cpw x spi x wpc x bcb x seg (wpc = warps per channel; bcb = bytes per B/C element "
+        "in shared memory, 2 = fp16 rows for fp16 inputs; seg > 0 = the sequential family, seg steps per "
+        "segment, items = steps per inner block). best1/best2/seq: fastest one-warp / two-warp / "
+        "sequential configuration in the sweep (20 runs each).",
         "",
         "| cfg | B | D | L | dtype | floor us | ours us (default) | % copy bw | best us (config) | % copy bw "
-        "| best1 us (config) | best2 us (config) | mamba us | x mamba | best x mamba | torch us | x torch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| best1 us (config) | best2 us (config) | seq us (config) | mamba us | x mamba | best x mamba "
+        "| torch us | x torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["speed"]:
         f = lambda k, fmt: (fmt % r[k]) if k in r else "-"  # noqa: E731
@@ -483,6 +524,7 @@ def main():
             f"{f('best_us', '%.1f')} ({r.get('best', '-')}) | {100 * r.get('best_frac_copy', 0):.1f} | "
             f"{f('best_wpc1_us', '%.1f')} ({r.get('best_wpc1', '-')}) | "
             f"{f('best_wpc2_us', '%.1f')} ({r.get('best_wpc2', '-')}) | "
+            f"{f('best_seq_us', '%.1f')} ({r.get('best_seq', '-')}) | "
             f"{f('mamba_us', '%.1f')} | {f('speedup_vs_mamba', '%.2f')} | {f('best_speedup_vs_mamba', '%.2f')} | "
             f"{f('torch_us', '%.0f')} | {f('speedup_vs_torch', '%.1f')} |"
         )
@@ -501,7 +543,7 @@ def main():
         )
     lines += [
         "",
-        "tuning sweep: the five fastest configurations (items x cpw x spi x wpc x bcb) per shape",
+        "tuning sweep: the five fastest configurations (items x cpw x spi x wpc x bcb x seg) per shape",
         "",
     ]
     by = {}

@@ -43,9 +43,12 @@ CMAKE_CANDIDATES = (Path("build") / LIBRARY_NAME, Path("plugins/build") / LIBRAR
 SOURCES = ("selective_scan.cu", "selective_scan.h")
 #: A kernel configuration, in the launcher's order (kernels/selective_scan.h): time steps per lane,
 #: channels per warp team, states interleaved per iteration, warps per channel, bytes per B/C element in
-#: shared memory (4, or 2 for fp16 inputs only); 0 = the default.
-CONFIG_FIELDS = ("items", "cpw", "spi", "wpc", "bcb")
-Config = tuple[int, int, int, int, int]
+#: shared memory (4, or 2 for fp16 inputs only), steps per segment (0: the chunked family; > 0: the
+#: sequential family, lane = channel with all states in registers, kernels/NOTES.md); 0 = the default.
+CONFIG_FIELDS = ("items", "cpw", "spi", "wpc", "bcb", "seg")
+Config = tuple[int, int, int, int, int, int]
+#: Every field 0: the launcher's default configuration for the shape.
+DEFAULT_CONFIG: Config = (0,) * len(CONFIG_FIELDS)
 _STATUS_OK = 0
 _FP32, _FP16 = 0, 1
 
@@ -166,7 +169,7 @@ class ScanLibrary:
         self._default.argtypes = [i32] * 5 + [ctypes.POINTER(i32)] * len(CONFIG_FIELDS)
 
     def fwd(
-        self, u, delta, A, B, C, D, delta_bias, y, delta_softplus: bool, config: Config = (0, 0, 0, 0, 0)
+        self, u, delta, A, B, C, D, delta_bias, y, delta_softplus: bool, config: Config = DEFAULT_CONFIG
     ) -> None:
         """Launch on torch's current stream of u's device; tensors as checked by selective_scan_cuda
         (u, delta, B, C of one dtype, y float32)."""
@@ -181,15 +184,15 @@ class ScanLibrary:
             raise RuntimeError(f"selective_scan_cuda: {self._error(rc).decode()}")
 
     def configs(self) -> list[Config]:
-        """The compiled kernel configurations (items, cpw, spi, wpc, bcb); bcb = 2 ones take fp16 inputs
-        only (fp32 inputs: an unsupported-config error)."""
+        """The compiled kernel configurations (:data:`CONFIG_FIELDS`); bcb = 2 ones take fp16 inputs
+        only (fp32 inputs: an unsupported-config error); seg > 0 ones are the sequential family."""
         k, cap = len(CONFIG_FIELDS), 128
         buf = (ctypes.c_int * (k * cap))()
         n = min(self._configs(buf, cap), cap)
         return [tuple(buf[k * i : k * (i + 1)]) for i in range(n)]
 
     def default_config(self, batch: int, dim: int, length: int, groups: int, fp16: bool) -> Config:
-        """The configuration (items, cpw, spi, wpc, bcb) the kernel uses by default for a shape."""
+        """The configuration (:data:`CONFIG_FIELDS`) the kernel uses by default for a shape."""
         out = [ctypes.c_int() for _ in CONFIG_FIELDS]
         self._default(batch, dim, length, groups, _FP16 if fp16 else _FP32, *(ctypes.byref(v) for v in out))
         return tuple(v.value for v in out)
@@ -244,6 +247,7 @@ def selective_scan_cuda(
     spi=0,
     wpc=0,
     bcb=0,
+    seg=0,
     out=None,
 ):
     """Selective scan forward on the GPU: same arguments and semantics as ``selective_scan_loop``.
@@ -251,8 +255,8 @@ def selective_scan_cuda(
     u, delta: (B, D, L); A: (D, N) fp32; B, C: (B, G, N, L); D, delta_bias: (D,) fp32 or None.
     u, delta, B, C share one dtype (float32 or float16: delta, B, C are cast to u's); y is float32
     whatever that dtype (contract v2). N <= 16.
-    ``items``/``cpw``/``spi``/``wpc``/``bcb`` override the kernel configuration (0 = default; the
-    compiled ones: ``load_library().configs()``, in :data:`CONFIG_FIELDS` order); for tuning only.
+    ``items``/``cpw``/``spi``/``wpc``/``bcb``/``seg`` override the kernel configuration (0 = default;
+    the compiled ones: ``load_library().configs()``, in :data:`CONFIG_FIELDS` order); for tuning only.
     ``out``: optional contiguous float32 (B, D, L) tensor to write y into (returned).
     """
     tensors = (u, delta, A, B, C, D, delta_bias)
@@ -287,7 +291,7 @@ def selective_scan_cuda(
         raise ValueError(
             "selective_scan_cuda: out must be a contiguous float32 tensor of u's shape and device"
         )
-    config = (int(items), int(cpw), int(spi), int(wpc), int(bcb))
+    config = (int(items), int(cpw), int(spi), int(wpc), int(bcb), int(seg))
     with torch.cuda.device(u.device):
         load_library().fwd(*args, out, bool(delta_softplus), config)
     return out
