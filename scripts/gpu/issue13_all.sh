@@ -18,13 +18,16 @@ if ! python3 -c "import nibabel" 2>/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 status=0
+pack() { tar -czf "$OUT/issue13.tgz" -C "$OUT" kernel runtime verify $(cd "$OUT" && ls ./*.log 2>/dev/null); }
 OUT=$OUT/kernel VERIFY_BUDGET_S=${VERIFY_BUDGET_S:-300} bash scripts/gpu/verify_kernel.sh > "$OUT/kernel.log" 2>&1 \
   || status=1
+pack  # after each step: a call cut short still returns what is done
 OUT=$OUT/runtime DATA=$DATA bash scripts/gpu/bench_runtime.sh > "$OUT/runtime.log" 2>&1 || status=1
+pack
 # bench_runtime.sh built build/libmhunet_scan.so (kernel only): the library the torch backend loads
 COLUMNS=220 MHUNET_SCAN_LIB=$PWD/build/libmhunet_scan.so PYTHONPATH=$PWD:${PYTHONPATH:-} \
   python3 -m mhunet_deploy.cli verify --volume "$DATA/open_ms/patient26/FLAIR.nii.gz" \
   > "$OUT/verify/verify.txt" 2>&1 || status=1
-tar -czf "$OUT/issue13.tgz" -C "$OUT" kernel runtime verify kernel.log runtime.log
+pack
 echo "issue13_all.sh: status=$status"
 exit $status
