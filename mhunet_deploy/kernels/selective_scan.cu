@@ -898,32 +898,47 @@ extern "C" void mhunet_selective_scan_default_config(int batch, int dim, int len
     int* cpw, int* spi, int* wpc, int* bcb, int* seg)
 {
     (void) groups;
-    // The rule chosen from the tuning sweep of every compiled configuration (NOTES.md, "Default
-    // configuration"; the sweep: BENCHMARKS.md section 4): L = 64: 2x2x1; L = 128: 4x1x2 (interpolated);
-    // L >= 256: fp16 8x1x2, fp32 8x2x1 except a long sequence over few rows (L >= 2048, B x D < 8192): 8x1x2.
-    // One warp per channel and fp32 B/C rows everywhere until a sweep of the two-warp and fp16-row
-    // configurations says otherwise.
+    // The rule chosen from the tuning sweeps of every compiled configuration (NOTES.md, "Default
+    // configuration"; the sweeps: BENCHMARKS.md section 4): the chunked family (seg = 0) with L = 64: 2x2x1;
+    // L = 128: 4x1x2 (interpolated); L >= 256: fp16 8x1x2, fp32 8x2x1 except a long sequence over few rows
+    // (L >= 2048, B x D < 8192): 8x1x2. The sequential family (seg > 0) where the second sweep had it
+    // >= 11 % ahead of that: L = 64 over >= 49152 rows (seg 32, 2 segments); L = 256-1023 over >= 65536
+    // rows (seg 128); fp32 L >= 1024 over >= 24576 rows (seg 256).
     const long long rows = (long long) batch * dim;
-    int it = 8, cp = 1, sp = 2;
+    int it = 8, cp = 1, sp = 2, sg = 0;
     if (len <= 64)
     {
         it = 2;
         cp = 2;
         sp = 1;
+        if (len == 64 && rows >= 49152)
+            sg = 32;
     }
     else if (len <= 128)
         it = 4;
-    else if (dtype == MHUNET_SCAN_FP32 && !(len >= 2048 && rows < 8192))
+    else if (len < 1024 && rows >= 65536)
+        sg = 128;
+    else if (dtype == MHUNET_SCAN_FP32)
     {
-        cp = 2;
-        sp = 1;
+        if (len >= 1024 && rows >= 24576)
+            sg = 256;
+        else if (!(len >= 2048 && rows < 8192))
+        {
+            cp = 2;
+            sp = 1;
+        }
+    }
+    if (sg > 0) // the sequential family's own fields: 8 steps per block, one channel per lane
+    {
+        it = 8;
+        cp = sp = 1;
     }
     *items = it;
     *cpw = cp;
     *spi = sp;
     *wpc = 1;
     *bcb = 4;
-    *seg = 0; // the chunked family until the sweep says otherwise
+    *seg = sg;
 }
 
 extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
