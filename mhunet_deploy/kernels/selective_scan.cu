@@ -894,51 +894,72 @@ int dispatch(const Params& p, int items, int cpw, int spi, int wpc, int bcb, int
 } // namespace scan
 } // namespace mhunet
 
-extern "C" void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int dtype, int* items,
-    int* cpw, int* spi, int* wpc, int* bcb, int* seg)
+namespace mhunet
 {
-    (void) groups;
-    // The rule chosen from the tuning sweeps of every compiled configuration (NOTES.md, "Default
-    // configuration"; the sweeps: BENCHMARKS.md section 4): the chunked family (seg = 0) with L = 64: 2x2x1;
-    // L = 128: 4x1x2 (interpolated); L >= 256: fp16 8x1x2, fp32 8x2x1 except a long sequence over few rows
-    // (L >= 2048, B x D < 8192): 8x1x2. The sequential family (seg > 0) where the second sweep had it
-    // >= 11 % ahead of that: L = 64 over >= 49152 rows (seg 32, 2 segments); L = 256-1023 over >= 65536
-    // rows (seg 128); fp32 L >= 1024 over >= 24576 rows (seg 256).
-    const long long rows = (long long) batch * dim;
-    int it = 8, cp = 1, sp = 2, sg = 0;
+namespace scan
+{
+// The default configuration, chosen from the tuning sweeps of every compiled configuration on the H200
+// (NOTES.md, "Default configuration"; the sweeps: BENCHMARKS.md section 4), as {items, cpw, spi, wpc,
+// bcb, seg}. The chunked family (seg = 0): L = 64: 2x2x1; L = 128: 4x1x2 (interpolated); L >= 256: fp16
+// 8x1x2, fp32 8x2x1 except a long sequence over few rows (L >= 2048, B x D < 8192): 8x1x2. One warp per
+// channel and fp32 B/C rows: the two-warp and fp16-row configurations never won by enough.
+void chunked_default(long long rows, int len, int dtype, int (&cfg)[kConfigFields])
+{
+    int it = 8, cp = 1, sp = 2;
     if (len <= 64)
     {
         it = 2;
         cp = 2;
         sp = 1;
-        if (len == 64 && rows >= 49152)
-            sg = 32;
     }
     else if (len <= 128)
         it = 4;
-    else if (len < 1024 && rows >= 65536)
-        sg = 128;
-    else if (dtype == MHUNET_SCAN_FP32)
+    else if (dtype == MHUNET_SCAN_FP32 && !(len >= 2048 && rows < 8192))
     {
-        if (len >= 1024 && rows >= 24576)
-            sg = 256;
-        else if (!(len >= 2048 && rows < 8192))
-        {
-            cp = 2;
-            sp = 1;
-        }
+        cp = 2;
+        sp = 1;
     }
-    if (sg > 0) // the sequential family's own fields: 8 steps per block, one channel per lane
-    {
-        it = 8;
-        cp = sp = 1;
-    }
-    *items = it;
-    *cpw = cp;
-    *spi = sp;
-    *wpc = 1;
-    *bcb = 4;
-    *seg = sg;
+    const int c[kConfigFields] = {it, cp, sp, 1, 4, 0};
+    memcpy(cfg, c, sizeof c);
+}
+
+// The sequential family (seg > 0; its fields 8 steps per block, 1, 1, 1, 4) where the second sweep had it
+// >= 11 % ahead of the chunked default: L = 64 over >= 49152 rows (seg 32, 2 segments); L = 256-1023
+// over >= 65536 rows (seg 128); fp32 L >= 1024 over >= 24576 rows (seg 256). 0 elsewhere.
+int sequential_default_seg(long long rows, int len, int dtype)
+{
+    if (len == 64 && rows >= 49152)
+        return 32;
+    if (len >= 256 && len < 1024 && rows >= 65536)
+        return 128;
+    if (dtype == MHUNET_SCAN_FP32 && len >= 1024 && rows >= 24576)
+        return 256;
+    return 0;
+}
+
+constexpr int kSequentialFields[kConfigFields] = {8, 1, 1, 1, 4, 0};
+
+void default_config(int batch, int dim, int len, int dtype, int (&cfg)[kConfigFields])
+{
+    const long long rows = (long long) batch * dim;
+    const int seg = sequential_default_seg(rows, len, dtype);
+    if (seg == 0)
+        return chunked_default(rows, len, dtype, cfg);
+    memcpy(cfg, kSequentialFields, sizeof kSequentialFields);
+    cfg[kConfigFields - 1] = seg;
+}
+} // namespace scan
+} // namespace mhunet
+
+extern "C" void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int dtype, int* items,
+    int* cpw, int* spi, int* wpc, int* bcb, int* seg)
+{
+    (void) groups;
+    int cfg[mhunet::scan::kConfigFields];
+    mhunet::scan::default_config(batch, dim, len, dtype, cfg);
+    int* out[] = {items, cpw, spi, wpc, bcb, seg};
+    for (int i = 0; i < mhunet::scan::kConfigFields; ++i)
+        *out[i] = cfg[i];
 }
 
 extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
@@ -986,25 +1007,20 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
         return MHUNET_SCAN_ERR_NULL_POINTER;
     if (seg < 0)
         return MHUNET_SCAN_ERR_BAD_CONFIG;
-    int def_items = 0, def_cpw = 0, def_spi = 0, def_wpc = 0, def_bcb = 0, def_seg = 0;
-    mhunet_selective_scan_default_config(
-        batch, dim, len, groups, dtype, &def_items, &def_cpw, &def_spi, &def_wpc, &def_bcb, &def_seg);
-    if (seg > 0) // the sequential family: its other fields default to its own (8 steps per block, 1, 1, 1, 4)
-    {
-        def_items = 8;
-        def_cpw = def_spi = def_wpc = 1;
-        def_bcb = 4;
-    }
-    if (items == 0)
-        items = def_items;
-    if (cpw == 0)
-        cpw = def_cpw;
-    if (spi == 0)
-        spi = def_spi;
-    if (wpc == 0)
-        wpc = def_wpc;
-    if (bcb == 0)
-        bcb = def_bcb;
+    // All fields 0: the default configuration (either family). Otherwise the fields given choose the
+    // family (seg > 0: the sequential one) and its zero fields take that family's default.
+    int cfg[kConfigFields] = {items, cpw, spi, wpc, bcb, seg};
+    int def[kConfigFields];
+    const bool all_default = !(items || cpw || spi || wpc || bcb || seg);
+    if (all_default)
+        default_config(batch, dim, len, dtype, def);
+    else if (seg > 0)
+        memcpy(def, kSequentialFields, sizeof def);
+    else
+        chunked_default((long long) batch * dim, len, dtype, def);
+    for (int i = 0; i < kConfigFields; ++i)
+        if (cfg[i] == 0)
+            cfg[i] = def[i];
     Params p{};
     p.u = u;
     p.delta = delta;
@@ -1021,8 +1037,8 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
     p.groups = groups;
     p.dim_per_group = dim / groups;
     p.delta_softplus = delta_softplus ? 1 : 0;
-    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, items, cpw, spi, wpc, bcb, seg, stream)
-                                     : dispatch<__half>(p, items, cpw, spi, wpc, bcb, seg, stream);
+    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], stream)
+                                     : dispatch<__half>(p, cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], stream);
 }
 
 extern "C" int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, const void* B,
