@@ -717,12 +717,12 @@ __device__ __forceinline__ void seq_walk(const T* urow, const T* drow, const T* 
 
 // Launch bounds' minimum blocks per SM: the tightest register cap without spills (nvcc 13.0, sm_90; NOTES.md,
 // "Sequential lanes"): KSTEP = 8 <= 102 registers (20 warps per SM), KSTEP = 4 <= 80 (24).
-template <int KSTEP, int PHASE> constexpr int seq_minb() { return KSTEP == 8 ? 5 : 6; }
+template <int KSTEP> constexpr int seq_minb() { return KSTEP == 8 ? 5 : 6; }
 
 // PHASE 1 or 2 (see above). Warp index -> (b, g, segment, tile of 32 channels), tile fastest: the warps
 // of a block share (b, g, segment) where the group has several tiles, so their B/C lines meet in L1.
 template <typename T, int KSTEP, int PHASE>
-__global__ void __launch_bounds__(kSeqWarps * 32, (seq_minb<KSTEP, PHASE>())) selective_scan_seq_kernel(const Params p, int seg, int nseg)
+__global__ void __launch_bounds__(kSeqWarps * 32, seq_minb<KSTEP>()) selective_scan_seq_kernel(const Params p, int seg, int nseg)
 {
     const int lane = threadIdx.x & 31;
     const long long wid = (long long) blockIdx.x * kSeqWarps + (threadIdx.x >> 5);

@@ -222,7 +222,7 @@ def profile_steps(backend, options, volume_path: Path, repeats: int) -> dict[str
     from mhunet_deploy.brain import brain_from_probability
     from mhunet_deploy.pipeline import predict_volume, sigmoid, timed_load
     from mhunet_deploy.postprocess import lesion_table, min_lesion_for, segment
-    from mhunet_deploy.preprocess import Geometry, IntensityStats
+    from mhunet_deploy.preprocess import DEFAULT_GRID, DEFAULT_SPACING_MM, Geometry, IntensityStats
 
     volume, _ = timed_load(volume_path, options)
     xp, _ = array_modules(backend.array_device)
@@ -245,7 +245,7 @@ def profile_steps(backend, options, volume_path: Path, repeats: int) -> dict[str
         with timed("pre: intensity statistics"):
             stats = IntensityStats.from_volume(data)
         with timed("pre: plan geometry"):
-            geometry = Geometry.plan(volume, 256, 1.0, stats.foreground_threshold)
+            geometry = Geometry.plan(volume, DEFAULT_GRID, DEFAULT_SPACING_MM, stats.foreground_threshold)
         with timed("pre: to model grid"):
             grid = geometry.to_model_grid(data)
         with timed("pre: normalise"):
