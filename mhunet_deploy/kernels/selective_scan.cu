@@ -79,37 +79,48 @@ template <typename T, int NI> __host__ __device__ constexpr int vec_bytes()
 
 // Loads NI consecutive elements starting at p as fp32 with vector loads: p must be vec_bytes aligned and
 // all NI in range.
+// Loads NI consecutive elements starting at p (of which nvalid are in range) as they are stored (no
+// conversion), so that a load can be issued a whole block of work before its values are needed
+// (software prefetch: NOTES.md, "Prefetch"); out-of-range elements read as 0. Vector loads (up to 16
+// bytes) when the address is aligned and all NI are valid.
 template <typename T, int NI, bool STREAM>
-__device__ __forceinline__ void load_vec(const T* p, float (&out)[NI])
+__device__ __forceinline__ void load_raw(const T* p, int nvalid, T (&out)[NI])
 {
     constexpr int VB = vec_bytes<T, NI>();
     constexpr int VE = VB / (int) sizeof(T);
     using V = typename RawVec<VB>::type;
-#pragma unroll
-    for (int v = 0; v < NI / VE; ++v)
+    if (nvalid >= NI && (reinterpret_cast<uintptr_t>(p) % VB) == 0)
     {
-        V raw = STREAM ? load_stream(reinterpret_cast<const V*>(p) + v) : load_keep(reinterpret_cast<const V*>(p) + v);
-        T tmp[VE];
-        memcpy(tmp, &raw, VB);
 #pragma unroll
-        for (int e = 0; e < VE; ++e)
-            out[v * VE + e] = to_float(tmp[e]);
+        for (int v = 0; v < NI / VE; ++v)
+        {
+            V raw = STREAM ? load_stream(reinterpret_cast<const V*>(p) + v) : load_keep(reinterpret_cast<const V*>(p) + v);
+            memcpy(out + v * VE, &raw, VB);
+        }
     }
-}
-
-// Loads NI consecutive elements starting at p (of which nvalid are in range) as fp32; out-of-range
-// elements read as 0. Vector loads (up to 16 bytes) when the address is aligned and all NI are valid.
-template <typename T, int NI, bool STREAM>
-__device__ __forceinline__ void load_items(const T* p, int nvalid, float (&out)[NI])
-{
-    if (nvalid >= NI && (reinterpret_cast<uintptr_t>(p) % vec_bytes<T, NI>()) == 0)
-        load_vec<T, NI, STREAM>(p, out);
     else
     {
 #pragma unroll
         for (int i = 0; i < NI; ++i)
-            out[i] = i < nvalid ? to_float(p[i]) : 0.f;
+            out[i] = i < nvalid ? p[i] : from_float<T>(0.f);
     }
+}
+
+template <typename T, int NI>
+__device__ __forceinline__ void to_floats(const T (&in)[NI], float (&out)[NI])
+{
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+        out[i] = to_float(in[i]);
+}
+
+// load_raw, then fp32: for values needed at once.
+template <typename T, int NI, bool STREAM>
+__device__ __forceinline__ void load_items(const T* p, int nvalid, float (&out)[NI])
+{
+    T raw[NI];
+    load_raw<T, NI, STREAM>(p, nvalid, raw);
+    to_floats(raw, out);
 }
 
 template <typename T, int NI>
@@ -687,13 +698,19 @@ __device__ __forceinline__ void seq_walk(const T* urow, const T* drow, const T* 
     float* stage, int lane, bool valid, int l0, int l1, int L, int N, float bias, float Dc, bool do_softplus,
     const float (&A2)[kMaxN], float (&h)[kMaxN], float& sum_dt)
 {
+    // u and delta one block ahead, raw (NOTES.md, "Prefetch"): issued before this block's states
+    T u_next[KSTEP], d_next[KSTEP];
+    load_raw<T, KSTEP, STREAM>(urow + l0, l1 - l0, u_next);
+    load_raw<T, KSTEP, STREAM>(drow + l0, l1 - l0, d_next);
 #pragma unroll 1
     for (int l = l0; l < l1; l += KSTEP)
     {
         const int nv = l1 - l;
         float uu[KSTEP], dt[KSTEP], du[KSTEP], acc[KSTEP];
-        load_items<T, KSTEP, STREAM>(urow + l, nv, uu);
-        load_items<T, KSTEP, STREAM>(drow + l, nv, dt);
+        to_floats(u_next, uu);
+        to_floats(d_next, dt);
+        load_raw<T, KSTEP, STREAM>(urow + l + KSTEP, nv - KSTEP, u_next);
+        load_raw<T, KSTEP, STREAM>(drow + l + KSTEP, nv - KSTEP, d_next);
 #pragma unroll
         for (int i = 0; i < KSTEP; ++i)
         {
@@ -716,8 +733,9 @@ __device__ __forceinline__ void seq_walk(const T* urow, const T* drow, const T* 
 }
 
 // Launch bounds' minimum blocks per SM: the tightest register cap without spills (nvcc 13.0, sm_90; NOTES.md,
-// "Sequential lanes"): KSTEP = 8 <= 102 registers (20 warps per SM), KSTEP = 4 <= 80 (24).
-template <int KSTEP> constexpr int seq_minb() { return KSTEP == 8 ? 5 : 6; }
+// "Sequential lanes", "Prefetch"): KSTEP = 8 <= 128 registers (16 warps per SM), KSTEP = 4 <= 102 (20);
+// the u/delta prefetch needs them (at 102 / 80 it spilled 4-36 bytes).
+template <int KSTEP> constexpr int seq_minb() { return KSTEP == 8 ? 4 : 5; }
 
 // PHASE 1 or 2 (see above). Warp index -> (b, g, segment, tile of 32 channels), tile fastest: the warps
 // of a block share (b, g, segment) where the group has several tiles, so their B/C lines meet in L1.
