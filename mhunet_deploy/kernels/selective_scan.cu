@@ -77,8 +77,6 @@ template <typename T, int NI> __host__ __device__ constexpr int vec_bytes()
     return (NI * (int) sizeof(T)) < 16 ? NI * (int) sizeof(T) : 16;
 }
 
-// Loads NI consecutive elements starting at p as fp32 with vector loads: p must be vec_bytes aligned and
-// all NI in range.
 // Loads NI consecutive elements starting at p (of which nvalid are in range) as they are stored (no
 // conversion), so that a load can be issued a whole block of work before its values are needed
 // (software prefetch: NOTES.md, "Prefetch"); out-of-range elements read as 0. Vector loads (up to 16

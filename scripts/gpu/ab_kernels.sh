@@ -2,7 +2,8 @@
 # Two kernel builds side by side in one GPU call (~6 minutes on the H200), from the repository root:
 #   device run: OLD=.devdata/old OUT=$OUT bash scripts/gpu/ab_kernels.sh
 #   carry: .devdata/old = `git archive <base commit> mhunet_deploy plugins scripts/gpu` unpacked, plus this
-#          tree's scripts/gpu/time_defaults.py copied into it (the base may predate it)
+#          tree's scripts/gpu/{time_defaults,verify_kernel}.py copied into it (the base may predate the
+#          timer and the helpers it imports; the old library is still loaded through the old package)
 # 1. builds both kernel libraries (CMake, kernel only; 0 spills is checked by tests/test_plugin_build.py);
 # 2. this tree's library: verify_kernel.py --quick (fp64 correctness of every configuration) and
 #    tests/test_cuda_scan.py on the GPU;

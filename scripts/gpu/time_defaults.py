@@ -4,8 +4,8 @@ builds (say, before and after a kernel change) can be compared side by side in o
 
     MHUNET_SCAN_LIB=build/a/libmhunet_scan.so python3 scripts/gpu/time_defaults.py --tag a --out $OUT
 
-Shapes, inputs, the timing loop and the calls per forward are verify_kernel.py's (STAGES, make_inputs,
-bench, CALLS_PER_FORWARD); inputs rotate beyond the 60 MB L2. Writes times_<tag>.json: per shape the
+Shapes, inputs (rotated beyond L2), the timing loop and the calls per forward are verify_kernel.py's
+(STAGES, input_sets, bench, CALLS_PER_FORWARD). Writes times_<tag>.json: per shape the
 median µs and the configuration the launcher chose; per (config, batch, dtype) the one-forward sum.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from verify_kernel import CALLS_PER_FORWARD, STAGES, bench, make_inputs  # noqa: E402  (this script's folder)
+from verify_kernel import CALLS_PER_FORWARD, STAGES, bench, input_sets  # noqa: E402  (this script's folder)
 
 from mhunet_deploy.ops.selective_scan.cuda import load_library, selective_scan_cuda  # noqa: E402
 
@@ -42,12 +41,7 @@ def main() -> int:
                 for dtype in (torch.float16, torch.float32):
                     total = 0.0
                     for (d, l), calls in zip(stages, CALLS_PER_FORWARD, strict=True):
-                        one = make_inputs(b, d, l, 4, dtype, gen=gen)
-                        nbytes = sum(t.numel() * t.element_size() for t in one)
-                        sets = [one] + [
-                            make_inputs(b, d, l, 4, dtype, gen=gen)
-                            for _ in range(max(0, min(7, math.ceil(3 * l2 / nbytes) - 1)))
-                        ]
+                        _, sets = input_sets(b, d, l, dtype, l2, gen)
                         med, _, _ = bench(lambda *a: selective_scan_cuda(*a, True), sets, args.reps)
                         name = f"{cfg} B={b} D={d} L={l} {str(dtype).split('.')[-1]}"
                         shapes[name] = {
@@ -56,7 +50,7 @@ def main() -> int:
                         }
                         total += calls * med
                         print(f"{args.tag} {name}: {med:.1f} us {shapes[name]['config']}", flush=True)
-                        del sets, one
+                        del sets
                     forward[f"{cfg} B={b} {str(dtype).split('.')[-1]}"] = total
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"times_{args.tag}.json").write_text(

@@ -156,6 +156,13 @@ def scan_bytes(b, d, l, g, esz, y_esz=4):
     return esz * (2 * b * d * l + 2 * b * g * N * l) + y_esz * b * d * l + 4 * (d * N + 2 * d)
 
 
+def input_sets(b, d, l, dtype, l2, gen):
+    """Enough input sets (G = 4) to rotate beyond an L2 of l2 bytes, and the bytes one call moves."""
+    nbytes = scan_bytes(b, d, l, 4, 2 if dtype == torch.float16 else 4)
+    nsets = max(1, min(8, math.ceil(3 * l2 / nbytes)))
+    return nbytes, [make_inputs(b, d, l, 4, dtype, gen=gen) for _ in range(nsets)]
+
+
 def cfg_name(c):
     return "x".join(map(str, c))
 
@@ -386,11 +393,6 @@ def main():
         for dtype in (torch.float16, torch.float32)
     ]
 
-    def input_sets(b, d, l, dtype):
-        nbytes = scan_bytes(b, d, l, 4, 2 if dtype == torch.float16 else 4)
-        nsets = max(1, min(8, math.ceil(3 * l2 / nbytes)))  # rotate inputs beyond L2
-        return nbytes, [make_inputs(b, d, l, 4, dtype, gen=gen) for _ in range(nsets)]
-
     def run_cfg(c):
         return lambda *a: ours(*a, **cfg_kwargs(c))
 
@@ -401,7 +403,7 @@ def main():
             if left() < 200:
                 log("time budget: tuning sweep cut short")
                 break
-            nbytes, sets = input_sets(b, d, l, dtype)
+            nbytes, sets = input_sets(b, d, l, dtype, l2, gen)
             key = (cfg, b, d, l, str(dtype).split(".")[-1])
             for c in configs:
                 if not cfg_worth_timing(c, l):
@@ -425,7 +427,7 @@ def main():
         if left() < 20:
             log("time budget: speed table cut short")
             break
-        nbytes, sets = input_sets(b, d, l, dtype)
+        nbytes, sets = input_sets(b, d, l, dtype, l2, gen)
         dname = str(dtype).split(".")[-1]
         key = (cfg, b, d, l, dname)
         default = tuple(ext.default_config(b, d, l, 4, dtype == torch.float16))
