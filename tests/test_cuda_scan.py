@@ -58,28 +58,56 @@ def test_matches_loop_oracle(b, d, l, g, dtype, tol):
 
 
 @_gpu
-@pytest.mark.parametrize("n", [1, 7, 16])
-def test_every_config_matches_the_oracle(n):
-    """Every compiled configuration, the two-warp ones (the warps split the N states) and the fp16 B/C
-    rows (fp16 inputs only) included, at an odd length, N odd or 1, and D not a multiple of any block's
-    channels."""
+@pytest.mark.parametrize("n,length", [(1, 301), (7, 301), (16, 301), (7, 1000)])
+def test_every_config_matches_the_oracle(n, length):
+    """Every compiled configuration, the two-warp ones (the warps split the N states), the fp16 B/C
+    rows (fp16 inputs only) and the double buffers (rows in the input dtype only) included, N odd or 1,
+    D not a multiple of any block's channels, at an odd length (register staging, the double buffers'
+    single-buffer twin) and at L = 1000 (a multiple of 8: cp.async staging, a partial last chunk)."""
     from mhunet_deploy.ops.selective_scan.cuda import CONFIG_FIELDS, load_library, selective_scan_cuda
     from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan_loop
 
     configs = load_library().configs()
     assert any(c[3] == 2 for c in configs) and any(c[4] == 2 for c in configs) and any(c[5] for c in configs)
+    assert {(c[4], c[6]) for c in configs if c[6] == 2} == {(2, 2), (4, 2)}
     for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-4)):
-        args = _inputs(2, 36, 301, 2, n, dtype)
+        args = _inputs(2, 36, length, 2, n, dtype)
         ref = selective_scan_loop(*[a.double() for a in args], delta_softplus=True)
         for c in configs:
             kwargs = dict(zip(CONFIG_FIELDS, c, strict=True))
-            if c[4] == 2 and dtype == torch.float32:  # fp16 B/C rows: fp16 inputs only
+            rows_fp16 = c[4] == 2
+            if (rows_fp16 and dtype == torch.float32) or (
+                c[6] == 2 and not rows_fp16 and dtype == torch.float16
+            ):
+                # fp16 B/C rows take fp16 inputs only; double-buffered fp32 rows fp32 inputs only
                 with pytest.raises(RuntimeError, match="unsupported kernel config"):
                     selective_scan_cuda(*args, **kwargs)
                 continue
             y = selective_scan_cuda(*args, **kwargs)
             err = (torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref)).item()
             assert y.dtype == torch.float32 and err <= tol, (c, dtype, err)
+
+
+@_gpu
+def test_double_buffers_with_misaligned_rows_run_their_twin():
+    """bufs = 2 prefetches with 16-byte cp.async: u and B one element off that alignment (L = 1000 is a
+    multiple of 8, so only the pointers are off) must still give the oracle's y (the single-buffer twin)."""
+    from mhunet_deploy.ops.selective_scan.cuda import CONFIG_FIELDS, load_library, selective_scan_cuda
+    from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan_loop
+
+    configs = [c for c in load_library().configs() if c[6] == 2]
+    assert configs
+    for c in configs:
+        dtype, tol = (torch.float16, 1e-4) if c[4] == 2 else (torch.float32, 1e-5)
+        args = list(_inputs(2, 36, 1000, 2, 16, dtype))
+        for i in (0, 3):
+            flat = torch.empty(args[i].numel() + 1, dtype=dtype, device="cuda")
+            args[i] = flat[1:].view(args[i].shape).copy_(args[i])
+            assert args[i].data_ptr() % 16 and args[i].is_contiguous()
+        ref = selective_scan_loop(*[a.double() for a in args], delta_softplus=True)
+        y = selective_scan_cuda(*args, **dict(zip(CONFIG_FIELDS, c, strict=True)))
+        err = (torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref)).item()
+        assert err <= tol, (c, err)
 
 
 @_gpu

@@ -145,7 +145,12 @@ def test_kernel_only_cmake_build_without_tensorrt_headers(tmp_path):
     # the sequential family (seg > 0): a few configs, the fields the launcher matches, segments that hold
     # the predecessor's record (N + 1 <= 17 floats)
     seq = [c for c in lib.configs() if c[5] > 0]
-    assert 1 <= len(seq) <= 8 and all(c[1:5] == (1, 1, 1, 4) and c[5] >= 17 for c in seq), seq
+    assert 1 <= len(seq) <= 8 and all(c[1:5] == (1, 1, 1, 4) and c[5] >= 17 and c[6] == 1 for c in seq), seq
+    # double buffers (bufs = 2): one warp per channel, B/C rows in the input dtype (NOTES.md, "Staging and
+    # prefetch"); the fp16 defaults use them
+    two = [c for c in lib.configs() if c[6] == 2]
+    assert two and all(c[3] == 1 and c[5] == 0 for c in two), two
+    assert lib.default_config(8, 256, 4096, 4, True)[4:] == (2, 0, 2)
 
 
 @pytest.mark.skipif(NVCC is None or shutil.which("cmake") is None, reason="nvcc or cmake not found")

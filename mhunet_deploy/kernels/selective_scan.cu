@@ -30,7 +30,7 @@ namespace scan
 
 constexpr int kMaxN = MHUNET_SCAN_MAX_DSTATE;
 constexpr int kTeams = 4;       // channel teams per block
-constexpr int kConfigFields = 6; // items, cpw, spi, wpc, bcb, seg
+constexpr int kConfigFields = 7; // items, cpw, spi, wpc, bcb, seg, bufs
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kSoftplusThreshold = 20.0f;
 
@@ -47,6 +47,7 @@ struct Params
     int batch, dim, len, dstate, groups;
     int dim_per_group, tiles_per_group;
     int delta_softplus;
+    int async_ok; // L % 8 == 0 and u, delta, B, C 16-byte aligned: every staging vector can be a cp.async
 };
 
 __device__ __forceinline__ float to_float(float x) { return x; }
@@ -150,6 +151,44 @@ __device__ __forceinline__ void store_items(T* p, int nvalid, const float (&in)[
     }
 }
 
+// cp.async (sm_80+): BYTES (4, 8 or 16) from global src into shared dst without a register round trip;
+// the first src_bytes are copied, the rest zero-filled (src_bytes = 0: nothing is read; src must still be
+// a valid address). 16-byte copies bypass L1 (.cg), smaller ones cannot (.ca).
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, int src_bytes)
+{
+    static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
+    const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    if constexpr (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(d), "l"(src), "n"(BYTES), "r"(src_bytes)
+                     : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most PENDING of this thread's committed groups are still in flight.
+template <int PENDING> __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
+
+// NI consecutive elements of T at p (shared memory, aligned to their vector width), as fp32.
+template <typename T, int NI>
+__device__ __forceinline__ void lds_raw_items(const T* p, float (&out)[NI])
+{
+    constexpr int VB = vec_bytes<T, NI>();
+    constexpr int VE = VB / (int) sizeof(T);
+    using V = typename RawVec<VB>::type;
+    T raw[NI];
+#pragma unroll
+    for (int v = 0; v < NI / VE; ++v)
+    {
+        const V q = reinterpret_cast<const V*>(p)[v];
+        memcpy(raw + v * VE, &q, VB);
+    }
+    to_floats(raw, out);
+}
+
 // Shared-memory column of time step l inside a chunk: 4 floats of padding every 32 steps, so that the
 // 16-byte reads of the NITEMS-wide lane slices (and of their halves) hit distinct banks (see NOTES.md).
 __device__ __forceinline__ int pad_col(int l) { return l + 4 * (l >> 5); }
@@ -212,16 +251,16 @@ __device__ __forceinline__ void lds_items(const __half* row, int l, float (&out)
     }
 }
 
-// Stages 16 bytes of a B/C row (VE elements of T, nvalid of them in range; the rest 0) into the smem row
-// element `dst` of type BC: fp32 rows take them converted, fp16 rows (BCB = 2, T = __half) as they are.
+// Stores 16 bytes of a B/C row as loaded (VE elements of T, see load_raw) into the smem row element `dst`
+// of type BC: fp32 rows take them converted, fp16 rows (BCB = 2, T = __half) as they are.
 template <typename T, typename BC>
-__device__ __forceinline__ void stage_bc(const T* src, int nvalid, BC* dst)
+__device__ __forceinline__ void store_bc(const T (&raw)[16 / sizeof(T)], BC* dst)
 {
     constexpr int VE = 16 / (int) sizeof(T);
     if constexpr (sizeof(BC) == sizeof(float))
     {
         float v[VE];
-        load_items<T, VE, false>(src, nvalid, v);
+        to_floats(raw, v);
 #pragma unroll
         for (int e = 0; e < VE; e += 4)
             reinterpret_cast<float4*>(dst)[e / 4] = make_float4(v[e], v[e + 1], v[e + 2], v[e + 3]);
@@ -229,18 +268,9 @@ __device__ __forceinline__ void stage_bc(const T* src, int nvalid, BC* dst)
     else
     {
         static_assert(sizeof(T) == 2, "fp16 B/C rows take fp16 inputs only");
-        uint4 raw;
-        if (nvalid >= VE && (reinterpret_cast<uintptr_t>(src) % 16) == 0)
-            raw = __ldg(reinterpret_cast<const uint4*>(src));
-        else
-        {
-            T tmp[VE];
-#pragma unroll
-            for (int e = 0; e < VE; ++e)
-                tmp[e] = e < nvalid ? src[e] : T(0.f);
-            memcpy(&raw, tmp, 16);
-        }
-        *reinterpret_cast<uint4*>(dst) = raw;
+        uint4 q;
+        memcpy(&q, raw, 16);
+        *reinterpret_cast<uint4*>(dst) = q;
     }
 }
 
@@ -262,14 +292,16 @@ __device__ __forceinline__ void sts_items(float* row, int l, const float (&in)[N
 // Warps per block: kTeams channel teams of WPC warps each (a team = CPW channels).
 template <int WPC> __host__ __device__ constexpr int block_warps() { return kTeams * WPC; }
 
-template <int NITEMS, int CPW, int WPC, int BCB>
-constexpr size_t smem_bytes(int dstate)
+template <int NITEMS, int CPW, int WPC, int BCB, int BUFS>
+constexpr size_t smem_bytes(int dstate, int in_bytes)
 {
-    // Bs, Cs [N][CPAD] of BCB bytes each (a multiple of 16 bytes for any N); then fp32: A2s, carry_s
-    // [kTeams][CPW][kMaxN]; with WPC = 2 the exchange rows xs [kTeams][CPW][CPAD]
-    return (size_t) BCB * 2 * (size_t) dstate * chunk_pad<NITEMS>()
+    // BUFS x (Bs, Cs [N][CPAD] of BCB bytes each: a multiple of 16 bytes for any N); then fp32: A2s,
+    // carry_s [kTeams][CPW][kMaxN]; with WPC = 2 the exchange rows xs [kTeams][CPW][CPAD]; with BUFS = 2
+    // the u / delta slices of both buffers, [2][kTeams][CPW][2][32 NITEMS] of the input dtype
+    return (size_t) BUFS * BCB * 2 * (size_t) dstate * chunk_pad<NITEMS>()
         + sizeof(float)
-        * (2 * (size_t) kTeams * CPW * kMaxN + (WPC > 1 ? (size_t) kTeams * CPW * chunk_pad<NITEMS>() : 0));
+        * (2 * (size_t) kTeams * CPW * kMaxN + (WPC > 1 ? (size_t) kTeams * CPW * chunk_pad<NITEMS>() : 0))
+        + (BUFS > 1 ? (size_t) in_bytes * 2 * kTeams * CPW * 2 * 32 * NITEMS : 0);
 }
 
 // softplus(x) = log1p(exp(x)) for x <= 20, else x. log1p through Goldberg's identity
@@ -302,15 +334,22 @@ template <int WPC> __device__ __forceinline__ void team_sync(int team)
 // alone has read before (NOTES.md, "Two warps per channel").
 // BCB = bytes per B/C element in shared memory: 4 (fp32 rows) or 2 (fp16 rows, fp16 inputs only: staged
 // as loaded, converted on each read; half the shared memory and half the read wavefronts per state).
+// BUFS = chunk buffers in shared memory (NOTES.md, "Staging and prefetch"). 1: each chunk's B/C rows are
+// staged at its start, all of a thread's loads in flight at once (cp.async where the rows take the input
+// dtype and p.async_ok, else register loads in batches); 2 (one warp per channel, rows in the input dtype,
+// p.async_ok only: the launcher runs the BUFS = 1 twin otherwise): while a chunk is computed, cp.async
+// fills the other buffer with the next chunk's B/C rows and every lane's u / delta slices.
 // MINB = the launch bounds' minimum resident blocks per SM: a register cap per configuration (NOTES.md,
 // "Resource usage"), chosen so that ptxas does not jump to the next occupancy step and nothing spills;
 // 0 = none (ptxas's own occupancy heuristic, as for every one-warp configuration).
-template <typename T, int NITEMS, int CPW, int SPI, int WPC, int BCB, int MINB>
+template <typename T, int NITEMS, int CPW, int SPI, int WPC, int BCB, int BUFS, int MINB>
 __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_fwd_kernel(const Params p)
 {
     static_assert(WPC == 1 || WPC == 2, "one or two warps per channel");
     static_assert(BCB == 4 || (BCB == 2 && sizeof(T) == 2), "fp16 B/C rows for fp16 inputs only");
     using BC = typename std::conditional<BCB == 2, __half, float>::type;
+    constexpr bool RAW = std::is_same<BC, T>::value; // rows hold B/C as loaded: cp.async can stage them
+    static_assert(BUFS == 1 || (BUFS == 2 && WPC == 1 && RAW), "double buffers: one warp per channel, raw rows");
     static_assert(NITEMS % WPC == 0, "each warp of a team finalises NITEMS / WPC steps per lane");
     constexpr int CHUNK = 32 * NITEMS;
     constexpr int CPAD = chunk_pad<NITEMS>();
@@ -320,11 +359,11 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
     constexpr bool STREAM = WPC == 1;          // u is read by both warps of a team: keep it in L1 then
     extern __shared__ __align__(16) float smem[];
     const int N = p.dstate;
-    BC* Bs = reinterpret_cast<BC*>(smem);              // [N][CPAD]
-    BC* Cs = Bs + N * CPAD;                            // [N][CPAD]
-    float* A2s = reinterpret_cast<float*>(Cs + N * CPAD); // [kTeams][CPW][kMaxN]   A * log2(e)
+    BC* Bs = reinterpret_cast<BC*>(smem);              // [BUFS][2][N][CPAD]: per buffer B rows, C rows
+    float* A2s = reinterpret_cast<float*>(Bs + BUFS * 2 * N * CPAD); // [kTeams][CPW][kMaxN] A * log2(e)
     float* carry_s = A2s + kTeams * CPW * kMaxN;       // [kTeams][CPW][kMaxN]   state at chunk end
     float* xs = carry_s + kTeams * CPW * kMaxN;        // [kTeams][CPW][CPAD]    WPC = 2 only
+    T* uds = reinterpret_cast<T*>(xs + (WPC > 1 ? kTeams * CPW * CPAD : 0)); // [2][kTeams][CPW][2][CHUNK] BUFS = 2
 
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
@@ -368,8 +407,6 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
     // (read only after the first chunk's __syncthreads). This warp's views, from its first state on:
     const float* A2w = A2s + team * CPW * kMaxN + nbeg;
     float* carry_w = carry_s + team * CPW * kMaxN + nbeg;
-    const BC* Bw = Bs + nbeg * CPAD;
-    const BC* Cw = Cs + nbeg * CPAD;
 
     const T* u = static_cast<const T*>(p.u);
     const T* dl = static_cast<const T*>(p.delta);
@@ -378,24 +415,99 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
     const T* Bg = static_cast<const T*>(p.B) + bc_base;
     const T* Cg = static_cast<const T*>(p.C) + bc_base;
 
-    for (int l0 = 0; l0 < L; l0 += CHUNK)
-    {
-        __syncthreads(); // the previous chunk's reads of Bs/Cs (and xs) are done
-        // ---- stage B and C of this group for the chunk: N rows x CHUNK steps, in smem as BC
+    // B/C rows of chunk c0 into buffer buf by cp.async (needs p.async_ok: 16-byte aligned vectors that are
+    // wholly in or out of range); with BUFS = 2 also every lane's u / delta slices of its channels.
+    const int nvec_row = CHUNK / VE;
+    auto issue_chunk = [&](int c0, int buf) {
+        BC* Bb = Bs + buf * 2 * N * CPAD;
+        for (int i = threadIdx.x; i < 2 * N * nvec_row; i += NTHREADS)
         {
-            const int nvec_row = CHUNK / VE;
-            const int total = 2 * N * nvec_row;
-            for (int i = threadIdx.x; i < total; i += NTHREADS)
+            const int which = i / (N * nvec_row);
+            const int rem = i - which * (N * nvec_row);
+            const int n = rem / nvec_row;
+            const int col = (rem - n * nvec_row) * VE;
+            const T* src = (which ? Cg : Bg) + (size_t) n * L + c0 + col;
+            BC* row = Bb + (which * N + n) * CPAD;
+            const bool in = c0 + col < L;
+            cp_async<16>(row + bc_col(row, col), in ? src : Bg, in ? 16 : 0);
+        }
+        if constexpr (BUFS > 1)
+        {
+            constexpr int PB = vec_bytes<T, NITEMS>(); // bytes per copy
+            constexpr int PE = PB / (int) sizeof(T);
+            const int ls = c0 + lane * NITEMS;
+#pragma unroll
+            for (int c = 0; c < CPW; ++c)
             {
-                const int which = i / (N * nvec_row);
-                const int rem = i - which * (N * nvec_row);
-                const int n = rem / nvec_row;
-                const int col = (rem - n * nvec_row) * VE;
-                const T* src = (which ? Cg : Bg) + (size_t) n * L + l0 + col;
-                BC* row = (which ? Cs : Bs) + n * CPAD;
-                stage_bc<T, BC>(src, L - (l0 + col), row + bc_col(row, col));
+                const size_t row = ((size_t) b * p.dim + (valid[c] ? d0 + c : 0)) * L;
+                T* dst = uds + ((size_t) ((buf * kTeams + team) * CPW + c) * 2) * CHUNK + lane * NITEMS;
+#pragma unroll
+                for (int v = 0; v < NITEMS / PE; ++v)
+                {
+                    const bool in = valid[c] && ls + v * PE < L;
+                    cp_async<PB>(dst + v * PE, in ? u + row + ls + v * PE : u, in ? PB : 0);
+                    cp_async<PB>(dst + CHUNK + v * PE, in ? dl + row + ls + v * PE : dl, in ? PB : 0);
+                }
             }
         }
+    };
+    if constexpr (BUFS > 1)
+    {
+        issue_chunk(0, 0);
+        cp_async_commit();
+    }
+
+    int buf = 0; // the buffer of this chunk (BUFS = 2: alternating)
+    for (int l0 = 0; l0 < L; l0 += CHUNK, buf ^= BUFS - 1)
+    {
+        __syncthreads(); // the previous chunk's reads of its buffer (and of xs) are done
+        if constexpr (BUFS > 1)
+        {
+            if (l0 + CHUNK < L)
+                issue_chunk(l0 + CHUNK, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>(); // this thread's copies of chunk l0 have landed
+        }
+        else if (RAW && p.async_ok)
+            issue_chunk(l0, 0); // waited for after the u / delta loads below are issued
+        else
+        {
+            // ---- stage B and C of this group for the chunk: N rows x CHUNK steps, in smem as BC; a
+            // thread's loads in batches of SB ahead of their stores (one latency per batch, not per vector)
+            constexpr int SB = WPC == 1 ? 4 : 2; // (two-warp kernels: fewer registers to spare)
+            const int total = 2 * N * nvec_row;
+            // vector i: (B or C, state n, column col) of the chunk's rows
+            const auto where = [&](int i, int& n2, int& col) {
+                n2 = i / nvec_row; // which * N + n
+                col = (i - n2 * nvec_row) * VE;
+            };
+            for (int i0 = threadIdx.x; i0 < total; i0 += SB * NTHREADS)
+            {
+                T raw[SB][VE];
+#pragma unroll
+                for (int j = 0; j < SB; ++j)
+                {
+                    int n2, col;
+                    where(min(i0 + j * NTHREADS, total - 1), n2, col); // past the end: reload the last vector
+                    const bool is_c = n2 >= N;
+                    const T* src = (is_c ? Cg : Bg) + (size_t) (n2 - (is_c ? N : 0)) * L + l0 + col;
+                    load_raw<T, VE, false>(src, L - (l0 + col), raw[j]);
+                }
+#pragma unroll
+                for (int j = 0; j < SB; ++j)
+                {
+                    if (i0 + j * NTHREADS < total)
+                    {
+                        int n2, col;
+                        where(i0 + j * NTHREADS, n2, col);
+                        BC* row = Bs + n2 * CPAD;
+                        store_bc<T, BC>(raw[j], row + bc_col(row, col));
+                    }
+                }
+            }
+        }
+        const BC* Bw = Bs + buf * 2 * N * CPAD + nbeg * CPAD; // this warp's states in this chunk's buffer
+        const BC* Cw = Bw + N * CPAD;
         // ---- this lane's slice of u (all NITEMS steps) and the softplus of its PART steps of delta
         const int ls = l0 + lane * NITEMS;
         const int nvalid = L - ls;
@@ -408,8 +520,18 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
             const size_t row = ((size_t) b * p.dim + (valid[c] ? d0 + c : 0)) * L;
             const int nv = valid[c] ? nvalid : 0;
             float xp[PART];
-            load_items<T, NITEMS, STREAM>(u + row + ls, nv, uu[c]);
-            load_items<T, PART, STREAM>(dl + row + ls + own, nv - own, xp);
+            if constexpr (BUFS > 1)
+            {
+                // this thread's own copies (cp_async_wait above): no barrier needed; out of range = 0
+                const T* src = uds + ((size_t) ((buf * kTeams + team) * CPW + c) * 2) * CHUNK + lane * NITEMS;
+                lds_raw_items<T, NITEMS>(src, uu[c]);
+                lds_raw_items<T, PART>(src + CHUNK, xp);
+            }
+            else
+            {
+                load_items<T, NITEMS, STREAM>(u + row + ls, nv, uu[c]);
+                load_items<T, PART, STREAM>(dl + row + ls + own, nv - own, xp);
+            }
 #pragma unroll
             for (int j = 0; j < PART; ++j)
             {
@@ -441,6 +563,14 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
                     dlt[c][j] = xp[j];
                     dlt[c][PART + j] = xp[j];
                 }
+            }
+        }
+        if constexpr (BUFS == 1 && RAW)
+        {
+            if (p.async_ok)
+            {
+                cp_async_commit();
+                cp_async_wait<0>();
             }
         }
         __syncthreads(); // Bs/Cs (and the partner's softplus half in xs) ready
@@ -581,16 +711,21 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
     }
 }
 
-template <typename T, int NITEMS, int CPW, int SPI, int WPC, int BCB, int MINB>
+template <typename T, int NITEMS, int CPW, int SPI, int WPC, int BCB, int BUFS, int MINB>
 int launch(const Params& p0, cudaStream_t stream)
 {
+    if constexpr (BUFS > 1)
+    {
+        if (!p0.async_ok) // the prefetch copies need aligned, whole vectors: the single-buffer twin then
+            return launch<T, NITEMS, CPW, SPI, WPC, BCB, 1, MINB>(p0, stream);
+    }
     Params p = p0;
     p.tiles_per_group = (p.dim_per_group + kTeams * CPW - 1) / (kTeams * CPW);
     const long long nblocks = (long long) p.batch * p.groups * p.tiles_per_group;
     if (nblocks > 0x7fffffffLL)
         return MHUNET_SCAN_ERR_BAD_SHAPE;
-    const size_t smem = smem_bytes<NITEMS, CPW, WPC, BCB>(p.dstate);
-    auto kernel = selective_scan_fwd_kernel<T, NITEMS, CPW, SPI, WPC, BCB, MINB>;
+    const size_t smem = smem_bytes<NITEMS, CPW, WPC, BCB, BUFS>(p.dstate, (int) sizeof(T));
+    auto kernel = selective_scan_fwd_kernel<T, NITEMS, CPW, SPI, WPC, BCB, BUFS, MINB>;
     if (smem > 48 * 1024)
     {
         // Raise the dynamic shared-memory limit (a per-device attribute, so set on every launch: it is a
@@ -864,18 +999,24 @@ int launch_seq(const Params& p0, int seg, cudaStream_t stream)
     return cudaGetLastError() == cudaSuccess ? MHUNET_SCAN_OK : MHUNET_SCAN_ERR_CUDA;
 }
 
-// The compiled configurations (items, cpw, spi, wpc, bcb; then MINB, not part of the configuration's
+// The compiled configurations (items, cpw, spi, wpc, bcb, bufs; then MINB, not part of the configuration's
 // name). One list serves dispatch and the Python side's sweep (mhunet_selective_scan_configs). Two-warp
 // configurations whose registers cannot be capped without spilling (8x1x4, 8x2x1, 16x1x2) are not built;
-// bcb = 2 (fp16 B/C rows) is built for fp16 inputs only (fp32 inputs: MHUNET_SCAN_ERR_BAD_CONFIG).
+// bcb = 2 (fp16 B/C rows) is built for fp16 inputs only (fp32 inputs: MHUNET_SCAN_ERR_BAD_CONFIG); bufs = 2
+// (double buffers, rows in the input dtype) for fp16 inputs with bcb = 2 and fp32 inputs with bcb = 4.
 #define MHUNET_SCAN_CONFIGS(X)                                                                                         \
-    X(2, 1, 1, 1, 4, 0) X(2, 2, 1, 1, 4, 0) X(4, 1, 1, 1, 4, 0) X(4, 2, 1, 1, 4, 0) X(8, 1, 1, 1, 4, 0)                \
-    X(8, 2, 1, 1, 4, 0) X(16, 1, 1, 1, 4, 0) X(16, 2, 1, 1, 4, 0) X(2, 1, 2, 1, 4, 0) X(2, 2, 2, 1, 4, 0)              \
-    X(4, 1, 2, 1, 4, 0) X(4, 2, 2, 1, 4, 4) X(8, 1, 2, 1, 4, 6) X(16, 1, 2, 1, 4, 0) X(2, 1, 4, 1, 4, 0)               \
-    X(2, 2, 4, 1, 4, 0) X(4, 1, 4, 1, 4, 0) X(8, 1, 4, 1, 4, 0) X(4, 1, 1, 2, 4, 3) X(4, 1, 2, 2, 4, 3)                \
-    X(4, 1, 4, 2, 4, 2) X(4, 2, 1, 2, 4, 2) X(8, 1, 1, 2, 4, 2) X(8, 1, 2, 2, 4, 2) X(4, 1, 2, 1, 2, 0)                \
-    X(8, 1, 1, 1, 2, 0) X(8, 1, 2, 1, 2, 7) X(8, 1, 4, 1, 2, 0) X(8, 2, 1, 1, 2, 0) X(16, 1, 2, 1, 2, 0)               \
-    X(4, 1, 2, 2, 2, 3) X(8, 1, 2, 2, 2, 2) X(4, 1, 1, 2, 2, 4)
+    X(2, 1, 1, 1, 4, 1, 0) X(2, 2, 1, 1, 4, 1, 0) X(4, 1, 1, 1, 4, 1, 0) X(4, 2, 1, 1, 4, 1, 0)                        \
+    X(8, 1, 1, 1, 4, 1, 0) X(8, 2, 1, 1, 4, 1, 0) X(16, 1, 1, 1, 4, 1, 0) X(16, 2, 1, 1, 4, 1, 0)                      \
+    X(2, 1, 2, 1, 4, 1, 0) X(2, 2, 2, 1, 4, 1, 0) X(4, 1, 2, 1, 4, 1, 0) X(4, 2, 2, 1, 4, 1, 4)                        \
+    X(8, 1, 2, 1, 4, 1, 6) X(16, 1, 2, 1, 4, 1, 0) X(2, 1, 4, 1, 4, 1, 0) X(2, 2, 4, 1, 4, 1, 0)                       \
+    X(4, 1, 4, 1, 4, 1, 0) X(8, 1, 4, 1, 4, 1, 3) X(4, 1, 1, 2, 4, 1, 3) X(4, 1, 2, 2, 4, 1, 2)                        \
+    X(4, 1, 4, 2, 4, 1, 2) X(4, 2, 1, 2, 4, 1, 2) X(8, 1, 1, 2, 4, 1, 2) X(8, 1, 2, 2, 4, 1, 2)                        \
+    X(2, 2, 1, 1, 2, 1, 0) X(4, 1, 2, 1, 2, 1, 0) X(8, 1, 1, 1, 2, 1, 0) X(8, 1, 2, 1, 2, 1, 6)                        \
+    X(8, 1, 4, 1, 2, 1, 0) X(8, 2, 1, 1, 2, 1, 0) X(16, 1, 2, 1, 2, 1, 0) X(4, 1, 2, 2, 2, 1, 2)                       \
+    X(8, 1, 2, 2, 2, 1, 2) X(4, 1, 1, 2, 2, 1, 3)                                                                      \
+    X(2, 2, 1, 1, 4, 2, 0) X(4, 1, 2, 1, 4, 2, 0) X(4, 2, 1, 1, 4, 2, 0) X(8, 1, 2, 1, 4, 2, 0)                        \
+    X(8, 2, 1, 1, 4, 2, 0) X(2, 2, 1, 1, 2, 2, 0) X(4, 1, 2, 1, 2, 2, 0) X(8, 1, 1, 1, 2, 2, 5)                        \
+    X(8, 1, 2, 1, 2, 2, 5) X(8, 2, 1, 1, 2, 2, 4)
 
 // The sequential family (seg > 0): (KSTEP, SEG) = steps per inner block, steps per segment; listed as
 // (items = KSTEP, cpw = 1, spi = 1, wpc = 1, bcb = 4, seg = SEG). One kernel per KSTEP and dtype (seg is
@@ -883,22 +1024,22 @@ int launch_seq(const Params& p0, int seg, cudaStream_t stream)
 #define MHUNET_SCAN_SEQ_CONFIGS(X) X(4, 32) X(4, 64) X(8, 32) X(8, 64) X(8, 128) X(8, 256)
 
 template <typename T>
-int dispatch(const Params& p, int items, int cpw, int spi, int wpc, int bcb, int seg, cudaStream_t stream)
+int dispatch(const Params& p, int items, int cpw, int spi, int wpc, int bcb, int seg, int bufs, cudaStream_t stream)
 {
     if (seg > 0)
     {
 #define MHUNET_SCAN_SEQ_CASE(KS, SG)                                                                                   \
-    if (items == KS && cpw == 1 && spi == 1 && wpc == 1 && bcb == 4 && seg == SG)                                      \
+    if (items == KS && cpw == 1 && spi == 1 && wpc == 1 && bcb == 4 && seg == SG && bufs == 1)                         \
         return launch_seq<T, KS>(p, seg, stream);
         MHUNET_SCAN_SEQ_CONFIGS(MHUNET_SCAN_SEQ_CASE)
 #undef MHUNET_SCAN_SEQ_CASE
         return MHUNET_SCAN_ERR_BAD_CONFIG;
     }
-#define MHUNET_SCAN_CASE(NI, CP, SP, WP, BB, MB)                                                                       \
-    if (items == NI && cpw == CP && spi == SP && wpc == WP && bcb == BB)                                               \
+#define MHUNET_SCAN_CASE(NI, CP, SP, WP, BB, BF, MB)                                                                   \
+    if (items == NI && cpw == CP && spi == SP && wpc == WP && bcb == BB && bufs == BF)                                 \
     {                                                                                                                  \
-        if constexpr (BB == 4 || sizeof(T) == 2)                                                                       \
-            return launch<T, NI, CP, SP, WP, BB, MB>(p, stream);                                                       \
+        if constexpr ((BB == 4 || sizeof(T) == 2) && (BF == 1 || BB == (int) sizeof(T)))                               \
+            return launch<T, NI, CP, SP, WP, BB, BF, MB>(p, stream);                                                   \
         else                                                                                                           \
             return MHUNET_SCAN_ERR_BAD_CONFIG;                                                                         \
     }
@@ -915,45 +1056,48 @@ namespace mhunet
 namespace scan
 {
 // The default configuration, chosen from the tuning sweeps of every compiled configuration on the H200
-// (NOTES.md, "Default configuration"; the sweeps: BENCHMARKS.md section 4), as {items, cpw, spi, wpc,
-// bcb, seg}. The chunked family (seg = 0): L = 64: 2x2x1; L = 128: 4x1x2 (interpolated); L >= 256: fp16
-// 8x1x2, fp32 8x2x1 except a long sequence over few rows (L >= 2048, B x D < 8192): 8x1x2. One warp per
-// channel and fp32 B/C rows: the two-warp and fp16-row configurations never won by enough.
+// (NOTES.md, "Default configuration"; the sweeps and the staging A/B: BENCHMARKS.md section 4), as
+// {items, cpw, spi, wpc, bcb, seg, bufs}. The chunked family (seg = 0): L = 64: 2x2x1; L = 128: 4x1x2
+// (interpolated); L >= 256: 8x2x1 (two channels share each B/C read) over >= 4096 rows, 8x1x2 below
+// (light stage 1 at batch 8: 2048 rows, where 8x2x1's 128 registers leave too few warps). fp16 inputs:
+// fp16 B/C rows, double-buffered (the next chunk's rows and u / delta arrive by cp.async while one is
+// computed); fp32: fp32 rows, double-buffered at L <= 128 only (two fp32 buffers halve the resident
+// blocks at 8 steps per lane). One warp per channel: the two-warp configurations never won.
 void chunked_default(long long rows, int len, int dtype, int (&cfg)[kConfigFields])
 {
-    int it = 8, cp = 1, sp = 2;
+    const bool fp16 = dtype == MHUNET_SCAN_FP16;
+    int it = 8, cp = rows >= 4096 ? 2 : 1, bufs = fp16 ? 2 : 1;
     if (len <= 64)
     {
         it = 2;
         cp = 2;
-        sp = 1;
+        bufs = 2;
     }
     else if (len <= 128)
-        it = 4;
-    else if (dtype == MHUNET_SCAN_FP32 && !(len >= 2048 && rows < 8192))
     {
-        cp = 2;
-        sp = 1;
+        it = 4;
+        cp = 1;
+        bufs = 2;
     }
-    const int c[kConfigFields] = {it, cp, sp, 1, 4, 0};
+    const int c[kConfigFields] = {it, cp, cp == 2 ? 1 : 2, 1, fp16 ? 2 : 4, 0, bufs};
     memcpy(cfg, c, sizeof c);
 }
 
-// The sequential family (seg > 0; its fields 8 steps per block, 1, 1, 1, 4) where the second sweep had it
-// >= 11 % ahead of the chunked default: L = 64 over >= 49152 rows (seg 32, 2 segments); L = 256-1023
-// over >= 65536 rows (seg 128); fp32 L >= 1024 over >= 24576 rows (seg 256). 0 elsewhere.
+// The sequential family (seg > 0; its fields 8 steps per block, 1, 1, 1, 4, bufs 1) where the sweeps had
+// it >= 11 % ahead of the chunked default: L = 64 over >= 49152 rows (seg 32, 2 segments); L = 256-1023
+// over >= 65536 rows (seg 128). (fp32 L >= 1024 over >= 24576 rows took seg 256 until the chunked
+// family's staging moved to cp.async: BENCHMARKS.md section 4.) 0 elsewhere.
 int sequential_default_seg(long long rows, int len, int dtype)
 {
+    (void) dtype;
     if (len == 64 && rows >= 49152)
         return 32;
     if (len >= 256 && len < 1024 && rows >= 65536)
         return 128;
-    if (dtype == MHUNET_SCAN_FP32 && len >= 1024 && rows >= 24576)
-        return 256;
     return 0;
 }
 
-constexpr int kSequentialFields[kConfigFields] = {8, 1, 1, 1, 4, 0};
+constexpr int kSequentialFields[kConfigFields] = {8, 1, 1, 1, 4, 0, 1};
 
 void default_config(int batch, int dim, int len, int dtype, int (&cfg)[kConfigFields])
 {
@@ -962,18 +1106,18 @@ void default_config(int batch, int dim, int len, int dtype, int (&cfg)[kConfigFi
     if (seg == 0)
         return chunked_default(rows, len, dtype, cfg);
     memcpy(cfg, kSequentialFields, sizeof kSequentialFields);
-    cfg[kConfigFields - 1] = seg;
+    cfg[5] = seg;
 }
 } // namespace scan
 } // namespace mhunet
 
 extern "C" void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int dtype, int* items,
-    int* cpw, int* spi, int* wpc, int* bcb, int* seg)
+    int* cpw, int* spi, int* wpc, int* bcb, int* seg, int* bufs)
 {
     (void) groups;
     int cfg[mhunet::scan::kConfigFields];
     mhunet::scan::default_config(batch, dim, len, dtype, cfg);
-    int* out[] = {items, cpw, spi, wpc, bcb, seg};
+    int* out[] = {items, cpw, spi, wpc, bcb, seg, bufs};
     for (int i = 0; i < mhunet::scan::kConfigFields; ++i)
         *out[i] = cfg[i];
 }
@@ -982,10 +1126,10 @@ extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
 {
     using mhunet::scan::kConfigFields;
     int n = 0;
-#define MHUNET_SCAN_LIST(NI, CP, SP, WP, BB, MB)                                                                       \
+#define MHUNET_SCAN_LIST(NI, CP, SP, WP, BB, BF, MB)                                                                   \
     if (n < capacity)                                                                                                  \
     {                                                                                                                  \
-        const int c[kConfigFields] = {NI, CP, SP, WP, BB, 0};                                                          \
+        const int c[kConfigFields] = {NI, CP, SP, WP, BB, 0, BF};                                                      \
         memcpy(out + kConfigFields * n, c, sizeof c);                                                                  \
     }                                                                                                                  \
     ++n;
@@ -994,7 +1138,7 @@ extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
 #define MHUNET_SCAN_SEQ_LIST(KS, SG)                                                                                   \
     if (n < capacity)                                                                                                  \
     {                                                                                                                  \
-        const int c[kConfigFields] = {KS, 1, 1, 1, 4, SG};                                                             \
+        const int c[kConfigFields] = {KS, 1, 1, 1, 4, SG, 1};                                                          \
         memcpy(out + kConfigFields * n, c, sizeof c);                                                                  \
     }                                                                                                                  \
     ++n;
@@ -1005,7 +1149,7 @@ extern "C" int mhunet_selective_scan_configs(int* out, int capacity)
 
 extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,
     const void* C, const float* D, const float* delta_bias, float* y, int batch, int dim, int len, int dstate,
-    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, int bcb, int seg,
+    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, int bcb, int seg, int bufs,
     cudaStream_t stream)
 {
     using namespace mhunet::scan;
@@ -1021,13 +1165,13 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
         return MHUNET_SCAN_OK;
     if (!u || !delta || !A || !B || !C || !y)
         return MHUNET_SCAN_ERR_NULL_POINTER;
-    if (seg < 0)
+    if (seg < 0 || bufs < 0)
         return MHUNET_SCAN_ERR_BAD_CONFIG;
     // All fields 0: the default configuration (either family). Otherwise the fields given choose the
     // family (seg > 0: the sequential one) and its zero fields take that family's default.
-    int cfg[kConfigFields] = {items, cpw, spi, wpc, bcb, seg};
+    int cfg[kConfigFields] = {items, cpw, spi, wpc, bcb, seg, bufs};
     int def[kConfigFields];
-    const bool all_default = !(items || cpw || spi || wpc || bcb || seg);
+    const bool all_default = !(items || cpw || spi || wpc || bcb || seg || bufs);
     if (all_default)
         default_config(batch, dim, len, dtype, def);
     else if (seg > 0)
@@ -1053,8 +1197,11 @@ extern "C" int mhunet_selective_scan_fwd_config(const void* u, const void* delta
     p.groups = groups;
     p.dim_per_group = dim / groups;
     p.delta_softplus = delta_softplus ? 1 : 0;
-    return dtype == MHUNET_SCAN_FP32 ? dispatch<float>(p, cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], stream)
-                                     : dispatch<__half>(p, cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], stream);
+    const auto aligned = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
+    p.async_ok = len % 8 == 0 && aligned(u) && aligned(delta) && aligned(B) && aligned(C);
+    return dtype == MHUNET_SCAN_FP32
+        ? dispatch<float>(p, cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], cfg[6], stream)
+        : dispatch<__half>(p, cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], cfg[6], stream);
 }
 
 extern "C" int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, const void* B,
@@ -1062,7 +1209,7 @@ extern "C" int mhunet_selective_scan_fwd(const void* u, const void* delta, const
     int groups, int delta_softplus, int dtype, cudaStream_t stream)
 {
     return mhunet_selective_scan_fwd_config(u, delta, A, B, C, D, delta_bias, y, batch, dim, len, dstate, groups,
-        delta_softplus, dtype, 0, 0, 0, 0, 0, 0, stream);
+        delta_softplus, dtype, 0, 0, 0, 0, 0, 0, 0, stream);
 }
 
 extern "C" const char* mhunet_selective_scan_error_string(int code)

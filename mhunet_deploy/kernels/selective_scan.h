@@ -57,22 +57,26 @@ int mhunet_selective_scan_fwd(const void* u, const void* delta, const float* A, 
 //! per B/C element in shared memory (4: fp32; 2: fp16, for fp16 inputs only), seg = steps per segment:
 //! 0 = the chunked family above; > 0 = the sequential family (lane = channel, all N states in registers,
 //! L split into segments of seg steps, three launches; items = steps per inner block, the other fields 1,
-//! 1, 1, 4; kernels/NOTES.md, "Sequential lanes").
+//! 1, 1, 4; kernels/NOTES.md, "Sequential lanes"), bufs = chunk buffers in shared memory (chunked family:
+//! 1, or 2 = the next chunk's B/C rows and u/delta slices prefetched by cp.async while one is computed, for
+//! B/C rows in the input dtype: bcb = 2 with fp16 inputs, bcb = 4 with fp32; the single-buffer twin runs
+//! where L % 8 != 0 or a pointer is not 16-byte aligned; the sequential family: 1).
 //! 0 picks the default for that parameter (with seg > 0: the sequential family's); a combination that is
-//! not compiled (or bcb = 2 with fp32 inputs) returns MHUNET_SCAN_ERR_BAD_CONFIG (the list:
-//! mhunet_selective_scan_configs).
+//! not compiled (or bcb = 2 with fp32 inputs, or bufs = 2 with rows not in the input dtype) returns
+//! MHUNET_SCAN_ERR_BAD_CONFIG (the list: mhunet_selective_scan_configs).
 int mhunet_selective_scan_fwd_config(const void* u, const void* delta, const float* A, const void* B,
     const void* C, const float* D, const float* delta_bias, float* y, int batch, int dim, int len, int dstate,
-    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, int bcb, int seg,
+    int groups, int delta_softplus, int dtype, int items, int cpw, int spi, int wpc, int bcb, int seg, int bufs,
     cudaStream_t stream);
 
 //! The configuration mhunet_selective_scan_fwd uses for a shape and dtype (writes items, cpw, spi, wpc,
-//! bcb and seg): a small table keyed on L, batch x dim and dtype, from the tuning sweep (kernels/NOTES.md).
+//! bcb, seg and bufs): a small table keyed on L, batch x dim and dtype, from the tuning sweep
+//! (kernels/NOTES.md).
 void mhunet_selective_scan_default_config(int batch, int dim, int len, int groups, int dtype, int* items,
-    int* cpw, int* spi, int* wpc, int* bcb, int* seg);
+    int* cpw, int* spi, int* wpc, int* bcb, int* seg, int* bufs);
 
-//! The compiled configurations: writes up to `capacity` 6-tuples (items, cpw, spi, wpc, bcb, seg) into
-//! `out` (6 ints each) and returns how many there are.
+//! The compiled configurations: writes up to `capacity` 7-tuples (items, cpw, spi, wpc, bcb, seg, bufs)
+//! into `out` (7 ints each) and returns how many there are.
 int mhunet_selective_scan_configs(int* out, int capacity);
 
 //! Static, human-readable text for a status code.

@@ -7,7 +7,10 @@
 # 1. builds both kernel libraries (CMake, kernel only; 0 spills is checked by tests/test_plugin_build.py);
 # 2. this tree's library: verify_kernel.py --quick (fp64 correctness of every configuration) and
 #    tests/test_cuda_scan.py on the GPU;
-# 3. time_defaults.py on both, alternating old, new, old, new (each in its own process, its own sources).
+# 3. time_defaults.py on both, alternating old, new, old, new (each in its own process, its own sources);
+#    EXTRA="c1 c2 ..." (comma-separated configurations of this tree) are timed beside the new defaults in
+#    both new rounds; MAMBA_WAIT=<s> times mamba-ssm in the first new round (MAMBA_SITE / MAMBA_DONE as
+#    for verify_kernel.py: a build the caller makes beside the repository, never this script).
 # Everything under $OUT, packed into $OUT/ab.tgz.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -28,11 +31,15 @@ MHUNET_SCAN_LIB=$NEW_LIB PYTHONPATH=$PWD python3 -m pytest -q -p no:cacheprovide
   > "$OUT/ab/pytest_cuda_scan.log" 2>&1 || status=1
 tail -1 "$OUT/ab/pytest_cuda_scan.log"
 pack
+extra=()
+for c in ${EXTRA:-}; do extra+=(--config "$c"); done
 for r in 1 2; do
   (cd "$OLD" && MHUNET_SCAN_LIB=$OLD_LIB python3 scripts/gpu/time_defaults.py --tag "old$r" --out "$OUT/ab") \
     > "$OUT/ab/time_old$r.log" 2>&1 || status=1
-  MHUNET_SCAN_LIB=$NEW_LIB python3 scripts/gpu/time_defaults.py --tag "new$r" --out "$OUT/ab" \
-    > "$OUT/ab/time_new$r.log" 2>&1 || status=1
+  mamba=()
+  [ "$r" = 1 ] && [ -n "${MAMBA_WAIT:-}" ] && mamba=(--mamba "$MAMBA_WAIT")
+  MHUNET_SCAN_LIB=$NEW_LIB python3 scripts/gpu/time_defaults.py --tag "new$r" --out "$OUT/ab" "${extra[@]}" \
+    "${mamba[@]}" > "$OUT/ab/time_new$r.log" 2>&1 || status=1
   pack
 done
 grep -h forward "$OUT"/ab/time_*.log

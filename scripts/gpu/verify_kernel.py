@@ -6,8 +6,9 @@ Contract v2: u, delta, B, C fp32 or fp16 (one dtype), y float32 always.
     configs, odd lengths, G=4 and G=1, fp32 inputs (rel L2 <= 1e-5) and fp16 inputs (<= 1e-4: 10x the
     fp32 bound, below the ~3e-4 that an fp16-rounded y would cost), y checked to be float32, outputs
     poisoned with NaN, fresh inputs per check; every compiled kernel configuration (items x cpw x spi x
-    wpc x bcb) on odd lengths (bcb = 2, fp16 B/C rows in shared memory: fp16 inputs only, and refused
-    for fp32 inputs), and every two-warp configuration (wpc = 2: the warps split the N states) at
+    wpc x bcb x seg x bufs) at L = 65, 1000 (cp.async staging: L % 8 == 0), 4097 (bcb = 2, fp16 B/C rows
+    in shared memory: fp16 inputs only, refused for fp32 inputs; bufs = 2 with fp32 rows refused for fp16
+    inputs; bufs = 2 also with misaligned u and B: the single-buffer twin), and every two-warp configuration (wpc = 2: the warps split the N states) at
     N = 1, 7 with D not a multiple of the block's channels; every sequential configuration (seg > 0:
     lane = channel, L split into segments; NOTES.md "Sequential lanes") at L = 1, 63, 64, 65, 1000, 4097
     (one segment, exact multiples, remainders), N = 1, 7, 16, G = 1, 4, D = 72 (not a multiple of the
@@ -188,8 +189,11 @@ def cfg_worth_timing(c, l):
 
 
 def cfg_takes(c, dtype):
-    """Whether configuration c runs this input dtype (bcb = 2: fp16 B/C rows, fp16 inputs only)."""
-    return c[4] == 4 or dtype == torch.float16
+    """Whether configuration c runs this input dtype (bcb = 2: fp16 B/C rows, fp16 inputs only; bufs = 2
+    with bcb = 4: fp32 rows filled by cp.async as loaded, fp32 inputs only)."""
+    if c[4] == 2:
+        return dtype == torch.float16
+    return c[6] == 1 or dtype == torch.float32
 
 
 def empty_y(u):
@@ -297,18 +301,38 @@ def main():
             )
             if not ok:
                 log(f"FAIL {name} G={g} {dtype}: rel_l2={err:.3g} > {tol}")
-    # fp16 B/C rows (bcb = 2) with fp32 inputs: refused, not run with rounded B/C
-    for c in (c for c in configs if c[4] == 2):
-        inp = make_inputs(1, 8, 40, 1, torch.float32, gen=gen)
+    # a dtype a configuration does not take is refused, not run: fp16 B/C rows (bcb = 2) with fp32 inputs
+    # (rounded B/C), double-buffered fp32 rows (bufs = 2, bcb = 4) with fp16 inputs (cp.async cannot convert)
+    for c in (c for c in configs if not (cfg_takes(c, torch.float32) and cfg_takes(c, torch.float16))):
+        wrong = torch.float16 if cfg_takes(c, torch.float32) else torch.float32
+        inp = make_inputs(1, 8, 40, 1, wrong, gen=gen)
         try:
             ours(*inp, **cfg_kwargs(c))
             refused = False
         except RuntimeError as e:
             refused = "unsupported kernel config" in str(e)
         n_fail += not refused
-        results["correctness"].append({"case": f"cfg {cfg_name(c)} refuses fp32 inputs", "ok": refused})
+        results["correctness"].append({"case": f"cfg {cfg_name(c)} refuses {wrong} inputs", "ok": refused})
         if not refused:
-            log(f"FAIL cfg {cfg_name(c)} ran fp32 inputs (fp16 B/C rows need fp16 inputs)")
+            log(f"FAIL cfg {cfg_name(c)} ran {wrong} inputs")
+    # double buffers (bufs = 2) need 16-byte aligned rows: with u and B one element off their alignment
+    # (L = 1000 is a multiple of 8) the launcher runs the single-buffer twin, which must agree as well
+    for c in (c for c in configs if c[6] == 2):
+        dtype = torch.float16 if cfg_takes(c, torch.float16) else torch.float32
+        inp = list(make_inputs(2, 72, 1000, 4, dtype, gen=gen))
+        for i in (0, 3):
+            flat = torch.empty(inp[i].numel() + 1, dtype=dtype, device="cuda")
+            inp[i] = flat[1:].view(inp[i].shape).copy_(inp[i])
+        y = empty_y(inp[0])
+        ours(*inp, **cfg_kwargs(c), out=y)
+        err = rel_l2(y, ref_fp64(*inp))
+        tol = 1e-4 if dtype == torch.float16 else 1e-5
+        n_fail += not err <= tol
+        results["correctness"].append(
+            {"case": f"cfg {cfg_name(c)} misaligned u, B (twin)", "rel_l2": err, "tol": tol, "ok": err <= tol}
+        )
+        if not err <= tol:
+            log(f"FAIL cfg {cfg_name(c)} misaligned u, B: rel_l2={err:.3g} > {tol}")
     # the v2 dtype rule through the binding: fp16 inputs give a float32 y; an fp16 `out` is refused
     inp = make_inputs(2, 64, 130, 4, torch.float16, gen=gen)
     y = ours(*inp)
@@ -508,7 +532,7 @@ def main():
         "",
         "Contract v2: ours reads u, delta, B, C in the row's dtype and writes y as fp32 (floor counts "
         "4-byte y); mamba-ssm gets the same inputs and writes y in the input dtype (fp16 rows: fp16 y). "
-        "Config = items x cpw x spi x wpc x bcb x seg (wpc = warps per channel; bcb = bytes per B/C element "
+        "Config = items x cpw x spi x wpc x bcb x seg x bufs (wpc = warps per channel; bcb = bytes per B/C element "
         "in shared memory, 2 = fp16 rows for fp16 inputs; seg > 0 = the sequential family, seg steps per "
         "segment, items = steps per inner block). best1/best2/seq: fastest one-warp / two-warp / "
         "sequential configuration in the sweep (20 runs each).",
@@ -545,7 +569,7 @@ def main():
         )
     lines += [
         "",
-        "tuning sweep: the five fastest configurations (items x cpw x spi x wpc x bcb x seg) per shape",
+        "tuning sweep: the five fastest configurations (items x cpw x spi x wpc x bcb x seg x bufs) per shape",
         "",
     ]
     by = {}

@@ -44,9 +44,11 @@ SOURCES = ("selective_scan.cu", "selective_scan.h")
 #: A kernel configuration, in the launcher's order (kernels/selective_scan.h): time steps per lane,
 #: channels per warp team, states interleaved per iteration, warps per channel, bytes per B/C element in
 #: shared memory (4, or 2 for fp16 inputs only), steps per segment (0: the chunked family; > 0: the
-#: sequential family, lane = channel with all states in registers, kernels/NOTES.md); 0 = the default.
-CONFIG_FIELDS = ("items", "cpw", "spi", "wpc", "bcb", "seg")
-Config = tuple[int, int, int, int, int, int]
+#: sequential family, lane = channel with all states in registers, kernels/NOTES.md), chunk buffers in
+#: shared memory (1, or 2: the next chunk prefetched by cp.async, for B/C rows in the input dtype);
+#: 0 = the default.
+CONFIG_FIELDS = ("items", "cpw", "spi", "wpc", "bcb", "seg", "bufs")
+Config = tuple[int, int, int, int, int, int, int]
 #: Every field 0: the launcher's default configuration for the shape.
 DEFAULT_CONFIG: Config = (0,) * len(CONFIG_FIELDS)
 _STATUS_OK = 0
@@ -185,7 +187,8 @@ class ScanLibrary:
 
     def configs(self) -> list[Config]:
         """The compiled kernel configurations (:data:`CONFIG_FIELDS`); bcb = 2 ones take fp16 inputs
-        only (fp32 inputs: an unsupported-config error); seg > 0 ones are the sequential family."""
+        only (fp32 inputs: an unsupported-config error), bufs = 2 ones with bcb = 4 fp32 inputs only;
+        seg > 0 ones are the sequential family."""
         k, cap = len(CONFIG_FIELDS), 128
         buf = (ctypes.c_int * (k * cap))()
         n = min(self._configs(buf, cap), cap)
@@ -248,6 +251,7 @@ def selective_scan_cuda(
     wpc=0,
     bcb=0,
     seg=0,
+    bufs=0,
     out=None,
 ):
     """Selective scan forward on the GPU: same arguments and semantics as ``selective_scan_loop``.
@@ -255,7 +259,7 @@ def selective_scan_cuda(
     u, delta: (B, D, L); A: (D, N) fp32; B, C: (B, G, N, L); D, delta_bias: (D,) fp32 or None.
     u, delta, B, C share one dtype (float32 or float16: delta, B, C are cast to u's); y is float32
     whatever that dtype (contract v2). N <= 16.
-    ``items``/``cpw``/``spi``/``wpc``/``bcb``/``seg`` override the kernel configuration (0 = default;
+    ``items``/``cpw``/``spi``/``wpc``/``bcb``/``seg``/``bufs`` override the kernel configuration (0 = default;
     the compiled ones: ``load_library().configs()``, in :data:`CONFIG_FIELDS` order); for tuning only.
     ``out``: optional contiguous float32 (B, D, L) tensor to write y into (returned).
     """
@@ -291,7 +295,7 @@ def selective_scan_cuda(
         raise ValueError(
             "selective_scan_cuda: out must be a contiguous float32 tensor of u's shape and device"
         )
-    config = (int(items), int(cpw), int(spi), int(wpc), int(bcb), int(seg))
+    config = (int(items), int(cpw), int(spi), int(wpc), int(bcb), int(seg), int(bufs))
     with torch.cuda.device(u.device):
         load_library().fwd(*args, out, bool(delta_softplus), config)
     return out
