@@ -295,10 +295,11 @@ template <int WPC> __host__ __device__ constexpr int block_warps() { return kTea
 template <int NITEMS, int CPW, int WPC, int BCB, int BUFS>
 constexpr size_t smem_bytes(int dstate, int in_bytes)
 {
-    // BUFS x (Bs, Cs [N][CPAD] of BCB bytes each: a multiple of 16 bytes for any N); then fp32: A2s,
+    // BUFS x (B rows, C rows [N][CPAD], a zero row [CPAD] of BCB bytes each: a multiple of 16 bytes for any
+    // N); then fp32: A2s,
     // carry_s [kTeams][CPW][kMaxN]; with WPC = 2 the exchange rows xs [kTeams][CPW][CPAD]; with BUFS = 2
     // the u / delta slices of both buffers, [2][kTeams][CPW][2][32 NITEMS] of the input dtype
-    return (size_t) BUFS * BCB * 2 * (size_t) dstate * chunk_pad<NITEMS>()
+    return (size_t) BUFS * BCB * (2 * (size_t) dstate + 1) * chunk_pad<NITEMS>()
         + sizeof(float)
         * (2 * (size_t) kTeams * CPW * kMaxN + (WPC > 1 ? (size_t) kTeams * CPW * chunk_pad<NITEMS>() : 0))
         + (BUFS > 1 ? (size_t) in_bytes * 2 * kTeams * CPW * 2 * 32 * NITEMS : 0);
@@ -314,6 +315,15 @@ __device__ __forceinline__ float softplus(float x)
     const float e = __expf(x);
     const float w = 1.f + e;
     return w == 1.f ? e : logf(w) * __fdividef(e, w - 1.f);
+}
+
+// One Kogge-Stone step of the lane scan: where take, (pa, pb) <- (pa qa, pa qb + pb), predicated in place
+// (written as an `if`, the compiler computed both into temporaries and committed them with two MOVs).
+__device__ __forceinline__ void scan_step(float& pa, float& pb, float qa, float qb, bool take)
+{
+    asm("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %4, 0;\n\t@p fma.rn.f32 %1, %0, %3, %1;\n\t@p mul.rn.f32 %0, %0, %2;\n\t}"
+        : "+f"(pa), "+f"(pb)
+        : "f"(qa), "f"(qb), "r"((int) take));
 }
 
 // Barrier of the WPC warps of one team only (ids 1..kTeams; __syncthreads uses 0).
@@ -359,8 +369,10 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
     constexpr bool STREAM = WPC == 1;          // u is read by both warps of a team: keep it in L1 then
     extern __shared__ __align__(16) float smem[];
     const int N = p.dstate;
-    BC* Bs = reinterpret_cast<BC*>(smem);              // [BUFS][2][N][CPAD]: per buffer B rows, C rows
-    float* A2s = reinterpret_cast<float*>(Bs + BUFS * 2 * N * CPAD); // [kTeams][CPW][kMaxN] A * log2(e)
+    // [BUFS][2N + 1][CPAD]: per buffer N B rows, N C rows and a zero row (the C of a padding state)
+    BC* Bs = reinterpret_cast<BC*>(smem);
+    const int bstride = (2 * N + 1) * CPAD;
+    float* A2s = reinterpret_cast<float*>(Bs + BUFS * bstride); // [kTeams][CPW][kMaxN] A * log2(e)
     float* carry_s = A2s + kTeams * CPW * kMaxN;       // [kTeams][CPW][kMaxN]   state at chunk end
     float* xs = carry_s + kTeams * CPW * kMaxN;        // [kTeams][CPW][CPAD]    WPC = 2 only
     T* uds = reinterpret_cast<T*>(xs + (WPC > 1 ? kTeams * CPW * CPAD : 0)); // [2][kTeams][CPW][2][CHUNK] BUFS = 2
@@ -394,6 +406,8 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
         bias[c] = p.delta_bias ? __ldg(p.delta_bias + d) : 0.f;
     }
     float* xw = xs + team * CPW * CPAD;
+    for (int i = threadIdx.x; i < BUFS * CPAD; i += NTHREADS) // the zero rows (never staged into)
+        Bs[(i / CPAD) * bstride + 2 * N * CPAD + i % CPAD] = BC(0.f);
     if (part == 0)
     {
         for (int i = lane; i < CPW * kMaxN; i += 32)
@@ -417,17 +431,20 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
 
     // B/C rows of chunk c0 into buffer buf by cp.async (needs p.async_ok: 16-byte aligned vectors that are
     // wholly in or out of range); with BUFS = 2 also every lane's u / delta slices of its channels.
-    const int nvec_row = CHUNK / VE;
+    // (vector i of the chunk's rows: row n2 = i / NVEC of 2N, B rows then C rows; a power of 2, so no
+    // integer division: with a runtime divisor it was ~50 instructions per 16-byte copy)
+    constexpr int NVEC = CHUNK / VE;
+    static_assert((NVEC & (NVEC - 1)) == 0, "vectors per row: a power of 2");
     auto issue_chunk = [&](int c0, int buf) {
-        BC* Bb = Bs + buf * 2 * N * CPAD;
-        for (int i = threadIdx.x; i < 2 * N * nvec_row; i += NTHREADS)
+        BC* Bb = Bs + buf * bstride;
+#pragma unroll 1 // (unrolled, ptxas keeps every copy's addresses live: +40 registers, spills)
+        for (int i = threadIdx.x; i < 2 * N * NVEC; i += NTHREADS)
         {
-            const int which = i / (N * nvec_row);
-            const int rem = i - which * (N * nvec_row);
-            const int n = rem / nvec_row;
-            const int col = (rem - n * nvec_row) * VE;
-            const T* src = (which ? Cg : Bg) + (size_t) n * L + c0 + col;
-            BC* row = Bb + (which * N + n) * CPAD;
+            const int n2 = i / NVEC;
+            const int col = (i % NVEC) * VE;
+            const bool is_c = n2 >= N;
+            const T* src = (is_c ? Cg : Bg) + (size_t) (n2 - (is_c ? N : 0)) * L + c0 + col;
+            BC* row = Bb + n2 * CPAD;
             const bool in = c0 + col < L;
             cp_async<16>(row + bc_col(row, col), in ? src : Bg, in ? 16 : 0);
         }
@@ -475,11 +492,11 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
             // ---- stage B and C of this group for the chunk: N rows x CHUNK steps, in smem as BC; a
             // thread's loads in batches of SB ahead of their stores (one latency per batch, not per vector)
             constexpr int SB = WPC == 1 ? 4 : 2; // (two-warp kernels: fewer registers to spare)
-            const int total = 2 * N * nvec_row;
+            const int total = 2 * N * NVEC;
             // vector i: (B or C, state n, column col) of the chunk's rows
             const auto where = [&](int i, int& n2, int& col) {
-                n2 = i / nvec_row; // which * N + n
-                col = (i - n2 * nvec_row) * VE;
+                n2 = i / NVEC; // which * N + n
+                col = (i % NVEC) * VE;
             };
             for (int i0 = threadIdx.x; i0 < total; i0 += SB * NTHREADS)
             {
@@ -506,8 +523,9 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
                 }
             }
         }
-        const BC* Bw = Bs + buf * 2 * N * CPAD + nbeg * CPAD; // this warp's states in this chunk's buffer
+        const BC* Bw = Bs + buf * bstride + nbeg * CPAD; // this warp's states in this chunk's buffer
         const BC* Cw = Bw + N * CPAD;
+        const int zero_row = N - nbeg; // (relative to Cw)
         // ---- this lane's slice of u (all NITEMS steps) and the softplus of its PART steps of delta
         const int ls = l0 + lane * NITEMS;
         const int nvalid = L - ls;
@@ -601,7 +619,8 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
         for (int n0 = 0; n0 < nst; n0 += SPI)
         {
             // states n0 .. n0 + SPI - 1 (of this warp's); a state past nst (not a multiple of SPI)
-            // recomputes nst - 1 and is neither stored nor accumulated
+            // recomputes nst - 1 and is neither stored nor accumulated: its C values are read from the
+            // buffer's zero row (one select per state, where masking C cost one FSEL per update)
             int ns[SPI];
             float Bn[SPI][NITEMS], Cn[SPI][NITEMS];
 #pragma unroll
@@ -609,13 +628,7 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
             {
                 ns[s] = min(n0 + s, nst - 1);
                 lds_items<NITEMS>(Bw + ns[s] * CPAD, lane * NITEMS, Bn[s]);
-                lds_items<NITEMS>(Cw + ns[s] * CPAD, lane * NITEMS, Cn[s]);
-                if (n0 + s >= nst)
-                {
-#pragma unroll
-                    for (int i = 0; i < NITEMS; ++i)
-                        Cn[s][i] = 0.f;
-                }
+                lds_items<NITEMS>(Cw + (n0 + s < nst ? n0 + s : zero_row) * CPAD, lane * NITEMS, Cn[s]);
             }
 #pragma unroll
             for (int c = 0; c < CPW; ++c)
@@ -649,11 +662,7 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
                     {
                         const float qa = __shfl_up_sync(0xffffffffu, pa[s], off);
                         const float qb = __shfl_up_sync(0xffffffffu, pb[s], off);
-                        if (lane >= off)
-                        {
-                            pb[s] = fmaf(pa[s], qb, pb[s]);
-                            pa[s] *= qa;
-                        }
+                        scan_step(pa[s], pb[s], qa, qb, lane >= off);
                     }
                 }
                 __syncwarp(); // every lane has read its carries before lane 0 overwrites them
@@ -1006,17 +1015,17 @@ int launch_seq(const Params& p0, int seg, cudaStream_t stream)
 // (double buffers, rows in the input dtype) for fp16 inputs with bcb = 2 and fp32 inputs with bcb = 4.
 #define MHUNET_SCAN_CONFIGS(X)                                                                                         \
     X(2, 1, 1, 1, 4, 1, 0) X(2, 2, 1, 1, 4, 1, 0) X(4, 1, 1, 1, 4, 1, 0) X(4, 2, 1, 1, 4, 1, 0)                        \
-    X(8, 1, 1, 1, 4, 1, 0) X(8, 2, 1, 1, 4, 1, 0) X(16, 1, 1, 1, 4, 1, 0) X(16, 2, 1, 1, 4, 1, 0)                      \
+    X(8, 1, 1, 1, 4, 1, 4) X(8, 2, 1, 1, 4, 1, 0) X(16, 1, 1, 1, 4, 1, 0) X(16, 2, 1, 1, 4, 1, 0)                      \
     X(2, 1, 2, 1, 4, 1, 0) X(2, 2, 2, 1, 4, 1, 0) X(4, 1, 2, 1, 4, 1, 0) X(4, 2, 2, 1, 4, 1, 4)                        \
-    X(8, 1, 2, 1, 4, 1, 6) X(16, 1, 2, 1, 4, 1, 0) X(2, 1, 4, 1, 4, 1, 0) X(2, 2, 4, 1, 4, 1, 0)                       \
+    X(8, 1, 2, 1, 4, 1, 4) X(16, 1, 2, 1, 4, 1, 2) X(2, 1, 4, 1, 4, 1, 0) X(2, 2, 4, 1, 4, 1, 0)                       \
     X(4, 1, 4, 1, 4, 1, 0) X(8, 1, 4, 1, 4, 1, 3) X(4, 1, 1, 2, 4, 1, 3) X(4, 1, 2, 2, 4, 1, 2)                        \
     X(4, 1, 4, 2, 4, 1, 2) X(4, 2, 1, 2, 4, 1, 2) X(8, 1, 1, 2, 4, 1, 2) X(8, 1, 2, 2, 4, 1, 2)                        \
-    X(2, 2, 1, 1, 2, 1, 0) X(4, 1, 2, 1, 2, 1, 0) X(8, 1, 1, 1, 2, 1, 0) X(8, 1, 2, 1, 2, 1, 6)                        \
-    X(8, 1, 4, 1, 2, 1, 0) X(8, 2, 1, 1, 2, 1, 0) X(16, 1, 2, 1, 2, 1, 0) X(4, 1, 2, 2, 2, 1, 2)                       \
+    X(2, 2, 1, 1, 2, 1, 0) X(4, 1, 2, 1, 2, 1, 0) X(8, 1, 1, 1, 2, 1, 0) X(8, 1, 2, 1, 2, 1, 4)                        \
+    X(8, 1, 4, 1, 2, 1, 0) X(8, 2, 1, 1, 2, 1, 0) X(16, 1, 2, 1, 2, 1, 2) X(4, 1, 2, 2, 2, 1, 2)                       \
     X(8, 1, 2, 2, 2, 1, 2) X(4, 1, 1, 2, 2, 1, 3)                                                                      \
-    X(2, 2, 1, 1, 4, 2, 0) X(4, 1, 2, 1, 4, 2, 0) X(4, 2, 1, 1, 4, 2, 0) X(8, 1, 2, 1, 4, 2, 0)                        \
+    X(2, 2, 1, 1, 4, 2, 0) X(4, 1, 2, 1, 4, 2, 0) X(4, 2, 1, 1, 4, 2, 0) X(8, 1, 2, 1, 4, 2, 4)                        \
     X(8, 2, 1, 1, 4, 2, 0) X(2, 2, 1, 1, 2, 2, 0) X(4, 1, 2, 1, 2, 2, 0) X(8, 1, 1, 1, 2, 2, 5)                        \
-    X(8, 1, 2, 1, 2, 2, 5) X(8, 2, 1, 1, 2, 2, 4)
+    X(8, 1, 2, 1, 2, 2, 4) X(8, 2, 1, 1, 2, 2, 4)
 
 // The sequential family (seg > 0): (KSTEP, SEG) = steps per inner block, steps per segment; listed as
 // (items = KSTEP, cpw = 1, spi = 1, wpc = 1, bcb = 4, seg = SEG). One kernel per KSTEP and dtype (seg is

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Two kernel builds side by side in one GPU call (~6 minutes on the H200), from the repository root:
+# Two kernel builds side by side in one GPU call (~3-6 minutes on the H200), from the repository root:
 #   device run: OLD=.devdata/old OUT=$OUT bash scripts/gpu/ab_kernels.sh
 #   carry: .devdata/old = `git archive <base commit> mhunet_deploy plugins scripts/gpu` unpacked, plus this
 #          tree's scripts/gpu/{time_defaults,verify_kernel}.py copied into it (the base may predate the
@@ -7,10 +7,11 @@
 # 1. builds both kernel libraries (CMake, kernel only; 0 spills is checked by tests/test_plugin_build.py);
 # 2. this tree's library: verify_kernel.py --quick (fp64 correctness of every configuration) and
 #    tests/test_cuda_scan.py on the GPU;
-# 3. time_defaults.py on both, alternating old, new, old, new (each in its own process, its own sources);
-#    EXTRA="c1 c2 ..." (comma-separated configurations of this tree) are timed beside the new defaults in
-#    both new rounds; MAMBA_WAIT=<s> times mamba-ssm in the first new round (MAMBA_SITE / MAMBA_DONE as
-#    for verify_kernel.py: a build the caller makes beside the repository, never this script).
+# 3. time_defaults.py on both, old then new (each in its own process, its own sources), eagerly (one call
+#    between two events, the wrapper's host work included) and then replayed from CUDA graphs (--graph: the
+#    kernels alone); EXTRA="c1 c2 ..." (comma-separated configurations of this tree) are timed beside the
+#    new defaults; MAMBA_WAIT=<s> times mamba-ssm in the new rounds (MAMBA_SITE / MAMBA_DONE as for
+#    verify_kernel.py: a build the caller makes beside the repository, never this script).
 # Everything under $OUT, packed into $OUT/ab.tgz.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -33,13 +34,15 @@ tail -1 "$OUT/ab/pytest_cuda_scan.log"
 pack
 extra=()
 for c in ${EXTRA:-}; do extra+=(--config "$c"); done
-for r in 1 2; do
-  (cd "$OLD" && MHUNET_SCAN_LIB=$OLD_LIB python3 scripts/gpu/time_defaults.py --tag "old$r" --out "$OUT/ab") \
-    > "$OUT/ab/time_old$r.log" 2>&1 || status=1
-  mamba=()
-  [ "$r" = 1 ] && [ -n "${MAMBA_WAIT:-}" ] && mamba=(--mamba "$MAMBA_WAIT")
-  MHUNET_SCAN_LIB=$NEW_LIB python3 scripts/gpu/time_defaults.py --tag "new$r" --out "$OUT/ab" "${extra[@]}" \
-    "${mamba[@]}" > "$OUT/ab/time_new$r.log" 2>&1 || status=1
+mamba=()
+[ -n "${MAMBA_WAIT:-}" ] && mamba=(--mamba "$MAMBA_WAIT")
+for mode in eager graph; do
+  flag=()
+  [ "$mode" = graph ] && flag=(--graph)
+  (cd "$OLD" && MHUNET_SCAN_LIB=$OLD_LIB python3 scripts/gpu/time_defaults.py --tag "old_$mode" --out "$OUT/ab" \
+    "${flag[@]}") > "$OUT/ab/time_old_$mode.log" 2>&1 || status=1
+  MHUNET_SCAN_LIB=$NEW_LIB python3 scripts/gpu/time_defaults.py --tag "new_$mode" --out "$OUT/ab" "${flag[@]}" \
+    "${extra[@]}" "${mamba[@]}" > "$OUT/ab/time_new_$mode.log" 2>&1 || status=1
   pack
 done
 grep -h forward "$OUT"/ab/time_*.log

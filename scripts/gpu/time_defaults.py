@@ -10,7 +10,9 @@ median µs and the configuration the launcher chose; per (config, batch, dtype) 
 ``--config a,b,...`` (repeatable; CONFIG_FIELDS order) also times that configuration at every shape that
 takes it (verify_kernel's cfg_takes / cfg_worth_timing) on the same input sets; ``--mamba`` times
 mamba-ssm's forward there too (verify_kernel.get_mamba: a build made beside the repository, never by
-project code), with its one-forward sums.
+project code), with its one-forward sums. ``--graph``: every time from verify_kernel.bench_graph (launches
+replayed from a CUDA graph: the kernels' own time, no per-call host work) instead of bench (one eager call
+between two events, the wrapper's host work included).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from verify_kernel import (  # noqa: E402  (this script's folder)
     CALLS_PER_FORWARD,
     STAGES,
     bench,
+    bench_graph,
     cfg_kwargs,
     cfg_name,
     cfg_takes,
@@ -46,7 +49,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--config", action="append", default=[], help="also time this configuration")
     ap.add_argument("--mamba", type=float, default=None, metavar="WAIT_S", help="also time mamba-ssm")
+    ap.add_argument("--graph", action="store_true", help="time launches replayed from a CUDA graph")
     args = ap.parse_args()
+    timer = bench_graph if args.graph else bench
     lib = load_library()
     extra = [tuple(int(x) for x in c.split(",")) for c in args.config]
     mamba = None
@@ -64,19 +69,19 @@ def main() -> int:
                     total = {"default": 0.0, **({"mamba": 0.0} if mamba else {})}
                     for (d, l), calls in zip(stages, CALLS_PER_FORWARD, strict=True):
                         _, sets = input_sets(b, d, l, dtype, l2, gen)
-                        med, _, _ = bench(lambda *a: selective_scan_cuda(*a, True), sets, args.reps)
+                        med, _, _ = timer(lambda *a: selective_scan_cuda(*a, True), sets, args.reps)
                         name = f"{cfg} B={b} D={d} L={l} {str(dtype).split('.')[-1]}"
                         row = {"us": med, "config": lib.default_config(b, d, l, 4, dtype == torch.float16)}
                         total["default"] += calls * med
                         for c in extra:
                             if cfg_takes(c, dtype) and cfg_worth_timing(c, l):
-                                row[cfg_name(c)], _, _ = bench(
+                                row[cfg_name(c)], _, _ = timer(
                                     lambda *a, c=c: selective_scan_cuda(*a, True, **cfg_kwargs(c)),
                                     sets,
                                     args.reps,
                                 )
                         if mamba:
-                            row["mamba_us"], _, _ = bench(lambda *a: mamba(*a), sets, args.reps)
+                            row["mamba_us"], _, _ = timer(lambda *a: mamba(*a), sets, args.reps)
                             total["mamba"] += calls * row["mamba_us"]
                         shapes[name] = row
                         others = " ".join(f"{k} {v:.1f}" for k, v in row.items() if k not in ("us", "config"))

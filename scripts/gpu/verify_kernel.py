@@ -143,6 +143,32 @@ def bench(fn, sets, reps):
     return ts[len(ts) // 2], ts[0], ts[-1]
 
 
+def bench_graph(fn, sets, reps, calls=10):
+    """Like bench, but with `calls` launches (over the rotating input sets) captured into one CUDA graph and
+    the graph replayed: the median time per launch without the host's per-call work (the Python wrapper,
+    argument checks, the launch itself), which bench's event pair around a single eager call includes
+    whenever that work takes longer than the kernel."""
+    for i in range(3):
+        fn(*sets[i % len(sets)])
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(*sets[i % len(sets)])
+    graph.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        graph.replay()
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e) * 1e3 / calls)
+    ts.sort()
+    return ts[len(ts) // 2], ts[0], ts[-1]
+
+
 def copy_bandwidth():
     n = 1 << 30  # 1 GiB
     a = torch.empty(n, dtype=torch.uint8, device="cuda")
