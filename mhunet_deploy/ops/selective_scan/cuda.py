@@ -177,7 +177,7 @@ class ScanLibrary:
         (u, delta, B, C of one dtype, y float32)."""
         batch, dim, length = u.shape
         pointers = [t.data_ptr() if t is not None else None for t in (u, delta, A, B, C, D, delta_bias, y)]
-        stream = torch.cuda.current_stream(u.device).cuda_stream
+        stream = _current_raw_stream(u.device.index)
         dtype = _FP16 if u.dtype == torch.float16 else _FP32
         rc = self._fwd(
             *pointers, batch, dim, length, A.shape[1], B.shape[1], int(delta_softplus), dtype, *config, stream
@@ -199,6 +199,18 @@ class ScanLibrary:
         out = [ctypes.c_int() for _ in CONFIG_FIELDS]
         self._default(batch, dim, length, groups, _FP16 if fp16 else _FP32, *(ctypes.byref(v) for v in out))
         return tuple(v.value for v in out)
+
+
+def _current_raw_stream(index: int) -> int:
+    """The handle of torch's current CUDA stream on device ``index``: torch's raw getter where it has one
+    (no Stream object per call: a few microseconds of host time per launch), else the public API."""
+    getter = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return getter(index) if getter is not None else torch.cuda.current_stream(index).cuda_stream
+
+
+def _as(t, dtype):
+    """t in ``dtype`` and contiguous; t itself when it already is (no dispatcher round trip per call)."""
+    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
 
 
 def find_library() -> Path:
@@ -273,15 +285,15 @@ def selective_scan_cuda(
         raise ValueError(f"selective_scan_cuda supports d_state N <= 16, got N={A.shape[-1]}")
     if u.dtype not in (torch.float32, torch.float16):
         raise TypeError(f"selective_scan_cuda supports float32 and float16 inputs, got {u.dtype}")
-    dt = u.dtype
+    dt, f32 = u.dtype, torch.float32
     args = [
-        u.contiguous(),
-        delta.to(dt).contiguous(),
-        A.float().contiguous(),
-        B.to(dt).contiguous(),
-        C.to(dt).contiguous(),
-        None if D is None else D.float().contiguous(),
-        None if delta_bias is None else delta_bias.float().contiguous(),
+        _as(u, dt),
+        _as(delta, dt),
+        _as(A, f32),
+        _as(B, dt),
+        _as(C, dt),
+        None if D is None else _as(D, f32),
+        None if delta_bias is None else _as(delta_bias, f32),
     ]
     _check_shapes(*args)
     if out is None:
@@ -296,8 +308,12 @@ def selective_scan_cuda(
             "selective_scan_cuda: out must be a contiguous float32 tensor of u's shape and device"
         )
     config = (int(items), int(cpw), int(spi), int(wpc), int(bcb), int(seg), int(bufs))
-    with torch.cuda.device(u.device):
-        load_library().fwd(*args, out, bool(delta_softplus), config)
+    lib = load_library()
+    if u.device.index == torch.cuda.current_device():
+        lib.fwd(*args, out, bool(delta_softplus), config)
+    else:
+        with torch.cuda.device(u.device):
+            lib.fwd(*args, out, bool(delta_softplus), config)
     return out
 
 
@@ -305,20 +321,25 @@ def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
     """What the launcher trusts: shapes, one CUDA device (raw pointers carry neither)."""
     batch, dim, length = u.shape
     groups, dstate = B.shape[1], A.shape[1]
-    expected = {
-        "delta": (delta, (batch, dim, length)),
-        "A": (A, (dim, dstate)),
-        "B": (B, (batch, groups, dstate, length)),
-        "C": (C, (batch, groups, dstate, length)),
-        "D": (D, (dim,)),
-        "delta_bias": (delta_bias, (dim,)),
-    }
-    for name, (t, shape) in expected.items():
-        if t is not None and tuple(t.shape) != shape:
-            raise ValueError(f"selective_scan_cuda: {name} must be {shape}, got {tuple(t.shape)}")
-    tensors = [t for t in (u, delta, A, B, C, D, delta_bias) if t is not None]
-    if not u.is_cuda or any(t.device != u.device for t in tensors):
+    bc = (batch, groups, dstate, length)
+    expected = (
+        ("delta", delta, u.shape),
+        ("A", A, (dim, dstate)),
+        ("B", B, bc),
+        ("C", C, bc),
+        ("D", D, (dim,)),
+        ("delta_bias", delta_bias, (dim,)),
+    )
+    device = u.device
+    if not u.is_cuda:
         raise ValueError("selective_scan_cuda: all tensors must be on one CUDA device")
+    for name, t, shape in expected:
+        if t is None:
+            continue
+        if t.shape != shape:
+            raise ValueError(f"selective_scan_cuda: {name} must be {tuple(shape)}, got {tuple(t.shape)}")
+        if t.device != device:
+            raise ValueError("selective_scan_cuda: all tensors must be on one CUDA device")
 
 
 def _kernel_applies(u, delta, A, B, C, D, delta_bias) -> bool:
