@@ -296,9 +296,9 @@ template <int NITEMS, int CPW, int WPC, int BCB, int BUFS>
 constexpr size_t smem_bytes(int dstate, int in_bytes)
 {
     // BUFS x (B rows, C rows [N][CPAD], a zero row [CPAD] of BCB bytes each: a multiple of 16 bytes for any
-    // N); then fp32: A2s,
-    // carry_s [kTeams][CPW][kMaxN]; with WPC = 2 the exchange rows xs [kTeams][CPW][CPAD]; with BUFS = 2
-    // the u / delta slices of both buffers, [2][kTeams][CPW][2][32 NITEMS] of the input dtype
+    // N); then fp32: A2s, carry_s [kTeams][CPW][kMaxN]; with WPC = 2 the exchange rows xs
+    // [kTeams][CPW][CPAD]; with BUFS = 2 the u / delta slices of both buffers, [2][kTeams][CPW][2][32 NITEMS]
+    // of the input dtype
     return (size_t) BUFS * BCB * (2 * (size_t) dstate + 1) * chunk_pad<NITEMS>()
         + sizeof(float)
         * (2 * (size_t) kTeams * CPW * kMaxN + (WPC > 1 ? (size_t) kTeams * CPW * chunk_pad<NITEMS>() : 0))
@@ -429,21 +429,30 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
     const T* Bg = static_cast<const T*>(p.B) + bc_base;
     const T* Cg = static_cast<const T*>(p.C) + bc_base;
 
-    // B/C rows of chunk c0 into buffer buf by cp.async (needs p.async_ok: 16-byte aligned vectors that are
-    // wholly in or out of range); with BUFS = 2 also every lane's u / delta slices of its channels.
-    // (vector i of the chunk's rows: row n2 = i / NVEC of 2N, B rows then C rows; a power of 2, so no
-    // integer division: with a runtime divisor it was ~50 instructions per 16-byte copy)
+    // Vector i (16 bytes) of the B/C rows of the chunk starting at c0: row n2 = i / NVEC of the 2N (B rows,
+    // then C rows), column col; returns its first element in global memory. NVEC is a power of 2, so no
+    // integer division (with a runtime divisor it was ~50 instructions per 16-byte copy).
     constexpr int NVEC = CHUNK / VE;
     static_assert((NVEC & (NVEC - 1)) == 0, "vectors per row: a power of 2");
+    const auto bc_vector = [&](int i, int c0, int& n2, int& col) -> const T* {
+        n2 = i / NVEC;
+        col = (i % NVEC) * VE;
+        const bool is_c = n2 >= N;
+        return (is_c ? Cg : Bg) + (size_t) (n2 - (is_c ? N : 0)) * L + c0 + col;
+    };
+    // This lane's u slice of channel c in u / delta buffer buf (BUFS = 2; its delta slice follows CHUNK on).
+    const auto ud_slice = [&](int buf, int c) {
+        return uds + ((size_t) ((buf * kTeams + team) * CPW + c) * 2) * CHUNK + lane * NITEMS;
+    };
+    // B/C rows of chunk c0 into buffer buf by cp.async (needs p.async_ok: 16-byte aligned vectors that are
+    // wholly in or out of range); with BUFS = 2 also every lane's u / delta slices of its channels.
     auto issue_chunk = [&](int c0, int buf) {
         BC* Bb = Bs + buf * bstride;
 #pragma unroll 1 // (unrolled, ptxas keeps every copy's addresses live: +40 registers, spills)
         for (int i = threadIdx.x; i < 2 * N * NVEC; i += NTHREADS)
         {
-            const int n2 = i / NVEC;
-            const int col = (i % NVEC) * VE;
-            const bool is_c = n2 >= N;
-            const T* src = (is_c ? Cg : Bg) + (size_t) (n2 - (is_c ? N : 0)) * L + c0 + col;
+            int n2, col;
+            const T* src = bc_vector(i, c0, n2, col);
             BC* row = Bb + n2 * CPAD;
             const bool in = c0 + col < L;
             cp_async<16>(row + bc_col(row, col), in ? src : Bg, in ? 16 : 0);
@@ -457,7 +466,7 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
             for (int c = 0; c < CPW; ++c)
             {
                 const size_t row = ((size_t) b * p.dim + (valid[c] ? d0 + c : 0)) * L;
-                T* dst = uds + ((size_t) ((buf * kTeams + team) * CPW + c) * 2) * CHUNK + lane * NITEMS;
+                T* dst = ud_slice(buf, c);
 #pragma unroll
                 for (int v = 0; v < NITEMS / PE; ++v)
                 {
@@ -493,21 +502,14 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
             // thread's loads in batches of SB ahead of their stores (one latency per batch, not per vector)
             constexpr int SB = WPC == 1 ? 4 : 2; // (two-warp kernels: fewer registers to spare)
             const int total = 2 * N * NVEC;
-            // vector i: (B or C, state n, column col) of the chunk's rows
-            const auto where = [&](int i, int& n2, int& col) {
-                n2 = i / NVEC; // which * N + n
-                col = (i % NVEC) * VE;
-            };
             for (int i0 = threadIdx.x; i0 < total; i0 += SB * NTHREADS)
             {
                 T raw[SB][VE];
 #pragma unroll
                 for (int j = 0; j < SB; ++j)
                 {
-                    int n2, col;
-                    where(min(i0 + j * NTHREADS, total - 1), n2, col); // past the end: reload the last vector
-                    const bool is_c = n2 >= N;
-                    const T* src = (is_c ? Cg : Bg) + (size_t) (n2 - (is_c ? N : 0)) * L + l0 + col;
+                    int n2, col; // past the end: reload the last vector
+                    const T* src = bc_vector(min(i0 + j * NTHREADS, total - 1), l0, n2, col);
                     load_raw<T, VE, false>(src, L - (l0 + col), raw[j]);
                 }
 #pragma unroll
@@ -516,7 +518,7 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
                     if (i0 + j * NTHREADS < total)
                     {
                         int n2, col;
-                        where(i0 + j * NTHREADS, n2, col);
+                        bc_vector(i0 + j * NTHREADS, l0, n2, col);
                         BC* row = Bs + n2 * CPAD;
                         store_bc<T, BC>(raw[j], row + bc_col(row, col));
                     }
@@ -541,7 +543,7 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
             if constexpr (BUFS > 1)
             {
                 // this thread's own copies (cp_async_wait above): no barrier needed; out of range = 0
-                const T* src = uds + ((size_t) ((buf * kTeams + team) * CPW + c) * 2) * CHUNK + lane * NITEMS;
+                const T* src = ud_slice(buf, c);
                 lds_raw_items<T, NITEMS>(src, uu[c]);
                 lds_raw_items<T, PART>(src + CHUNK, xp);
             }
@@ -1096,9 +1098,8 @@ void chunked_default(long long rows, int len, int dtype, int (&cfg)[kConfigField
 // it >= 11 % ahead of the chunked default: L = 64 over >= 49152 rows (seg 32, 2 segments); L = 256-1023
 // over >= 65536 rows (seg 128). (fp32 L >= 1024 over >= 24576 rows took seg 256 until the chunked
 // family's staging moved to cp.async: BENCHMARKS.md section 4.) 0 elsewhere.
-int sequential_default_seg(long long rows, int len, int dtype)
+int sequential_default_seg(long long rows, int len)
 {
-    (void) dtype;
     if (len == 64 && rows >= 49152)
         return 32;
     if (len >= 256 && len < 1024 && rows >= 65536)
@@ -1111,7 +1112,7 @@ constexpr int kSequentialFields[kConfigFields] = {8, 1, 1, 1, 4, 0, 1};
 void default_config(int batch, int dim, int len, int dtype, int (&cfg)[kConfigFields])
 {
     const long long rows = (long long) batch * dim;
-    const int seg = sequential_default_seg(rows, len, dtype);
+    const int seg = sequential_default_seg(rows, len);
     if (seg == 0)
         return chunked_default(rows, len, dtype, cfg);
     memcpy(cfg, kSequentialFields, sizeof kSequentialFields);

@@ -201,11 +201,13 @@ class ScanLibrary:
         return tuple(v.value for v in out)
 
 
-def _current_raw_stream(index: int) -> int:
-    """The handle of torch's current CUDA stream on device ``index``: torch's raw getter where it has one
-    (no Stream object per call: a few microseconds of host time per launch), else the public API."""
-    getter = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    return getter(index) if getter is not None else torch.cuda.current_stream(index).cuda_stream
+def _stream_handle(index: int) -> int:
+    return torch.cuda.current_stream(index).cuda_stream
+
+
+#: The handle of torch's current CUDA stream on a device index: torch's raw getter where it has one (no
+#: Stream object per call: a few microseconds of host time per launch), else the public API.
+_current_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", _stream_handle)
 
 
 def _as(t, dtype):
