@@ -305,16 +305,29 @@ constexpr size_t smem_bytes(int dstate, int in_bytes)
         + (BUFS > 1 ? (size_t) in_bytes * 2 * kTeams * CPW * 2 * 32 * NITEMS : 0);
 }
 
-// softplus(x) = log1p(exp(x)) for x <= 20, else x. log1p through Goldberg's identity
-// log1p(e) = log(w) * e / (w - 1) with w = 1 + e (the rounding of w cancels), with a full-precision logf:
-// about half the instructions of libdevice's branchy log1pf (NOTES.md), same accuracy at fp32.
+// softplus(x) = log1p(exp(x)) as max(x, 0) + log1p(z), z = exp(-|x|) in (0, 1]; log1p(z) = 2 atanh(s) with
+// s = z / (2 + z) in (0, 1/3], whose odd series 2 s (1 + t/3 + ... + t^6/13), t = s^2 <= 1/9, is cut at a
+// relative 1.4e-8. Branch-free, 17 instructions (the form with a full-precision logf took ~40, with
+// branches: 2.5 instructions per state update at 16 states; NOTES.md). x itself above the contract's
+// threshold, as in mamba-ssm (where x + log1p(e^-x) rounds to x anyway).
 __device__ __forceinline__ float softplus(float x)
 {
-    if (x > kSoftplusThreshold)
-        return x;
-    const float e = __expf(x);
-    const float w = 1.f + e;
-    return w == 1.f ? e : logf(w) * __fdividef(e, w - 1.f);
+    const float z = fast_exp2(-fabsf(x) * kLog2e);
+    const float s = __fdividef(z, 2.f + z);
+    const float t = s * s;
+    float q = 2.f / 13.f;
+    q = fmaf(q, t, 2.f / 11.f);
+    q = fmaf(q, t, 2.f / 9.f);
+    q = fmaf(q, t, 2.f / 7.f);
+    q = fmaf(q, t, 2.f / 5.f);
+    q = fmaf(q, t, 2.f / 3.f);
+    q = fmaf(q, t, 2.f);
+    const float r = fmaxf(x, 0.f) + s * q;
+    float out; // a select in PTX: written as ?:, the compiler branched around the whole computation
+    asm("{\n\t.reg .pred p;\n\tsetp.gt.f32 p, %1, %2;\n\tselp.f32 %0, %1, %3, p;\n\t}"
+        : "=f"(out)
+        : "f"(x), "f"(kSoftplusThreshold), "f"(r));
+    return out;
 }
 
 // One Kogge-Stone step of the lane scan: where take, (pa, pb) <- (pa qa, pa qb + pb), predicated in place
