@@ -147,6 +147,41 @@ def test_out_must_be_float32():
 
 
 @_gpu
+def test_softplus_over_its_whole_range():
+    """The kernel's branch-free softplus (max(x, 0) + 2 atanh series of exp(-|x|)) and its threshold
+    select, over x in [-30, 30]: underflowing exp, the series' widest point at 0 and x above 20, against
+    the fp64 oracle's softplus."""
+    from mhunet_deploy.ops.selective_scan.cuda import selective_scan_cuda
+    from mhunet_deploy.ops.selective_scan.torch_scan import selective_scan_loop
+
+    args = list(_inputs(2, 64, 1024, 4, 16, torch.float32))
+    args[1] = torch.linspace(-30, 30, 2 * 64 * 1024, device="cuda").reshape(2, 64, 1024)
+    args[6] = torch.zeros(64, device="cuda")
+    y = selective_scan_cuda(*args, delta_softplus=True)
+    ref = selective_scan_loop(*[a.double() for a in args], delta_softplus=True)
+    err = (torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref)).item()
+    assert err <= 1e-5, err
+
+
+@_gpu
+def test_inputs_converted_or_refused():
+    """The wrapper hands raw pointers to the launcher, so what it converts (another dtype, a
+    non-contiguous view) must stay alive until the launch and give the same y as the converted inputs
+    passed directly; a wrong shape or a tensor on another device is refused with its name."""
+    from mhunet_deploy.ops.selective_scan.cuda import selective_scan_cuda
+
+    u, delta, A, Bm, Cm, D, bias = _inputs(2, 64, 256, 4, 16, torch.float16)
+    want = selective_scan_cuda(u, delta, A, Bm, Cm, D, bias)
+    Bt = Bm.float().transpose(2, 3).contiguous().transpose(2, 3)  # fp32 and non-contiguous
+    got = selective_scan_cuda(u, delta.float(), A.double(), Bt, Cm.float(), D.double(), bias.double())
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="C must be"):
+        selective_scan_cuda(u, delta, A, Bm, Cm[:, :, :8], D, bias)
+    with pytest.raises(ValueError, match="one CUDA device"):
+        selective_scan_cuda(u, delta, A, Bm, Cm, D.cpu(), bias)
+
+
+@_gpu
 def test_rejects_grad_and_large_n():
     from mhunet_deploy.ops.selective_scan.cuda import selective_scan_cuda
 

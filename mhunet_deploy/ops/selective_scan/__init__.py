@@ -48,6 +48,8 @@ _SIGNATURE = inspect.signature(ScanFn.__call__)
 
 def scan_args(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
     """The eight arguments of a :class:`ScanFn` call, in order, with the defaults filled in."""
+    if len(args) == 8 and not kwargs:
+        return args  # every argument given in order (the model's call): binding costs ~5 µs per call
     bound = _SIGNATURE.bind(None, *args, **kwargs)  # None stands for self
     bound.apply_defaults()
     return tuple(bound.arguments.values())[1:]

@@ -171,17 +171,18 @@ class ScanLibrary:
         self._default.argtypes = [i32] * 5 + [ctypes.POINTER(i32)] * len(CONFIG_FIELDS)
 
     def fwd(
-        self, u, delta, A, B, C, D, delta_bias, y, delta_softplus: bool, config: Config = DEFAULT_CONFIG
+        self,
+        pointers: tuple[int | None, ...],
+        shape: tuple[int, int, int, int, int],
+        delta_softplus: bool,
+        fp16: bool,
+        config: Config,
+        stream: int,
     ) -> None:
-        """Launch on torch's current stream of u's device; tensors as checked by selective_scan_cuda
-        (u, delta, B, C of one dtype, y float32)."""
-        batch, dim, length = u.shape
-        pointers = [t.data_ptr() if t is not None else None for t in (u, delta, A, B, C, D, delta_bias, y)]
-        stream = _current_raw_stream(u.device.index)
-        dtype = _FP16 if u.dtype == torch.float16 else _FP32
-        rc = self._fwd(
-            *pointers, batch, dim, length, A.shape[1], B.shape[1], int(delta_softplus), dtype, *config, stream
-        )
+        """Launch on ``stream``: the device pointers of u, delta, A, B, C, D, delta_bias, y (None for an
+        absent D or delta_bias) as :func:`selective_scan_cuda` checked them; shape = (batch, dim, length,
+        dstate, groups)."""
+        rc = self._fwd(*pointers, *shape, delta_softplus, _FP16 if fp16 else _FP32, *config, stream)
         if rc != _STATUS_OK:
             raise RuntimeError(f"selective_scan_cuda: {self._error(rc).decode()}")
 
@@ -210,11 +211,6 @@ def _stream_handle(index: int) -> int:
 _current_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", _stream_handle)
 
 
-def _as(t, dtype):
-    """t in ``dtype`` and contiguous; t itself when it already is (no dispatcher round trip per call)."""
-    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
-
-
 def find_library() -> Path:
     """The library to load: ``$MHUNET_SCAN_LIB``; else ``mhunet build-kernels``'s for this GPU; else a
     kernel-only CMake build (:data:`CMAKE_CANDIDATES`). KernelLibraryError says what to do otherwise."""
@@ -240,9 +236,11 @@ def load_library() -> ScanLibrary:
     if not torch.cuda.is_available():
         raise KernelLibraryError("the CUDA scan kernel needs a CUDA GPU; none is visible to torch")
     lib = ScanLibrary(find_library())
-    x = torch.zeros(1, 1, 1, device="cuda")
+    x, y = torch.zeros(1, device="cuda"), torch.empty(1, device="cuda")
+    p = x.data_ptr()
     try:
-        lib.fwd(x, x, x[0], x[None], x[None], None, None, torch.empty_like(x), True)
+        ptrs = (p, p, p, p, p, None, None, y.data_ptr())
+        lib.fwd(ptrs, (1, 1, 1, 1, 1), True, False, DEFAULT_CONFIG, _current_raw_stream(x.get_device()))
         torch.cuda.synchronize()
     except RuntimeError as e:
         raise KernelLibraryError(f"{lib.path} does not run on this GPU (sm_{gpu_arch()}): {e}") from e
@@ -277,81 +275,76 @@ def selective_scan_cuda(
     the compiled ones: ``load_library().configs()``, in :data:`CONFIG_FIELDS` order); for tuning only.
     ``out``: optional contiguous float32 (B, D, L) tensor to write y into (returned).
     """
-    tensors = (u, delta, A, B, C, D, delta_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)
+    ):
         raise RuntimeError(
             "selective_scan_cuda is forward-only (no backward kernel); call it under torch.no_grad() or "
             "use the reference scan for training"
         )
     if A.shape[-1] > 16:
         raise ValueError(f"selective_scan_cuda supports d_state N <= 16, got N={A.shape[-1]}")
-    if u.dtype not in (torch.float32, torch.float16):
-        raise TypeError(f"selective_scan_cuda supports float32 and float16 inputs, got {u.dtype}")
     dt, f32 = u.dtype, torch.float32
-    args = [
-        _as(u, dt),
-        _as(delta, dt),
-        _as(A, f32),
-        _as(B, dt),
-        _as(C, dt),
-        None if D is None else _as(D, f32),
-        None if delta_bias is None else _as(delta_bias, f32),
-    ]
-    _check_shapes(*args)
-    if out is None:
-        out = torch.empty(u.shape, dtype=torch.float32, device=u.device)
-    elif (
-        out.shape != u.shape
-        or out.dtype != torch.float32
-        or out.device != u.device
-        or not out.is_contiguous()
+    if dt is not f32 and dt is not torch.float16:
+        raise TypeError(f"selective_scan_cuda supports float32 and float16 inputs, got {u.dtype}")
+    batch, dim, length = u.shape
+    groups, dstate = B.shape[1], A.shape[1]
+    index = u.get_device()
+    if index < 0:
+        raise ValueError("selective_scan_cuda: all tensors must be on one CUDA device")
+    bc = (batch, groups, dstate, length)
+    # One pass over the inputs (the launcher trusts raw pointers: dtype, layout, shape, device checked
+    # here). A tensor of another dtype or layout is converted; `keep` holds the copies until the launch.
+    keep, pointers = [], []
+    for name, t, want, shape in (
+        ("u", u, dt, u.shape),
+        ("delta", delta, dt, u.shape),
+        ("A", A, f32, (dim, dstate)),
+        ("B", B, dt, bc),
+        ("C", C, dt, bc),
+        ("D", D, f32, (dim,)),
+        ("delta_bias", delta_bias, f32, (dim,)),
     ):
+        if t is None:
+            pointers.append(None)
+            continue
+        if t.dtype is not want or not t.is_contiguous():
+            t = t.to(want).contiguous()
+            keep.append(t)
+        if t.shape != shape:
+            raise ValueError(f"selective_scan_cuda: {name} must be {tuple(shape)}, got {tuple(t.shape)}")
+        if t.get_device() != index:
+            raise ValueError("selective_scan_cuda: all tensors must be on one CUDA device")
+        pointers.append(t.data_ptr())
+    if out is None:
+        out = torch.empty_like(u, dtype=f32, memory_format=torch.contiguous_format)  # the cheapest measured
+    elif out.shape != u.shape or out.dtype is not f32 or out.get_device() != index or not out.is_contiguous():
         raise ValueError(
             "selective_scan_cuda: out must be a contiguous float32 tensor of u's shape and device"
         )
-    config = (int(items), int(cpw), int(spi), int(wpc), int(bcb), int(seg), int(bufs))
+    pointers.append(out.data_ptr())
+    config = DEFAULT_CONFIG
+    if items or cpw or spi or wpc or bcb or seg or bufs:
+        config = (int(items), int(cpw), int(spi), int(wpc), int(bcb), int(seg), int(bufs))
     lib = load_library()
-    if u.device.index == torch.cuda.current_device():
-        lib.fwd(*args, out, bool(delta_softplus), config)
+    launch = (pointers, (batch, dim, length, dstate, groups), bool(delta_softplus), dt is not f32, config)
+    if index == torch.cuda.current_device():
+        lib.fwd(*launch, _current_raw_stream(index))
     else:
-        with torch.cuda.device(u.device):
-            lib.fwd(*args, out, bool(delta_softplus), config)
+        with torch.cuda.device(index):
+            lib.fwd(*launch, _current_raw_stream(index))
     return out
 
 
-def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
-    """What the launcher trusts: shapes, one CUDA device (raw pointers carry neither)."""
-    batch, dim, length = u.shape
-    groups, dstate = B.shape[1], A.shape[1]
-    bc = (batch, groups, dstate, length)
-    expected = (
-        ("delta", delta, u.shape),
-        ("A", A, (dim, dstate)),
-        ("B", B, bc),
-        ("C", C, bc),
-        ("D", D, (dim,)),
-        ("delta_bias", delta_bias, (dim,)),
-    )
-    device = u.device
-    if not u.is_cuda:
-        raise ValueError("selective_scan_cuda: all tensors must be on one CUDA device")
-    for name, t, shape in expected:
-        if t is None:
-            continue
-        if t.shape != shape:
-            raise ValueError(f"selective_scan_cuda: {name} must be {tuple(shape)}, got {tuple(t.shape)}")
-        if t.device != device:
-            raise ValueError("selective_scan_cuda: all tensors must be on one CUDA device")
-
-
 def _kernel_applies(u, delta, A, B, C, D, delta_bias) -> bool:
-    """Whether selective_scan_cuda can take this call (else the chunked torch scan does)."""
-    tensors = [t for t in (u, delta, A, B, C, D, delta_bias) if t is not None]
-    if not all(t.is_cuda for t in tensors) or len({t.device for t in tensors}) != 1:
+    """Whether selective_scan_cuda takes this call (else the chunked torch scan does): u on a GPU, no
+    autograd, fp32 or fp16, N <= 16. (Other inputs on another device get selective_scan_cuda's error.)"""
+    if not u.is_cuda or u.dim() != 3 or A.shape[-1] > 16 or u.dtype not in (torch.float32, torch.float16):
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False  # forward-only kernel: training keeps the differentiable scan
-    return u.dtype in (torch.float32, torch.float16) and A.shape[-1] <= 16 and u.dim() == 3
+    # forward-only kernel: training keeps the differentiable scan
+    return not torch.is_grad_enabled() or not any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)
+    )
 
 
 def scan_cuda_or_chunked(*args: Any, **kwargs: Any) -> torch.Tensor:
