@@ -453,6 +453,9 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
         const bool is_c = n2 >= N;
         return (is_c ? Cg : Bg) + (size_t) (n2 - (is_c ? N : 0)) * L + c0 + col;
     };
+    // Element offset of channel c's row in u and delta (a channel past the group's end reads channel 0's
+    // row; its y is not stored, so the stores below take the row unclamped).
+    const auto chan_row = [&](int c) { return ((size_t) b * p.dim + (valid[c] ? d0 + c : 0)) * L; };
     // This lane's u slice of channel c in u / delta buffer buf (BUFS = 2; its delta slice follows CHUNK on).
     const auto ud_slice = [&](int buf, int c) {
         return uds + ((size_t) ((buf * kTeams + team) * CPW + c) * 2) * CHUNK + lane * NITEMS;
@@ -478,7 +481,7 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
 #pragma unroll
             for (int c = 0; c < CPW; ++c)
             {
-                const size_t row = ((size_t) b * p.dim + (valid[c] ? d0 + c : 0)) * L;
+                const size_t row = chan_row(c);
                 T* dst = ud_slice(buf, c);
 #pragma unroll
                 for (int v = 0; v < NITEMS / PE; ++v)
@@ -550,7 +553,7 @@ __global__ void __launch_bounds__(block_warps<WPC>() * 32, MINB) selective_scan_
 #pragma unroll
         for (int c = 0; c < CPW; ++c)
         {
-            const size_t row = ((size_t) b * p.dim + (valid[c] ? d0 + c : 0)) * L;
+            const size_t row = chan_row(c);
             const int nv = valid[c] ? nvalid : 0;
             float xp[PART];
             if constexpr (BUFS > 1)
