@@ -275,18 +275,36 @@ def selective_scan_cuda(
     the compiled ones: ``load_library().configs()``, in :data:`CONFIG_FIELDS` order); for tuning only.
     ``out``: optional contiguous float32 (B, D, L) tensor to write y into (returned).
     """
+    refusal = _unsupported(u, delta, A, B, C, D, delta_bias)
+    if refusal is not None:
+        raise refusal
+    config = DEFAULT_CONFIG
+    if items or cpw or spi or wpc or bcb or seg or bufs:
+        config = (int(items), int(cpw), int(spi), int(wpc), int(bcb), int(seg), int(bufs))
+    return _launch(u, delta, A, B, C, D, delta_bias, delta_softplus, config, out)
+
+
+def _unsupported(u, delta, A, B, C, D, delta_bias) -> Exception | None:
+    """Why the kernel cannot take this call (autograd, N > 16, an input dtype other than fp32 or fp16),
+    as the error selective_scan_cuda raises; None when it can."""
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)
     ):
-        raise RuntimeError(
+        return RuntimeError(
             "selective_scan_cuda is forward-only (no backward kernel); call it under torch.no_grad() or "
             "use the reference scan for training"
         )
     if A.shape[-1] > 16:
-        raise ValueError(f"selective_scan_cuda supports d_state N <= 16, got N={A.shape[-1]}")
+        return ValueError(f"selective_scan_cuda supports d_state N <= 16, got N={A.shape[-1]}")
+    if u.dtype is not torch.float32 and u.dtype is not torch.float16:
+        return TypeError(f"selective_scan_cuda supports float32 and float16 inputs, got {u.dtype}")
+    return None
+
+
+def _launch(u, delta, A, B, C, D, delta_bias, delta_softplus, config: Config, out):
+    """selective_scan_cuda after its _unsupported check: inputs checked for shape and device (converted
+    to the dtype and layout the launcher needs), y allocated or checked, the launch."""
     dt, f32 = u.dtype, torch.float32
-    if dt is not f32 and dt is not torch.float16:
-        raise TypeError(f"selective_scan_cuda supports float32 and float16 inputs, got {u.dtype}")
     batch, dim, length = u.shape
     groups, dstate = B.shape[1], A.shape[1]
     index = u.get_device()
@@ -323,9 +341,6 @@ def selective_scan_cuda(
             "selective_scan_cuda: out must be a contiguous float32 tensor of u's shape and device"
         )
     pointers.append(out.data_ptr())
-    config = DEFAULT_CONFIG
-    if items or cpw or spi or wpc or bcb or seg or bufs:
-        config = (int(items), int(cpw), int(spi), int(wpc), int(bcb), int(seg), int(bufs))
     lib = load_library()
     launch = (pointers, (batch, dim, length, dstate, groups), bool(delta_softplus), dt is not f32, config)
     if index == torch.cuda.current_device():
@@ -336,24 +351,14 @@ def selective_scan_cuda(
     return out
 
 
-def _kernel_applies(u, delta, A, B, C, D, delta_bias) -> bool:
-    """Whether selective_scan_cuda takes this call (else the chunked torch scan does): u on a GPU, no
-    autograd, fp32 or fp16, N <= 16. (Other inputs on another device get selective_scan_cuda's error.)"""
-    if not u.is_cuda or u.dim() != 3 or A.shape[-1] > 16 or u.dtype not in (torch.float32, torch.float16):
-        return False
-    # forward-only kernel: training keeps the differentiable scan
-    return not torch.is_grad_enabled() or not any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)
-    )
-
-
 def scan_cuda_or_chunked(*args: Any, **kwargs: Any) -> torch.Tensor:
     """The ``"cuda"`` scan implementation (a ScanFn): our kernel for CUDA tensors without autograd (fp32
     or fp16 u, N <= 16; y float32), ``selective_scan_chunked`` for everything else (CPU, grad, bf16,
     N > 16)."""
     args = scan_args(*args, **kwargs)
-    if _kernel_applies(*args[:7]):
-        return selective_scan_cuda(*args)
+    u = args[0]
+    if u.is_cuda and u.dim() == 3 and _unsupported(*args[:7]) is None:
+        return _launch(*args, DEFAULT_CONFIG, None)  # (checked once: not again in selective_scan_cuda)
     return selective_scan_chunked(*args)
 
 
